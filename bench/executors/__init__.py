@@ -1,0 +1,1 @@
+"""Executors run grid points, each in a fresh process, and yield one record per point."""

@@ -1,0 +1,143 @@
+"""Reversible residual blocks (RevNet; paper sec. 3): Y1 = X1 + F(X2), Y2 = X2 + G(Y1).
+
+The reversible stack keeps only the last layer's outputs; its backward reconstructs each
+layer's inputs (X2 = Y2 - G(Y1), X1 = Y1 - F(X2)) and recomputes, replaying the forward's
+dropout RNG and reusing its LSH buckets. `reversible=False` runs the same blocks through
+ordinary autograd, with the same parameter names.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from reformer_impl.attention import build_attention
+from reformer_impl.attention.lsh import recomputing
+from reformer_impl.config import ReformerConfig
+from reformer_impl.feedforward import ChunkedFeedForward, sequence_chunks
+
+
+class AttentionBranch(nn.Module):
+    """F: dropout(attention(norm(x))), also returning the buckets it used."""
+
+    def __init__(self, cfg: ReformerConfig):
+        super().__init__()
+        self.norm = nn.LayerNorm(cfg.d_model)
+        self.attn = build_attention(cfg)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def compute(self, x, buckets=None):
+        out, buckets = self.attn.compute(self.norm(x), buckets)
+        return self.dropout(out), buckets
+
+    def forward(self, x):
+        return self.compute(x)[0]
+
+
+class ReversibleBlock(nn.Module):
+    def __init__(self, cfg: ReformerConfig):
+        super().__init__()
+        self.f = AttentionBranch(cfg)
+        self.g = ChunkedFeedForward(cfg)
+
+    def forward(self, x1: torch.Tensor, x2: torch.Tensor):
+        y1 = x1 + self.f(x2)
+        return y1, x2 + self.g(y1)
+
+
+class _RNGState:
+    """The CPU and (if used) CUDA RNG states at a point of the forward, to replay dropout."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.cpu = torch.get_rng_state()
+        self.cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+
+    def replay(self):
+        devices = [self.device] if self.cuda is not None else []
+        ctx = torch.random.fork_rng(devices=devices)
+        ctx.__enter__()
+        torch.set_rng_state(self.cpu)
+        if self.cuda is not None:
+            torch.cuda.set_rng_state(self.cuda, self.device)
+        return ctx
+
+
+class _ReversibleFunction(torch.autograd.Function):
+    """Runs all blocks without storing activations; gradients of the block parameters are
+    accumulated into `.grad` inside the backward (as RevTorch and reformer-pytorch do)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, blocks: nn.ModuleList) -> torch.Tensor:
+        x1, x2 = x.chunk(2, dim=-1)
+        layer_states = []
+        with torch.no_grad():
+            for block in blocks:
+                rng_f = _RNGState(x.device)
+                f_out, buckets = block.f.compute(x2)
+                x1 = x1 + f_out
+                rng_g = _RNGState(x.device)
+                x2 = x2 + block.g(x1)
+                layer_states.append((rng_f, rng_g, buckets))
+        y = torch.cat([x1, x2], dim=-1)
+        ctx.blocks, ctx.layer_states = blocks, layer_states
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, dy: torch.Tensor):
+        (y,) = ctx.saved_tensors
+        y1, y2 = y.chunk(2, dim=-1)
+        dy1, dy2 = dy.chunk(2, dim=-1)
+        for block, (rng_f, rng_g, buckets) in zip(reversed(ctx.blocks), reversed(ctx.layer_states)):
+            y1, y2, dy1, dy2 = _block_backward(block, rng_f, rng_g, buckets, y1, y2, dy1, dy2)
+        return torch.cat([dy1, dy2], dim=-1), None
+
+
+def _block_backward(block, rng_f, rng_g, buckets, y1, y2, dy1, dy2):
+    """Reconstruct (X1, X2) from (Y1, Y2) and turn (dY1, dY2) into (dX1, dX2), chunk by chunk in G."""
+    ff = block.g
+    with torch.enable_grad():
+        y1 = y1.detach().requires_grad_()
+        x2 = torch.empty_like(y2)
+        ctx = rng_g.replay()
+        try:
+            # G is position-wise: recompute and differentiate one sequence chunk at a time, in the
+            # forward's chunk order so the replayed dropout masks match.
+            for s in sequence_chunks(y1.shape[1], ff.n_chunks):
+                g_out = ff.ff(y1[:, s])
+                torch.autograd.backward(g_out, dy2[:, s])
+                x2[:, s] = y2[:, s] - g_out.detach()
+                del g_out
+        finally:
+            ctx.__exit__(None, None, None)
+        dx1 = dy1 + y1.grad
+        x2 = x2.detach().requires_grad_()
+        ctx = rng_f.replay()
+        try:
+            with recomputing():
+                f_out, _ = block.f.compute(x2, buckets)
+            torch.autograd.backward(f_out, dx1)
+        finally:
+            ctx.__exit__(None, None, None)
+        x1 = y1.detach() - f_out.detach()
+        dx2 = dy2 + x2.grad
+    return x1, x2.detach(), dx1, dx2
+
+
+class ReformerStack(nn.Module):
+    """n_layers reversible blocks over a two-stream input (B, L, 2 * d_model)."""
+
+    def __init__(self, cfg: ReformerConfig):
+        super().__init__()
+        self.reversible = cfg.reversible
+        self.blocks = nn.ModuleList(ReversibleBlock(cfg) for _ in range(cfg.n_layers))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.reversible and torch.is_grad_enabled():
+            return _ReversibleFunction.apply(x, self.blocks)
+        x1, x2 = x.chunk(2, dim=-1)
+        for block in self.blocks:
+            x1, x2 = block(x1, x2)
+        return torch.cat([x1, x2], dim=-1)

@@ -1,0 +1,124 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from reformer_impl import build_attention
+from reformer_impl.attention.lsh import lsh_attention_core, padded_length
+from tests.reformer_impl.conftest import tiny_cfg
+from tests.reformer_impl.reference import lsh_attention_reference
+
+
+def _pair(kind_a, kind_b, **kw):
+    a = build_attention(tiny_cfg(attention=kind_a, **kw)).double()
+    b = build_attention(tiny_cfg(attention=kind_b, **kw)).double()
+    b.load_state_dict(a.state_dict())  # shared-QK: identical parameter names
+    return a, b
+
+
+def _out_and_grads(layer, x):
+    x = x.clone().requires_grad_()
+    out = layer(x)
+    out.backward(torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out))
+    return out.detach(), x.grad, {n: p.grad.clone() for n, p in layer.named_parameters()}
+
+
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("n_hashes", [1, 3])
+@pytest.mark.parametrize("dup_correction", [True, False])
+@pytest.mark.parametrize("seq_len, chunk_len", [(16, 8), (13, 7), (12, 12)])
+def test_lsh_equals_full_when_one_window_covers_the_sequence(causal, n_hashes, dup_correction, seq_len, chunk_len):
+    """Two chunks (or one) per round: every query's window holds every key, so LSH must be full attention."""
+    full, lsh = _pair("full", "lsh", causal=causal, n_hashes=n_hashes, chunk_len=chunk_len,
+                      dup_correction=dup_correction, n_buckets=4)
+    x = torch.randn(2, seq_len, 16, dtype=torch.float64)
+    o_full, gx_full, gw_full = _out_and_grads(full, x)
+    o_lsh, gx_lsh, gw_lsh = _out_and_grads(lsh, x)
+    torch.testing.assert_close(o_lsh, o_full, rtol=1e-9, atol=1e-10)
+    torch.testing.assert_close(gx_lsh, gx_full, rtol=1e-9, atol=1e-10)
+    for name in gw_full:
+        torch.testing.assert_close(gw_lsh[name], gw_full[name], rtol=1e-9, atol=1e-10, msg=name)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("shared_qk_sdpa", [True, False])
+def test_sdpa_matches_naive_full(causal, shared_qk_sdpa):
+    full, sdpa = _pair("full", "sdpa", causal=causal, shared_qk=shared_qk_sdpa)
+    x = torch.randn(2, 10, 16, dtype=torch.float64)
+    o_full, gx_full, _ = _out_and_grads(full, x)
+    o_sdpa, gx_sdpa, _ = _out_and_grads(sdpa, x)
+    # sdpa adds the self-mask value instead of replacing the logit: exact to ~exp(-1e5)
+    torch.testing.assert_close(o_sdpa, o_full, rtol=1e-7, atol=1e-9)
+    torch.testing.assert_close(gx_sdpa, gx_full, rtol=1e-7, atol=1e-9)
+
+
+@pytest.mark.parametrize("dup_correction", [True, False])
+@pytest.mark.parametrize("same_bucket", [False, True])
+@pytest.mark.parametrize("causal", [True, False])
+def test_lsh_equals_dense_reference_with_same_windows(dup_correction, same_bucket, causal):
+    """Several rounds and several chunks per round: the vectorised core equals explicit L x L windows."""
+    cfg = tiny_cfg(n_hashes=3, chunk_len=4, causal=causal, same_bucket=same_bucket, dup_correction=dup_correction)
+    layer = build_attention(cfg).double()
+    seq_len = 22  # padded to 24: 6 chunks per round, 12 buckets
+    lp = padded_length(seq_len, cfg.chunk_len)
+    qk = torch.randn(2, 2, lp, 8, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(2, 2, lp, 8, dtype=torch.float64, requires_grad=True)
+    buckets = layer.hash(qk.detach(), cfg.buckets_for(lp))
+    kw = dict(seq_len=seq_len, chunk_len=cfg.chunk_len, causal=causal, same_bucket=same_bucket, dup_correction=dup_correction)
+    got = lsh_attention_core(qk, v, buckets, dropout_p=0.0, **kw)[:, :, :seq_len]
+    want = lsh_attention_reference(qk, v, buckets, **kw)[:, :, :seq_len]
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    cot = torch.randn_like(got)
+    g_got = torch.autograd.grad(got, (qk, v), cot)
+    g_want = torch.autograd.grad(want, (qk, v), cot)
+    for a, b in zip(g_got, g_want):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
+
+
+def test_duplicate_correction_changes_the_output_when_rounds_overlap():
+    cfg = tiny_cfg(n_hashes=4, chunk_len=4, causal=False)
+    layer = build_attention(cfg).double()
+    qk = torch.randn(1, 2, 32, 8, dtype=torch.float64)
+    v = torch.randn(1, 2, 32, 8, dtype=torch.float64)
+    buckets = layer.hash(qk, cfg.buckets_for(32))
+    kw = dict(seq_len=32, chunk_len=4, causal=False, same_bucket=False, dropout_p=0.0)
+    with_c = lsh_attention_core(qk, v, buckets, dup_correction=True, **kw)
+    without = lsh_attention_core(qk, v, buckets, dup_correction=False, **kw)
+    assert (with_c - without).abs().max() > 1e-3
+
+
+def test_padding_never_reaches_an_output():
+    """Outputs for real positions do not depend on what fills the padded tail."""
+    cfg = tiny_cfg(n_hashes=2, chunk_len=4, causal=False)
+    layer = build_attention(cfg).double()
+    qk = torch.randn(1, 2, 12, 8, dtype=torch.float64)
+    v = torch.randn(1, 2, 12, 8, dtype=torch.float64)
+    buckets = layer.hash(qk, 6)
+    kw = dict(seq_len=10, chunk_len=4, causal=False, same_bucket=False, dup_correction=True, dropout_p=0.0)
+    a = lsh_attention_core(qk, v, buckets, **kw)
+    v2 = v.clone()
+    v2[:, :, 10:] = 1e6
+    qk2 = qk.clone()
+    qk2[:, :, 10:] = -3.0
+    b = lsh_attention_core(qk2, v2, buckets, **kw)
+    torch.testing.assert_close(a[:, :, :10], b[:, :, :10], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("kind, extra", [("full", {}), ("sdpa", {}), ("sdpa", {"shared_qk": False}),
+                                         ("full", {"shared_qk": False}), ("lsh", {"n_hashes": 3})])
+def test_causal_jacobian_is_exactly_zero_above_the_diagonal(kind, extra):
+    seq_len = 13  # not a multiple of chunk_len: padding included for LSH
+    layer = build_attention(tiny_cfg(attention=kind, causal=True, chunk_len=4, **extra)).double()
+    x = torch.randn(1, seq_len, 16, dtype=torch.float64)
+    if kind == "lsh":  # one hashing for the whole Jacobian
+        layer.reset_hash_generator()
+    jac = torch.autograd.functional.jacobian(lambda t: layer(t), x)  # (1, L, d, 1, L, d)
+    jac = jac[0, :, :, 0].abs().sum(dim=(1, 3))  # (L_out, L_in)
+    future = torch.triu(torch.ones(seq_len, seq_len, dtype=torch.bool), diagonal=1)
+    assert torch.all(jac[future] == 0)
+    assert torch.all(jac[~future].sum() > 0)
+
+
+def test_lsh_shapes_any_length_and_batch():
+    layer = build_attention(tiny_cfg(n_hashes=2, chunk_len=8))
+    for length in (1, 7, 8, 9, 33):
+        assert layer(torch.randn(3, length, 16)).shape == (3, length, 16)

@@ -1,0 +1,104 @@
+import pytest
+import torch
+
+from reformer_impl import ReformerLM, describe, lm_loss
+from tests.reformer_impl.conftest import tiny_cfg
+
+
+def _loss_and_grads(model, tokens, seed=7):
+    for m in model.modules():
+        if hasattr(m, "reset_hash_generator"):
+            m.reset_hash_generator()
+    torch.manual_seed(seed)  # same dropout masks for both runs
+    model.zero_grad()
+    loss = lm_loss(model(tokens), tokens.roll(-1, dims=1))
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+def _twin(cfg, **changes):
+    a = ReformerLM(cfg).double()
+    b = ReformerLM(cfg.replace(**changes)).double()
+    b.load_state_dict(a.state_dict())
+    return a, b
+
+
+def _assert_same(run_a, run_b, rtol=1e-9, atol=1e-11):
+    (loss_a, g_a), (loss_b, g_b) = run_a, run_b
+    torch.testing.assert_close(loss_a, loss_b, rtol=rtol, atol=atol)
+    assert g_a.keys() == g_b.keys()
+    for name in g_a:
+        torch.testing.assert_close(g_a[name], g_b[name], rtol=rtol, atol=atol, msg=name)
+
+
+@pytest.mark.parametrize("attention, n_hashes", [("lsh", 3), ("full", 1), ("sdpa", 1)])
+@pytest.mark.parametrize("ff_chunks", [1, 3])
+def test_reversible_equals_non_reversible(attention, n_hashes, ff_chunks):
+    """Same state dict, dropout on: the recomputing backward gives the same loss and every gradient."""
+    cfg = tiny_cfg(attention=attention, n_hashes=n_hashes, n_layers=3, dropout=0.1, reversible=True, ff_chunks=ff_chunks)
+    rev, plain = _twin(cfg, reversible=False)
+    rev.train(), plain.train()
+    tokens = torch.randint(0, cfg.vocab_size, (2, 22))
+    _assert_same(_loss_and_grads(rev, tokens), _loss_and_grads(plain, tokens))
+
+
+@pytest.mark.parametrize("reversible", [False, True])
+def test_chunked_feed_forward_equals_unchunked(reversible):
+    cfg = tiny_cfg(n_hashes=2, reversible=reversible, dropout=0.0)
+    one, chunked = _twin(cfg, ff_chunks=4)
+    tokens = torch.randint(0, cfg.vocab_size, (2, 19))
+    _assert_same(_loss_and_grads(one, tokens), _loss_and_grads(chunked, tokens))
+
+
+def test_state_dict_moves_between_full_and_lsh_and_n_hashes():
+    cfg = tiny_cfg(attention="full")
+    full = ReformerLM(cfg)
+    for changes in (dict(attention="lsh", n_hashes=1), dict(attention="lsh", n_hashes=8)):
+        other = ReformerLM(cfg.replace(**changes))
+        other.load_state_dict(full.state_dict(), strict=True)
+        assert other(torch.randint(0, 13, (1, 20))).shape == (1, 20, 13)
+
+
+@pytest.mark.parametrize("attention", ["full", "sdpa"])
+def test_future_tokens_cannot_leak_into_earlier_logits(attention):
+    """Metamorphic: change every token after position p; logits up to p must not move at all.
+
+    Not for LSH: there, which earlier keys share a query's chunk depends on where later positions
+    hash (as in trax and HF). LSH's causality is the exact-zero Jacobian in test_attention.py."""
+    model = ReformerLM(tiny_cfg(attention=attention, n_hashes=3, chunk_len=4)).double().eval()
+    tokens = torch.randint(0, 13, (2, 23))
+    p = 11
+    changed = tokens.clone()
+    changed[:, p + 1 :] = (changed[:, p + 1 :] + 5) % 13
+    for m in model.modules():
+        if hasattr(m, "reset_hash_generator"):
+            m.reset_hash_generator()
+    a = model(tokens)
+    for m in model.modules():
+        if hasattr(m, "reset_hash_generator"):
+            m.reset_hash_generator()
+    b = model(changed)
+    assert torch.equal(a[:, : p + 1], b[:, : p + 1])
+    assert not torch.allclose(a[:, p + 1 :], b[:, p + 1 :])
+
+
+def test_loss_mask_counts_only_marked_positions():
+    logits = torch.randn(2, 5, 7)
+    targets = torch.randint(0, 7, (2, 5))
+    mask = torch.zeros(2, 5, dtype=torch.bool)
+    mask[:, 3:] = True
+    want = torch.nn.functional.cross_entropy(logits[:, 3:].reshape(-1, 7), targets[:, 3:].reshape(-1))
+    torch.testing.assert_close(lm_loss(logits, targets, mask), want)
+
+
+def test_too_long_input_is_refused():
+    model = ReformerLM(tiny_cfg(max_seq_len=16))
+    with pytest.raises(ValueError, match="max_seq_len=16"):
+        model(torch.zeros(1, 17, dtype=torch.long))
+
+
+def test_describe_reports_what_runs():
+    info = describe(tiny_cfg(chunk_len=8, n_hashes=4, ff_chunks=3), 50)
+    assert info["padded_len"] == 56 and info["n_chunks"] == 7 and info["n_buckets"] == 14
+    assert info["ff_chunks"] == 3 and info["n_hashes"] == 4
+    assert describe(tiny_cfg(attention="full"), 50)["n_buckets"] is None

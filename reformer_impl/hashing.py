@@ -22,4 +22,7 @@ def hash_vectors(x: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
     flows through the hash.
     """
     rotated = torch.einsum("bhld,hdrk->bhrlk", x.float(), rotations)  # (B, H, R, L, n_buckets/2)
-    return torch.cat([rotated, -rotated], dim=-1).argmax(dim=-1)
+    # argmax over [xR ; -xR] without building it: the larger of max(xR) and -min(xR) wins.
+    top, top_idx = rotated.max(dim=-1)
+    bottom, bottom_idx = rotated.min(dim=-1)
+    return torch.where(top >= -bottom, top_idx, bottom_idx + rotated.shape[-1])

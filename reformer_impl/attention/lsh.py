@@ -52,18 +52,18 @@ def lsh_layout(cfg: ReformerConfig, seq_len: int) -> dict:
 
 
 def _gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """x (B, H, L, ...) gathered along L by index (B, H, R, L') -> (B, H, R, L', ...)."""
-    b, h, length = x.shape[:3]
+    """x (B, H, L, d) gathered along L by index (B, H, R, L') -> (B, H, R, L', d)."""
+    b, h, length, d = x.shape
     offsets = (torch.arange(b * h, device=x.device) * length).view(b, h, 1, 1)
-    flat = x.reshape(b * h * length, *x.shape[3:])
-    return flat[(index + offsets).reshape(-1)].view(*index.shape, *x.shape[3:])
+    return x.reshape(b * h * length, d)[(index + offsets).reshape(-1)].view(*index.shape, d)
 
 
-def _look_one_back(t: torch.Tensor, n_chunks: int) -> torch.Tensor:
-    """(..., C, m, ...) -> (..., C, 2m, ...): each chunk followed by the chunk before it."""
+def _look_one_back(t: torch.Tensor, n_chunks: int, chunk_dim: int = -2) -> torch.Tensor:
+    """Each chunk followed by the chunk before it (cyclically): (.., C, m, ..) -> (.., C, 2m, ..),
+    the chunks along `chunk_dim` (negative), their slots along the next dim."""
     if n_chunks == 1:  # the only chunk is its own predecessor: attend to it once
         return t
-    return torch.cat([t, t.roll(1, dims=3)], dim=4)
+    return torch.cat([t, t.roll(1, dims=chunk_dim)], dim=chunk_dim + 1)
 
 
 def lsh_attention_core(
@@ -78,70 +78,90 @@ def lsh_attention_core(
     b, h, lp, dh = qk.shape
     n_rounds = buckets.shape[2]
     m, n_chunks = chunk_len, lp // chunk_len
+    w = m if n_chunks == 1 else 2 * m  # keys per query window
     pos = torch.arange(lp, device=qk.device)
 
     with torch.no_grad():
         # Rounds never mix: each sorts only its own copies, so no bucket offset is needed.
         sticker = (buckets * lp + pos).argsort(dim=-1)  # sorted slot -> original position
         undo = torch.empty_like(sticker).scatter_(-1, sticker, pos.expand_as(sticker))
-        q_pos = sticker.view(b, h, n_rounds, n_chunks, m)  # (B, H, R, C, m)
+        q_pos = sticker.to(torch.int32).view(b, h, n_rounds, n_chunks, m)
         k_pos = _look_one_back(q_pos, n_chunks)  # (B, H, R, C, W)
-        masked = (k_pos >= seq_len)[..., None, :]  # padding keys, (B, H, R, C, 1, W)
+        q_pos, k_pos = q_pos[..., :, None], k_pos[..., None, :]  # (.., m, 1), (.., 1, W)
+        forbidden = k_pos >= seq_len  # padding keys
         if causal:
-            masked = masked | (k_pos[..., None, :] > q_pos[..., :, None])
+            forbidden = forbidden | (k_pos > q_pos)
         if same_bucket:
             s_buckets = buckets.gather(-1, sticker).view(b, h, n_rounds, n_chunks, m)
-            k_buckets = _look_one_back(s_buckets, n_chunks)
-            masked = masked | (k_buckets[..., None, :] != s_buckets[..., :, None])
-        is_self = k_pos[..., None, :] == q_pos[..., :, None]  # (B, H, R, C, m, W)
-        log_dups = _log_duplicates(buckets, sticker, undo, m, same_bucket) if dup_correction and n_rounds > 1 else None
+            forbidden = forbidden | (_look_one_back(s_buckets, n_chunks)[..., None, :] != s_buckets[..., :, None])
+        replace = forbidden | (k_pos == q_pos)  # (B, H, R, C, m, W)
+        # Masked keys get -1e9; a query's own key gets -1e5, so it is used only when nothing else is.
+        fill = torch.where(forbidden, masked_value(qk.dtype), self_value(qk.dtype)).to(qk.dtype)
+        bias = None
+        if dup_correction and n_rounds > 1:
+            bias = _neg_log_duplicates(buckets, sticker, undo, m, same_bucket, qk.dtype)
 
-    sq = _gather_rows(qk, sticker).view(b, h, n_rounds, n_chunks, m, dh)
-    sv = _gather_rows(v, sticker).view(b, h, n_rounds, n_chunks, m, dh)
-    keys = _look_one_back(shared_keys(sq), n_chunks)  # (B, H, R, C, W, dh)
-    values = _look_one_back(sv, n_chunks)
+    sq = _gather_rows(qk, sticker)  # (B, H, R, Lp, dh)
+    sv = _gather_rows(v, sticker)
+    keys = _look_one_back(shared_keys(sq).view(b, h, n_rounds, n_chunks, m, dh), n_chunks, -3)
+    values = _look_one_back(sv.view(b, h, n_rounds, n_chunks, m, dh), n_chunks, -3)
 
-    logits = torch.einsum("bhrcid,bhrcjd->bhrcij", sq, keys)  # (B, H, R, C, m, W)
-    if log_dups is not None:
-        logits = logits - log_dups.to(logits.dtype)
-    logits = logits.masked_fill(is_self, self_value(logits.dtype))
-    logits = logits.masked_fill(masked, masked_value(logits.dtype))
-    lse = torch.logsumexp(logits, dim=-1, keepdim=True)
-    probs = F.dropout(torch.exp(logits - lse), p=dropout_p, training=dropout_p > 0)
-    out = torch.einsum("bhrcij,bhrcjd->bhrcid", probs, values)  # (B, H, R, C, m, dh)
+    # One batched matmul over (B, H, R, C): (m, dh) x (dh, W) -> (m, W); no L x L anywhere.
+    logits = torch.bmm(sq.reshape(-1, m, dh), keys.reshape(-1, w, dh).transpose(1, 2))
+    logits = logits.view(b, h, n_rounds, n_chunks, m, w)
+    if bias is not None:
+        logits = logits + bias
+    logits = torch.where(replace, fill, logits)
+    lse = torch.logsumexp(logits, dim=-1, keepdim=True)  # (B, H, R, C, m, 1)
+    probs = F.dropout(torch.softmax(logits, dim=-1), p=dropout_p, training=dropout_p > 0)
+    out = torch.bmm(probs.view(-1, m, w), values.reshape(-1, w, dh))  # (B*H*R*C, m, dh)
 
-    # Back to original order, per round: (B*H*R, Lp, ...) gathered by `undo`.
-    out = _unsort(out, undo)  # (B, H, R, Lp, dh)
-    lse = _unsort(lse.view(b, h, n_rounds, lp, 1), undo)[..., 0]  # (B, H, R, Lp)
+    out = _unsort(out.view(b, h, n_rounds, lp, dh), undo)  # back to original order per round
+    lse = _unsort(lse.view(b, h, n_rounds, lp, 1), undo)  # (B, H, R, Lp, 1)
     if n_rounds == 1:
         return out[:, :, 0]
-    weights = torch.softmax(lse, dim=2).unsqueeze(-1)  # paper eq. 14, (B, H, R, Lp, 1)
+    weights = torch.softmax(lse, dim=2)  # paper eq. 14: rounds weighted by their normaliser
     return (out * weights).sum(dim=2)
 
 
 def _unsort(t: torch.Tensor, undo: torch.Tensor) -> torch.Tensor:
-    """t in sorted order (B, H, R, ..., d) with R*Lp rows per round -> original order (B, H, R, Lp, d)."""
+    """t (B, H, R, Lp, d) in sorted order per round -> original order, by `undo` (B, H, R, Lp)."""
     b, h, n_rounds, lp = undo.shape
-    rows = t.reshape(b * h * n_rounds, lp, -1)
     offsets = (torch.arange(b * h * n_rounds, device=t.device) * lp).view(b, h, n_rounds, 1)
-    return rows.reshape(b * h * n_rounds * lp, -1)[(undo + offsets).reshape(-1)].view(b, h, n_rounds, lp, -1)
+    return t.reshape(b * h * n_rounds * lp, -1)[(undo + offsets).reshape(-1)].view(b, h, n_rounds, lp, -1)
 
 
-def _log_duplicates(buckets, sticker, undo, chunk_len, same_bucket):
-    """log N_ij (paper eq. 16): in how many rounds key j falls in query i's window, (B, H, R, C, m, W)."""
+def _neg_log_duplicates(buckets, sticker, undo, chunk_len, same_bucket, dtype):
+    """-log N_ij (paper eq. 16): in how many rounds key j falls in query i's window, (B, H, R, C, m, W).
+
+    j is in i's window in round r' when chunk_r'(j) is chunk_r'(i) or the chunk before it. Chunk
+    ids are int16 with the compared round r' leading, so the comparison runs over W contiguously.
+    """
     b, h, n_rounds, lp = buckets.shape
     n_chunks = lp // chunk_len
-    chunk_of = (undo // chunk_len).permute(0, 1, 3, 2)  # (B, H, Lp, R'): chunk of each position per round
-    q_chunk = _gather_rows(chunk_of, sticker).view(b, h, n_rounds, n_chunks, chunk_len, n_rounds)
-    k_chunk = _look_one_back(q_chunk, n_chunks)  # (B, H, R, C, W, R')
-    qc, kc = q_chunk[..., :, None, :], k_chunk[..., None, :, :]  # (.., m, 1, R'), (.., 1, W, R')
-    together = (kc == qc) | (kc == (qc - 1) % n_chunks)
+    chunk_of = (undo // chunk_len).to(torch.int16)  # (B, H, R', Lp): each position's chunk per round
+    # (R', B, H, R, Lp): the chunks, in every round r', of the positions sorted by round r
+    per_slot = _chunks_of_sorted(chunk_of, sticker)
+    q_chunk = per_slot.view(n_rounds, b, h, n_rounds, n_chunks, chunk_len)
+    k_chunk = _look_one_back(q_chunk, n_chunks)  # (R', B, H, R, C, W)
+    qc = q_chunk[..., :, None]  # (.., m, 1)
+    same = k_chunk[..., None, :] == qc
+    if n_chunks > 1:
+        same = same | (((k_chunk + 1) % n_chunks)[..., None, :] == qc)
     if same_bucket:
-        by_pos = buckets.permute(0, 1, 3, 2)
-        q_b = _gather_rows(by_pos, sticker).view(b, h, n_rounds, n_chunks, chunk_len, n_rounds)
-        k_b = _look_one_back(q_b, n_chunks)
-        together = together & (k_b[..., None, :, :] == q_b[..., :, None, :])
-    return together.sum(dim=-1).clamp(min=1).float().log()
+        bq = _chunks_of_sorted(buckets.to(torch.int16), sticker).view(n_rounds, b, h, n_rounds, n_chunks, chunk_len)
+        same = same & (_look_one_back(bq, n_chunks)[..., None, :] == bq[..., :, None])
+    counts = same.sum(dim=0).clamp_(min=1)  # (B, H, R, C, m, W), values in 1..R'
+    table = -torch.arange(n_rounds + 1, device=counts.device, dtype=torch.float64).clamp(min=1).log()
+    return table.to(dtype)[counts]
+
+
+def _chunks_of_sorted(per_round: torch.Tensor, sticker: torch.Tensor) -> torch.Tensor:
+    """per_round (B, H, R', Lp) values by original position -> (R', B, H, R, Lp): for every round r
+    and sorted slot, the value of that slot's position in each round r'."""
+    b, h, n_rounds, lp = per_round.shape
+    src = per_round.permute(2, 0, 1, 3)[:, :, :, None, :].expand(n_rounds, b, h, n_rounds, lp)
+    return src.gather(-1, sticker[None].expand(n_rounds, b, h, n_rounds, lp))
 
 
 class LSHAttention(Attention):

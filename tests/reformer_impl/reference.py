@@ -41,7 +41,7 @@ def lsh_attention_reference(
             counts = windows.sum(0)
             outs, lses = [], []
             for r in range(n_rounds):
-                lr = logits - counts.clamp(min=1).log() if dup_correction and n_rounds > 1 else logits
+                lr = logits - counts.clamp(min=1).to(logits.dtype).log() if dup_correction and n_rounds > 1 else logits
                 lr = lr.masked_fill(pos[:, None] == pos[None, :], self_value)
                 forbidden = (pos[None, :] >= seq_len).expand(lp, lp)
                 if causal:

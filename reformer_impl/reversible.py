@@ -79,18 +79,24 @@ class _ReversibleFunction(torch.autograd.Function):
                 x1 = x1 + f_out
                 rng_g = _RNGState(x.device)
                 x2 = x2 + block.g(x1)
-                layer_states.append((rng_f, rng_g, buckets))
+                # LSH buckets are cached (int32) so the backward does not re-hash reconstructed
+                # activations, whose argmax could flip; they are the only per-layer state kept.
+                layer_states.append((rng_f, rng_g, None if buckets is None else buckets.to(torch.int32)))
         y = torch.cat([x1, x2], dim=-1)
-        ctx.blocks, ctx.layer_states = blocks, layer_states
-        ctx.save_for_backward(y)
+        ctx.blocks, ctx.rng_states = blocks, [(f, g) for f, g, _ in layer_states]
+        ctx.has_buckets = [b is not None for _, _, b in layer_states]
+        ctx.save_for_backward(y, *(b for _, _, b in layer_states if b is not None))
         return y
 
     @staticmethod
     def backward(ctx: Any, dy: torch.Tensor):
-        (y,) = ctx.saved_tensors
+        y, *saved_buckets = ctx.saved_tensors
+        saved_buckets = iter(saved_buckets)
+        buckets_per_layer = [next(saved_buckets).long() if has else None for has in ctx.has_buckets]
         y1, y2 = y.chunk(2, dim=-1)
         dy1, dy2 = dy.chunk(2, dim=-1)
-        for block, (rng_f, rng_g, buckets) in zip(reversed(ctx.blocks), reversed(ctx.layer_states)):
+        layers = zip(ctx.blocks, ctx.rng_states, buckets_per_layer)
+        for block, (rng_f, rng_g), buckets in reversed(list(layers)):
             y1, y2, dy1, dy2 = _block_backward(block, rng_f, rng_g, buckets, y1, y2, dy1, dy2)
         return torch.cat([dy1, dy2], dim=-1), None
 

@@ -1,4 +1,5 @@
 """Memory claims, counted device-independently as bytes saved for backward."""
+import pytest
 import torch
 
 from reformer_impl import ReformerLM, build_attention, lm_loss
@@ -14,15 +15,20 @@ def _saved_in_forward(model, tokens):
     return probe.total
 
 
-def test_reversible_saved_bytes_flat_in_depth_and_growing_without():
+@pytest.mark.parametrize("attention", ["full", "lsh"])
+def test_reversible_saved_bytes_flat_in_depth_and_growing_without(attention):
+    """Reversible keeps no activations per layer; LSH adds only its cached buckets (int32)."""
     tokens = torch.randint(0, 13, (2, 64))
     saved = {}
     for reversible in (True, False):
         for n_layers in (1, 2, 4):
             torch.manual_seed(0)
-            model = ReformerLM(tiny_cfg(n_layers=n_layers, reversible=reversible, d_ff=64))
+            model = ReformerLM(tiny_cfg(attention=attention, n_layers=n_layers, reversible=reversible, d_ff=64))
             saved[reversible, n_layers] = _saved_in_forward(model, tokens)
-    assert saved[True, 1] == saved[True, 2] == saved[True, 4]
+    cfg = tiny_cfg()
+    bucket_bytes = 4 * 2 * cfg.n_heads * cfg.n_hashes * 64 if attention == "lsh" else 0  # (B, H, R, L) int32
+    assert saved[True, 2] - saved[True, 1] == bucket_bytes
+    assert saved[True, 4] - saved[True, 1] == 3 * bucket_bytes
     assert saved[False, 1] < saved[False, 2] < saved[False, 4]
     per_layer = saved[False, 2] - saved[False, 1]
     assert abs((saved[False, 4] - saved[False, 2]) - 2 * per_layer) <= 0.05 * per_layer  # linear in depth

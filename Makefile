@@ -3,7 +3,7 @@
 PY      := .venv/bin/python
 PIP     := $(PY) -m pip
 STAMP   := .venv/.installed
-EXTRAS  ?= dev,wandb
+EXTRAS  ?= dev,wandb,cluster,slurm
 PROFILE ?= auto
 RUN      = $(PY) -m bench run
 

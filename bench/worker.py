@@ -1,0 +1,85 @@
+"""One grid point in one fresh process: `python -m bench.worker` reads a GridPoint JSON on stdin,
+measures it and prints exactly one line `@@RECORD@@ {record}` on stdout. Any exception becomes
+a status row (oom, skipped, error), so the parent only has to handle crashes and timeouts.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+import traceback as tb
+from typing import Any, Callable, Mapping
+
+from bench.point import GridPoint
+from bench.store import Record, make_record
+
+# Marks the record line, so stray prints from libraries cannot be mistaken for it.
+RECORD_PREFIX = "@@RECORD@@ "
+TRACEBACK_TAIL = 4000  # characters of traceback kept in an error record
+
+Measure = Callable[[GridPoint], Mapping[str, Any]]
+
+
+def _is_oom(exc: BaseException) -> bool:
+    if isinstance(exc, MemoryError):
+        return True
+    torch = sys.modules.get("torch")
+    oom_type = getattr(torch, "OutOfMemoryError", None) if torch is not None else None
+    if oom_type is not None and isinstance(exc, oom_type):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def _is_unavailable(exc: BaseException) -> bool:
+    # Only measure() can raise it, and then bench.workloads is already imported.
+    workloads = sys.modules.get("bench.workloads")
+    unavailable = getattr(workloads, "WorkloadUnavailable", None)
+    return unavailable is not None and isinstance(exc, unavailable)
+
+
+def classify(exc: BaseException) -> tuple[str, str]:
+    """The (status, reason) row an exception from a measurement becomes."""
+    message = f"{type(exc).__name__}: {exc}".strip()
+    if _is_oom(exc):
+        return "oom", message
+    if _is_unavailable(exc):
+        return "skipped", str(exc) or type(exc).__name__
+    return "error", message
+
+
+def run_point(point: GridPoint, measure: Measure) -> Record:
+    """Measure one point and return its record, whatever happens."""
+    start = time.perf_counter()
+    try:
+        result = measure(point)
+    except Exception as exc:  # every outcome is a row
+        status, reason = classify(exc)
+        trace = tb.format_exc()[-TRACEBACK_TAIL:] if status == "error" else None
+        return make_record(point, status, reason, wall_s=time.perf_counter() - start, traceback=trace)
+    return make_record(
+        point,
+        "ok",
+        params=result.get("params"),
+        effective=result.get("effective"),
+        metrics=result.get("metrics"),
+        wall_s=time.perf_counter() - start,
+    )
+
+
+def _default_measure(point: GridPoint) -> Mapping[str, Any]:
+    from bench.measure_point import measure
+
+    return measure(point)
+
+
+def main(measure: Measure | None = None) -> int:
+    """Read the point, measure it, print its record line. `measure` is replaceable for tests."""
+    point = GridPoint.from_json(json.loads(sys.stdin.read()))
+    record = run_point(point, measure or _default_measure)
+    sys.stdout.write(RECORD_PREFIX + json.dumps(record, separators=(",", ":"), allow_nan=False) + "\n")
+    sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -151,9 +151,9 @@ def _neg_log_duplicates(buckets, sticker, undo, chunk_len, same_bucket, dtype):
     if same_bucket:
         bq = _chunks_of_sorted(buckets.to(torch.int16), sticker).view(n_rounds, b, h, n_rounds, n_chunks, chunk_len)
         same = same & (_look_one_back(bq, n_chunks)[..., None, :] == bq[..., :, None])
-    counts = same.sum(dim=0).clamp_(min=1)  # (B, H, R, C, m, W), values in 1..R'
-    table = -torch.arange(n_rounds + 1, device=counts.device, dtype=torch.float64).clamp(min=1).log()
-    return table.to(dtype)[counts]
+    # Summing bools promotes to int64 (8x the bytes); uint8 holds up to 255 rounds.
+    counts = same.view(torch.uint8).sum(dim=0, dtype=torch.uint8).clamp_(min=1)  # (B, H, R, C, m, W)
+    return counts.to(dtype).log_().neg_()
 
 
 def _chunks_of_sorted(per_round: torch.Tensor, sticker: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,108 @@
+"""measure(point): build the point's workload, time it and read its memory; the record's params,
+effective and metrics (see the record contract). Called by bench.worker in a fresh process per point.
+
+Exceptions propagate on purpose: the worker turns torch.OutOfMemoryError / MemoryError into `oom`,
+WorkloadUnavailable into `skipped` and anything else into `error`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import gc
+from typing import Any
+
+import torch
+
+from bench import measure as m
+from bench.complexity import table3_terms
+from bench.point import GridPoint
+from bench.workloads import Workload, build_workload
+
+POINT_PARAMS = ("workload", "impl", "device", "dtype", "batch_size", "seq_len")
+ALL_PHASES = ("fwd", "bwd", "opt", "step")
+MEMORY_METRICS = (
+    "peak_alloc_mib", "peak_reserved_mib", "nvml_device_used_mib", "nvml_process_used_mib",
+    "peak_rss_mib", "rss_delta_mib", "saved_for_backward_mib",
+)
+
+
+def flat_params(point: GridPoint) -> dict[str, Any]:
+    """workload, impl, device, dtype, batch_size, seq_len and every ReformerConfig field as the grid
+    canonicalised it: a field dropped as irrelevant to this point (e.g. n_hashes for full attention)
+    is null, so it never splits a table or a plot."""
+    from reformer_impl import ReformerConfig  # the config only, never the model code
+
+    params: dict[str, Any] = {key: getattr(point, key) for key in POINT_PARAMS}
+    for f in dataclasses.fields(ReformerConfig):
+        params[f.name] = point.model.get(f.name)
+    return params
+
+
+def predicted_terms(params: dict[str, Any]) -> dict[str, Any]:
+    """Table 3's memory and time terms for the point, null where its attention kind has no row."""
+    try:
+        terms = table3_terms(params)
+    except ValueError:
+        return {"predicted_memory_term": None, "predicted_time_term": None, "table3_row": None}
+    return {"predicted_memory_term": terms.memory, "predicted_time_term": terms.time, "table3_row": terms.row}
+
+
+def saved_for_backward_mib(workload: Workload) -> float:
+    """Bytes autograd keeps from one forward for the backward, parameters excluded."""
+    workload.zero_grad()
+    with m.SavedTensorCounter(exclude=workload.module.parameters()) as counter:
+        out = workload.forward()
+    del out  # frees the graph and everything it saved
+    return counter.mib
+
+
+def prime(point: GridPoint) -> bool:
+    """Run a tiny copy of the point's workload once, so one-time costs (library imports, code pages,
+    thread pools, allocator arenas, the CUDA context) land before the RSS baseline instead of in
+    `rss_delta_mib`. False if the tiny copy failed; the real build then reports the problem."""
+    chunk = point.model.get("chunk_len") or 32
+    tiny = dataclasses.replace(point, batch_size=1, seq_len=min(point.seq_len, 2 * chunk))
+    try:
+        workload = build_workload(tiny)
+        m.run_untimed(workload.iteration, point.device, 1)
+    except Exception:
+        return False
+    finally:
+        workload = None
+        gc.collect()
+        m.trim_host_heap()
+        if m.is_cuda(point.device):
+            torch.cuda.empty_cache()
+    return True
+
+
+def measure(point: GridPoint) -> dict[str, Any]:
+    """Measure one point: prime, baseline RSS, build, warm-up, `repeats` timed iterations, one forward
+    under saved-tensor hooks, then one untimed iteration between memory-peak resets (last, because
+    it changes how glibc allocates). Returns {params, effective, metrics}."""
+    params = flat_params(point)
+    primed = prime(point)
+    baseline_rss = m.current_rss_mib()
+    workload = build_workload(point)
+
+    stats = m.time_phases(workload.iteration, point.device, repeats=point.repeats, warmup=point.warmup)
+    saved = saved_for_backward_mib(workload)
+    memory = m.read_memory(workload.iteration, point.device, baseline_rss)  # last: it changes malloc
+
+    terms = predicted_terms(params)
+    metrics: dict[str, Any] = {
+        **m.phase_metrics(stats, ALL_PHASES),
+        **memory.as_metrics(),
+        "saved_for_backward_mib": saved,
+        "predicted_memory_term": terms["predicted_memory_term"],
+        "predicted_time_term": terms["predicted_time_term"],
+    }
+    effective = {
+        **workload.effective(),
+        "table3_row": terms["table3_row"],
+        "phases": list(workload.phases),
+        "rss_peak_scope": memory.rss_peak_scope,
+        "rss_large_allocs_mmapped": memory.rss_large_allocs_mmapped,
+        "primed": primed,
+        "torch_threads": torch.get_num_threads(),
+    }
+    return {"params": params, "effective": effective, "metrics": metrics}

@@ -1,0 +1,151 @@
+"""The measuring cores: statistics, phase timers, memory readings, bytes saved for backward."""
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from bench import measure as m
+
+
+def test_summarize_known_samples():
+    stats = m.summarize([5.0, 1.0, 3.0, 2.0, 4.0])
+    assert (stats.median_ms, stats.q25_ms, stats.q75_ms, stats.n) == (3.0, 2.0, 4.0, 5)
+
+
+def test_summarize_interpolates_even_counts():
+    stats = m.summarize([1.0, 2.0, 3.0, 10.0])
+    assert stats.median_ms == pytest.approx(2.5)
+    assert stats.q25_ms == pytest.approx(1.75)
+    assert stats.q75_ms == pytest.approx(4.75)
+
+
+@pytest.mark.parametrize("bad", [[], [1.0, float("nan")]])
+def test_summarize_refuses_empty_or_nan(bad):
+    with pytest.raises(ValueError, match="samples_ms"):
+        m.summarize(bad)
+
+
+def test_timing_stats_as_metrics_names_the_phase():
+    assert m.TimingStats(2.0, 1.0, 3.0, 4).as_metrics("bwd") == {
+        "bwd_ms_median": 2.0, "bwd_ms_q25": 1.0, "bwd_ms_q75": 3.0,
+    }
+
+
+def test_phase_clock_cpu_arithmetic(monkeypatch):
+    ticks = iter([10.0, 11.0, 11.5, 13.5])  # fwd 10 -> 11, bwd 11.5 -> 13.5
+    monkeypatch.setattr(m.time, "perf_counter", lambda: next(ticks))
+    clock = m.PhaseClock("cpu")
+    with clock.phase("fwd"):
+        pass
+    with clock.phase("bwd"):
+        pass
+    got = clock.collect()
+    assert got == pytest.approx({"fwd": 1000.0, "bwd": 2000.0, "step": 3500.0})
+    assert clock.collect() == {}  # marks are consumed
+
+
+def test_time_phases_warms_up_then_times_each_repeat(monkeypatch):
+    counter = itertools.count()
+    monkeypatch.setattr(m.time, "perf_counter", lambda: float(next(counter)))
+    calls = []
+
+    def iteration(clock: m.PhaseClock) -> None:
+        calls.append(1)
+        with clock.phase("fwd"):
+            pass
+
+    stats = m.time_phases(iteration, "cpu", repeats=3, warmup=2)
+    assert len(calls) == 5
+    assert stats["fwd"].n == 3 and stats["step"].n == 3
+    assert stats["fwd"].median_ms == pytest.approx(1000.0)  # each fwd spans one tick
+
+
+def test_time_phases_refuses_zero_repeats():
+    with pytest.raises(ValueError, match="repeats=0"):
+        m.time_phases(lambda clock: None, "cpu", repeats=0)
+
+
+def test_phase_metrics_nulls_phases_that_did_not_run():
+    stats = {"fwd": m.TimingStats(1.0, 1.0, 1.0, 3), "step": m.TimingStats(2.0, 2.0, 2.0, 3)}
+    out = m.phase_metrics(stats, ("fwd", "bwd", "opt", "step"))
+    assert out["fwd_ms_median"] == 1.0 and out["step_ms_median"] == 2.0
+    assert out["opt_ms_median"] is None and out["bwd_ms_q75"] is None
+    assert out["n_repeats"] == 3
+
+
+def test_saved_counter_mul_saves_both_inputs():
+    x = torch.randn(1000, requires_grad=True)  # 4000 bytes each
+    y = torch.randn(1000, requires_grad=True)
+    with m.SavedTensorCounter() as counter:
+        out = x * y
+    assert counter.nbytes == 2 * 4000
+    out.sum().backward()  # the hooks let autograd work as usual
+    assert torch.equal(x.grad, y.detach())
+
+
+def test_saved_counter_counts_a_storage_once_and_excludes_parameters():
+    x = torch.randn(256, requires_grad=True)
+    w = torch.nn.Parameter(torch.randn(256, dtype=torch.float64))
+    with m.SavedTensorCounter(exclude=[w]) as counter:
+        a = x * x  # saves x twice: one storage
+        b = x[:128] * x[128:]  # views of x: still the same storage
+        c = a.double() * w  # saves a.double() (2048 bytes) and w (excluded)
+    assert counter.nbytes == 256 * 4 + 256 * 8
+    del b, c
+
+
+def test_saved_counter_sees_no_grad_work_as_nothing():
+    x = torch.randn(64, requires_grad=True)
+    with torch.no_grad(), m.SavedTensorCounter() as counter:
+        x.exp().sin()
+    assert counter.nbytes == 0
+
+
+def test_peak_rss_reset_tracks_a_new_allocation():
+    if not m.reset_peak_rss():
+        pytest.skip("/proc/self/clear_refs is not writable here")
+    before = m.peak_rss_mib()
+    block = torch.ones(16 * 2**20)  # 64 MiB, touched
+    grown = m.peak_rss_mib()
+    del block
+    assert m.reset_peak_rss()
+    assert grown - before >= 48
+    assert m.peak_rss_mib() < grown - 32  # the high-water mark came back down
+
+
+def test_read_memory_on_cpu_sees_the_iteration_and_no_gpu():
+    keep = []
+
+    def iteration(clock: m.PhaseClock) -> None:
+        with clock.phase("fwd"):
+            keep.append(torch.ones(8 * 2**20))  # 32 MiB, stays alive like weights would
+
+    baseline = m.current_rss_mib()
+    reading = m.read_memory(iteration, "cpu", baseline)
+    assert reading.peak_alloc_mib is None and reading.nvml_device_used_mib is None
+    assert reading.rss_delta_mib >= 24
+    assert reading.peak_rss_mib >= baseline + 24
+    assert set(reading.as_metrics()) == {
+        "peak_alloc_mib", "peak_reserved_mib", "nvml_device_used_mib", "nvml_process_used_mib",
+        "peak_rss_mib", "rss_delta_mib",
+    }
+
+
+def test_gpu_readings_are_null_on_cpu():
+    assert m.gpu_peaks_mib("cpu") == {"peak_alloc_mib": None, "peak_reserved_mib": None}
+    assert m.nvml_used_mib("cpu") == {"nvml_device_used_mib": None, "nvml_process_used_mib": None}
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_gpu_peak_alloc_sees_a_tensor():
+    m.reset_gpu_peak("cuda")
+    block = torch.ones(16 * 2**20, device="cuda")  # 64 MiB
+    peaks = m.gpu_peaks_mib("cuda")
+    del block
+    assert peaks["peak_alloc_mib"] >= 64
+    clock = m.PhaseClock("cuda")
+    with clock.phase("fwd"):
+        torch.ones(1024, device="cuda").sum()
+    assert set(clock.collect()) == {"fwd", "step"}

@@ -21,7 +21,7 @@ from bench.suite import Suite, SuiteError, load_suite, resolve_suite_path, suite
 
 # Main figures in the summary table: the first metric present wins.
 TIME_METRICS = ("step_ms_median", "fwd_bwd_ms_median", "fwd_ms_median")
-MEMORY_METRICS = ("peak_alloc_mib", "peak_rss_mib")
+MEMORY_METRICS = ("peak_alloc_mib", "rss_delta_mib", "peak_rss_mib")
 STATUS_STYLE = {"ok": "green", "oom": "yellow", "timeout": "magenta", "error": "red", "skipped": "dim"}
 
 

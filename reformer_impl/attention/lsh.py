@@ -179,6 +179,16 @@ class LSHAttention(Attention):
             self.hash_seed = seed
         self._generators.clear()
 
+    def hash_rng_state(self) -> dict:
+        """The rotation stream's position (seed and per-device generator states), for checkpoints."""
+        return {"hash_seed": self.hash_seed, "generators": {k: g.get_state() for k, g in self._generators.items()}}
+
+    def load_hash_rng_state(self, state: dict) -> None:
+        """Continue the rotation stream from `hash_rng_state()`, so a resumed run hashes as an unbroken one."""
+        self.reset_hash_generator(state["hash_seed"])
+        for device, gen_state in state["generators"].items():
+            self._generator(torch.device(device)).set_state(gen_state)
+
     def _generator(self, device: torch.device) -> torch.Generator:
         key = str(device)
         if key not in self._generators:

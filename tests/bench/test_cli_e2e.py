@@ -148,15 +148,6 @@ def test_cli_dispatches_duplication_suites(write_suite, monkeypatch, tmp_path):
     assert calls["report"] == [run_dir, run_dir]
 
 
-def _model_landed() -> bool:
-    try:
-        import reformer_impl.model  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-@pytest.mark.skipif(not _model_landed(), reason="reformer_impl.model is not importable yet")
 def test_tiny_suite_end_to_end_then_resume(tmp_path):
     cmd = [sys.executable, "-m", "bench", "run", "tiny", "--profile", "cpu", "--results-root", str(tmp_path)]
     first = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)

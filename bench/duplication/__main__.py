@@ -1,0 +1,53 @@
+"""`python -m bench.duplication run|evaluate|report`: the duplication suite without the generic CLI."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from bench.duplication import DEFAULT_SUITE
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench.duplication", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    for name, help_ in (("run", "train (resuming from checkpoints) and evaluate, then write the report"),
+                        ("evaluate", "re-evaluate every finished checkpoint without training, then report")):
+        s = sub.add_parser(name, help=help_)
+        s.add_argument("--profile", default="auto", help="cpu | gpu | auto (gpu when CUDA is available)")
+        s.add_argument("--suite", type=Path, default=DEFAULT_SUITE, help="suite YAML (default: %(default)s)")
+        s.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
+        s.add_argument("--results-root", type=Path, default=Path("results"), help="(default: %(default)s)")
+        s.add_argument("--run-id", default=None, help="default <profile>-<device>; the same id resumes")
+        s.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: the profile's)")
+        if name == "run":
+            s.add_argument("--time-budget-s", type=float, default=None,
+                           help="stop training at the next checkpoint after this many seconds; rerun resumes")
+    r = sub.add_parser("report", help="regenerate report.md and plots of a run dir from its records")
+    r.add_argument("run_dir", type=Path)
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    from bench.duplication.report import write_report
+
+    if args.command == "report":
+        print(write_report(args.run_dir))
+        return 0
+    from bench.duplication.runner import run_suite
+
+    try:
+        run_dir = run_suite(args.suite, args.profile, args.device, args.results_root, args.run_id,
+                            threads=args.threads, time_budget_s=getattr(args, "time_budget_s", None),
+                            reevaluate=args.command == "evaluate", train=args.command == "run")
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(write_report(run_dir))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

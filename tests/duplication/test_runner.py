@@ -1,0 +1,150 @@
+"""A tiny suite end to end: records that follow the contract, run.json, resume without retraining,
+evaluation from checkpoints alone, a time budget that stops and resumes, failures as rows."""
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bench.duplication import runner
+from bench.duplication.report import write_report
+from reformer_impl import ReformerConfig
+
+RECORD_KEYS = {"point_id", "run_id", "suite", "studies", "status", "reason", "point", "params", "effective",
+               "metrics", "wall_s", "finished_at"}
+TINY = {
+    "kind": "duplication",
+    "name": "duplication",
+    "train_models": [{"name": "full", "attention": "full"}, {"name": "lsh-2", "attention": "lsh", "n_hashes": 2}],
+    "eval_settings": [{"name": "full", "attention": "full"}, {"name": "lsh-4", "attention": "lsh", "n_hashes": 4},
+                      {"name": "lsh-1", "attention": "lsh", "n_hashes": 1}],
+    "profiles": {"cpu": {
+        "task": {"half_len": 8, "n_symbols": 5},
+        "model": {"d_model": 32, "d_ff": 32, "n_heads": 2, "chunk_len": 4, "reversible": False},
+        "train": {"steps": 20, "batch_size": 4, "lr": 3e-3, "warmup_steps": 2, "checkpoint_every": 10,
+                  "log_every": 5, "seed": 0, "threads": 1},
+        "eval": {"seed": 1, "batches": 1, "batch_size": 4},
+    }},
+}
+
+
+def records(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "records.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def suite_path(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("suite") / "duplication.yaml"
+    path.write_text(yaml.safe_dump(TINY))
+    return path
+
+
+@pytest.fixture(scope="module")
+def run_dir(suite_path, tmp_path_factory) -> Path:
+    return runner.run_suite(suite_path, "cpu", "cpu", tmp_path_factory.mktemp("results"), None)
+
+
+def test_run_writes_contract_records_and_run_json(run_dir):
+    assert run_dir.name == "cpu-cpu" and run_dir.parent.name == "duplication"
+    recs = records(run_dir)
+    assert sorted(r["point_id"] for r in recs) == sorted(
+        ["dup-train-full", "dup-train-lsh-2"] + [f"dup-eval-{m}-as-{e}" for m in ("full", "lsh-2")
+                                                 for e in ("full", "lsh-4", "lsh-1")])
+    for r in recs:
+        assert RECORD_KEYS <= set(r) and r["status"] == "ok" and r["run_id"] == "cpu-cpu"
+        assert set(runner.CONTRACT_METRICS) <= set(r["metrics"])
+        assert {f.name for f in dataclasses.fields(ReformerConfig)} <= set(r["params"])
+        assert r["params"]["workload"] == "duplication" and r["point"]["workload"] == "duplication"
+    evals = [r for r in recs if r["params"]["role"] == "eval"]
+    assert all(0 <= r["metrics"]["accuracy"] <= 1 for r in evals)
+    lsh4 = next(r for r in evals if r["params"]["eval_setting"] == "lsh-4")
+    assert lsh4["params"]["attention"] == "lsh" and lsh4["params"]["n_hashes"] == 4
+    assert lsh4["effective"]["n_hashes"] == 4 and lsh4["effective"]["n_chunks"] == 4
+    train = [r for r in recs if r["params"]["role"] == "train"]
+    assert all(len(r["curve"]) == 4 and r["metrics"]["steps_done"] == 20 for r in train)
+    assert train[0]["params"]["lr"] == 3e-3 and train[0]["params"]["optimizer"] == "AdamW"
+    run = json.loads((run_dir / "run.json").read_text())
+    assert {"suite", "profile", "run_id", "device", "created_at", "environment", "suite_spec"} <= set(run)
+    assert run["suite_spec"]["train"]["steps"] == 20 and run["environment"]["device"] == "cpu"
+    for name in ("full", "lsh-2"):
+        assert (run_dir / "checkpoints" / f"{name}.pt").stat().st_size < 5 * 2**20
+
+
+def test_rerun_neither_retrains_nor_reevaluates(run_dir, suite_path):
+    before = records(run_dir)
+    blobs = {p.name: p.read_bytes() for p in (run_dir / "checkpoints").iterdir()}
+    assert runner.run_suite(suite_path, "cpu", "cpu", run_dir.parents[1], None) == run_dir
+    assert records(run_dir) == before
+    assert {p.name: p.read_bytes() for p in (run_dir / "checkpoints").iterdir()} == blobs
+
+
+def test_evaluate_only_reruns_evaluation_from_checkpoints(run_dir, suite_path, monkeypatch):
+    def no_training(*args, **kwargs):
+        raise AssertionError("evaluation must not train")
+    monkeypatch.setattr(runner, "train_model", no_training)
+    before = records(run_dir)
+    runner.run_suite(suite_path, "cpu", "cpu", run_dir.parents[1], None, reevaluate=True, train=False)
+    new = records(run_dir)[len(before):]
+    assert len(new) == 6 and {r["params"]["role"] for r in new} == {"eval"}
+    old_acc = {r["point_id"]: r["metrics"]["accuracy"] for r in before if r["params"]["role"] == "eval"}
+    assert {r["point_id"]: r["metrics"]["accuracy"] for r in new} == old_acc  # same checkpoints, same held-out set
+
+
+def test_report_from_records(run_dir):
+    report = write_report(run_dir).read_text()
+    assert "| lsh-2" in report and "(100.0)" in report  # measured next to the paper's numbers
+    for name in ("table2_heatmap.png", "training_curves.png", "table2.csv"):
+        assert (run_dir / name).stat().st_size > 0
+
+
+def test_time_budget_stops_at_a_checkpoint_and_a_rerun_resumes(suite_path, tmp_path):
+    run_dir = runner.run_suite(suite_path, "cpu", "cpu", tmp_path, "budget", time_budget_s=0)
+    assert not (run_dir / "records.jsonl").exists()  # stopped at step 10 of the first model
+    runner.run_suite(suite_path, "cpu", "cpu", tmp_path, "budget")
+    train = [r for r in records(run_dir) if r["params"]["role"] == "train"]
+    assert [r["metrics"]["steps_done"] for r in train] == [20, 20] and all(r["status"] == "ok" for r in train)
+
+
+def test_a_failing_model_is_a_row_and_its_evaluations_are_skipped(suite_path, tmp_path, monkeypatch):
+    real = runner.train_model
+
+    def flaky(name, *args, **kwargs):
+        if name == "lsh-2":
+            raise RuntimeError("boom")
+        return real(name, *args, **kwargs)
+    monkeypatch.setattr(runner, "train_model", flaky)
+    run_dir = runner.run_suite(suite_path, "cpu", "cpu", tmp_path, "flaky")
+    by_id = {r["point_id"]: r for r in records(run_dir)}
+    assert by_id["dup-train-lsh-2"]["status"] == "error" and "boom" in by_id["dup-train-lsh-2"]["reason"]
+    assert by_id["dup-eval-lsh-2-as-full"]["status"] == "skipped"
+    assert by_id["dup-eval-full-as-lsh-1"]["status"] == "ok"
+    assert "Points not ok" in write_report(run_dir).read_text()
+
+
+def test_a_changed_suite_is_refused_for_an_existing_run(run_dir, suite_path, tmp_path):
+    changed = json.loads(json.dumps(TINY))
+    changed["profiles"]["cpu"]["train"]["lr"] = 1e-2
+    path = tmp_path / "duplication.yaml"
+    path.write_text(yaml.safe_dump(changed))
+    with pytest.raises(ValueError, match="run_id"):
+        runner.run_suite(path, "cpu", "cpu", run_dir.parents[1], None)
+
+
+def test_prose_and_thread_changes_do_not_block_a_resume(run_dir, tmp_path):
+    changed = json.loads(json.dumps(TINY))
+    changed["description"] = "reworded"
+    changed["profiles"]["cpu"]["train"]["threads"] = 2
+    path = tmp_path / "duplication.yaml"
+    path.write_text(yaml.safe_dump(changed))
+    before = records(run_dir)
+    runner.run_suite(path, "cpu", "cpu", run_dir.parents[1], None, threads=1)
+    assert records(run_dir) == before
+
+
+def test_a_torn_last_line_does_not_swallow_the_next_record(tmp_path):
+    from bench.duplication.report import read_records
+
+    (tmp_path / "records.jsonl").write_text('{"point_id": "a"}\n{"point_id": "b", "sta')  # killed mid-write
+    runner.append_record(tmp_path, {"point_id": "c"})
+    assert [r["point_id"] for r in read_records(tmp_path)] == ["a", "c"]

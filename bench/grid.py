@@ -48,6 +48,18 @@ class SkipRule:
 
 
 @dataclass(frozen=True)
+class OverrideRule:
+    """Points whose settings match every entry of `when` take the settings in `to`: a per-value
+    exception to the product grid (e.g. sdpa as the fused baseline needs shared_qk=False)."""
+
+    when: Mapping[str, tuple[Any, ...]]
+    to: Mapping[str, Any]
+
+    def matches(self, settings: Mapping[str, Any]) -> bool:
+        return all(key in settings and settings[key] in values for key, values in self.when.items())
+
+
+@dataclass(frozen=True)
 class StudyGrid:
     """One study, fully merged for one profile: settings shared by all its points, its axes
     (in declaration order), its skip rules and an optional fixed token budget per batch."""
@@ -57,6 +69,7 @@ class StudyGrid:
     axes: tuple[tuple[str, tuple[Any, ...]], ...]
     skip: tuple[SkipRule, ...] = ()
     fixed_tokens: int | None = None
+    overrides: tuple[OverrideRule, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -95,6 +108,9 @@ def resolve_settings(
     """Everything one point runs with: defaults, then the study's settings, then the grid combo;
     then batch_size from fixed_tokens and max_seq_len from seq_len when the suite left it unset."""
     explicit = merge(study.settings, combo)
+    for rule in study.overrides:
+        if rule.matches(explicit):
+            explicit = merge(explicit, rule.to)
     settings = merge(POINT_DEFAULTS, model_defaults, explicit)
     if "seq_len" not in settings:
         raise GridError(study.name, "seq_len", "not set in base, profile or grid")

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal, Mapping, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
-from bench.grid import GridError, PlannedPoint, SkipRule, StudyGrid, expand
+from bench.grid import GridError, OverrideRule, PlannedPoint, SkipRule, StudyGrid, expand
 from bench.point import DTYPES, IMPLS
 
 SUITES_DIR = Path(__file__).resolve().parents[1] / "suites"
@@ -124,6 +124,30 @@ class SkipSpec(BaseModel):
         return SkipRule(when=when, reason=self.reason)
 
 
+class OverrideSpec(BaseModel):
+    """`{when: {axis: value-or-list}, set: {field: value}}`: matching points take these settings."""
+
+    model_config = _STRICT
+    when: Annotated[dict[str, Any], Field(min_length=1)]
+    set: Annotated[dict[str, Any], Field(min_length=1)]
+
+    @field_validator("when")
+    @classmethod
+    def _valid_when(cls, when: dict[str, Any]) -> dict[str, Any]:
+        for key, value in when.items():
+            _check_values(key, value if isinstance(value, list) else [value])
+        return when
+
+    @field_validator("set", mode="before")
+    @classmethod
+    def _valid_set(cls, raw: Any) -> dict[str, Any]:
+        return _check_settings(raw)
+
+    def rule(self) -> OverrideRule:
+        when = {k: tuple(v) if isinstance(v, list) else (v,) for k, v in self.when.items()}
+        return OverrideRule(when=when, to=dict(self.set))
+
+
 class PlotHint(BaseModel):
     """How the report plots a study: y metrics against axis x, one line per hue (and style)."""
 
@@ -159,6 +183,7 @@ class StudySpec(_Gridded):
     grid: dict[str, Axis]
     base: Settings
     skip: list[SkipSpec] = Field(default_factory=list)
+    overrides: list[OverrideSpec] = Field(default_factory=list)
     fixed_tokens: Optional[Annotated[int, Field(ge=1)]] = None
     plot: Optional[PlotHint] = None
 
@@ -244,6 +269,7 @@ class Suite:
                     axes=tuple((k, tuple(v)) for k, v in axes.items()),
                     skip=tuple(s.rule() for s in [*study.skip, *over.skip]),
                     fixed_tokens=over.fixed_tokens or study.fixed_tokens,
+                    overrides=tuple(o.rule() for o in study.overrides),
                 )
             )
         return grids
@@ -285,6 +311,7 @@ class Suite:
                 "grid": {k: list(v) for k, v in grid.axes},
                 "skip": [{"when": {k: list(v) for k, v in r.when.items()}, "reason": r.reason} for r in grid.skip],
                 "fixed_tokens": grid.fixed_tokens,
+                "overrides": [{"when": {k: list(v) for k, v in o.when.items()}, "set": dict(o.to)} for o in grid.overrides],
                 "plot": study.plot.model_dump() if study.plot else None,
             }
         return {

@@ -146,3 +146,17 @@ def test_point_params_is_flat():
 def test_grid_module_does_not_import_torch():
     code = "import sys, bench.grid; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, check=True)
+
+
+def test_override_rule_sets_fields_only_where_it_matches():
+    from bench.grid import OverrideRule, StudyGrid, expand
+
+    study = StudyGrid(
+        name="s", settings={"seq_len": 64, "workload": "attention"},
+        axes=(("attention", ("full", "sdpa")),),
+        overrides=(OverrideRule(when={"attention": ("sdpa",)}, to={"shared_qk": False}),),
+    )
+    points = expand([study], suite="t", model_defaults={"attention": "full", "shared_qk": True},
+                    repeats=1, warmup=0, timeout_s=10)
+    by_kind = {p.point.model["attention"]: p.point.model["shared_qk"] for p in points}
+    assert by_kind == {"full": True, "sdpa": False}

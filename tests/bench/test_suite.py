@@ -180,3 +180,15 @@ def test_duplication_suites_are_recognised_without_validation(write_suite):
     path = write_suite({"kind": "duplication", "name": "dup", "anything": {"goes": 1}})
     assert suite_kind(path) == "duplication"
     assert suite_kind(write_suite(small_suite(), "other.yaml")) == "grid"
+
+
+def test_override_with_unknown_field_is_refused(tmp_path):
+    from bench.suite import SuiteError, load_suite
+
+    path = tmp_path / "bad.yaml"
+    path.write_text(
+        "name: bad\nbase: {seq_len: 64, workload: attention}\nstudies:\n  s:\n    grid: {attention: [full, sdpa]}\n"
+        "    overrides: [{when: {attention: sdpa}, set: {shared_qkk: false}}]\n"
+    )
+    with pytest.raises(SuiteError, match="shared_qkk"):
+        load_suite(path)

@@ -35,6 +35,11 @@ class GridError(ValueError):
         self.study, self.key, self.message = study, key, message
 
 
+def settings_match(when: Mapping[str, tuple[Any, ...]], settings: Mapping[str, Any]) -> bool:
+    """Every key of `when` is set and holds one of its values."""
+    return all(key in settings and settings[key] in values for key, values in when.items())
+
+
 @dataclass(frozen=True)
 class SkipRule:
     """Points whose settings match every entry of `when` (a value or any of several) are recorded
@@ -44,7 +49,7 @@ class SkipRule:
     reason: str
 
     def matches(self, settings: Mapping[str, Any]) -> bool:
-        return all(key in settings and settings[key] in values for key, values in self.when.items())
+        return settings_match(self.when, settings)
 
 
 @dataclass(frozen=True)
@@ -56,7 +61,7 @@ class OverrideRule:
     to: Mapping[str, Any]
 
     def matches(self, settings: Mapping[str, Any]) -> bool:
-        return all(key in settings and settings[key] in values for key, values in self.when.items())
+        return settings_match(self.when, settings)
 
 
 @dataclass(frozen=True)

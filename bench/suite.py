@@ -107,36 +107,34 @@ class _Base(BaseModel):
         return _check_settings(raw)
 
 
-class SkipSpec(BaseModel):
+class _WhenSpec(BaseModel):
+    """A rule that applies to points whose settings match `when` (axis -> value or list of values)."""
+
     model_config = _STRICT
     when: Annotated[dict[str, Any], Field(min_length=1)]
+
+    @field_validator("when")
+    @classmethod
+    def _valid_when(cls, when: dict[str, Any]) -> dict[str, Any]:
+        for key, value in when.items():
+            _check_values(key, value if isinstance(value, list) else [value])
+        return when
+
+    def when_values(self) -> dict[str, tuple[Any, ...]]:
+        return {k: tuple(v) if isinstance(v, list) else (v,) for k, v in self.when.items()}
+
+
+class SkipSpec(_WhenSpec):
     reason: Annotated[str, Field(min_length=1)]
 
-    @field_validator("when")
-    @classmethod
-    def _valid_when(cls, when: dict[str, Any]) -> dict[str, Any]:
-        for key, value in when.items():
-            _check_values(key, value if isinstance(value, list) else [value])
-        return when
-
     def rule(self) -> SkipRule:
-        when = {k: tuple(v) if isinstance(v, list) else (v,) for k, v in self.when.items()}
-        return SkipRule(when=when, reason=self.reason)
+        return SkipRule(when=self.when_values(), reason=self.reason)
 
 
-class OverrideSpec(BaseModel):
+class OverrideSpec(_WhenSpec):
     """`{when: {axis: value-or-list}, set: {field: value}}`: matching points take these settings."""
 
-    model_config = _STRICT
-    when: Annotated[dict[str, Any], Field(min_length=1)]
     set: Annotated[dict[str, Any], Field(min_length=1)]
-
-    @field_validator("when")
-    @classmethod
-    def _valid_when(cls, when: dict[str, Any]) -> dict[str, Any]:
-        for key, value in when.items():
-            _check_values(key, value if isinstance(value, list) else [value])
-        return when
 
     @field_validator("set", mode="before")
     @classmethod
@@ -144,8 +142,7 @@ class OverrideSpec(BaseModel):
         return _check_settings(raw)
 
     def rule(self) -> OverrideRule:
-        when = {k: tuple(v) if isinstance(v, list) else (v,) for k, v in self.when.items()}
-        return OverrideRule(when=when, to=dict(self.set))
+        return OverrideRule(when=self.when_values(), to=dict(self.set))
 
 
 class PlotHint(BaseModel):

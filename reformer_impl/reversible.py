@@ -7,6 +7,7 @@ ordinary autograd, with the same parameter names.
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import torch
@@ -54,14 +55,15 @@ class _RNGState:
         self.cpu = torch.get_rng_state()
         self.cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
 
+    @contextlib.contextmanager
     def replay(self):
+        """Run the block with the RNG as it was, leaving the caller's RNG untouched afterwards."""
         devices = [self.device] if self.cuda is not None else []
-        ctx = torch.random.fork_rng(devices=devices)
-        ctx.__enter__()
-        torch.set_rng_state(self.cpu)
-        if self.cuda is not None:
-            torch.cuda.set_rng_state(self.cuda, self.device)
-        return ctx
+        with torch.random.fork_rng(devices=devices):
+            torch.set_rng_state(self.cpu)
+            if self.cuda is not None:
+                torch.cuda.set_rng_state(self.cuda, self.device)
+            yield
 
 
 class _ReversibleFunction(torch.autograd.Function):
@@ -107,26 +109,19 @@ def _block_backward(block, rng_f, rng_g, buckets, y1, y2, dy1, dy2):
     with torch.enable_grad():
         y1 = y1.detach().requires_grad_()
         x2 = torch.empty_like(y2)
-        ctx = rng_g.replay()
-        try:
-            # G is position-wise: recompute and differentiate one sequence chunk at a time, in the
-            # forward's chunk order so the replayed dropout masks match.
+        # G is position-wise: recompute and differentiate one sequence chunk at a time, in the
+        # forward's chunk order so the replayed dropout masks match.
+        with rng_g.replay():
             for s in sequence_chunks(y1.shape[1], ff.n_chunks):
                 g_out = ff.ff(y1[:, s])
                 torch.autograd.backward(g_out, dy2[:, s])
                 x2[:, s] = y2[:, s] - g_out.detach()
                 del g_out
-        finally:
-            ctx.__exit__(None, None, None)
         dx1 = dy1 + y1.grad
         x2 = x2.detach().requires_grad_()
-        ctx = rng_f.replay()
-        try:
-            with recomputing():
-                f_out, _ = block.f.compute(x2, buckets)
-            torch.autograd.backward(f_out, dx1)
-        finally:
-            ctx.__exit__(None, None, None)
+        with rng_f.replay(), recomputing():
+            f_out, _ = block.f.compute(x2, buckets)
+        torch.autograd.backward(f_out, dx1)
         x1 = y1.detach() - f_out.detach()
         dx2 = dy2 + x2.grad
     return x1, x2.detach(), dx1, dx2

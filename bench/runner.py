@@ -16,7 +16,7 @@ from rich.table import Table
 
 from bench.executors.base import Executor, Record
 from bench.grid import PlannedPoint, point_params
-from bench.store import RunStore, default_run_id, fresh_run_id, latest_by_point, make_record, now_iso
+from bench.store import RunStore, default_run_id, fresh_run_id, latest_by_point, machine_run_id, make_record, now_iso
 from bench.suite import Suite, SuiteError, load_suite, resolve_suite_path, suite_kind
 
 # Main figures in the summary table: the first metric present wins.
@@ -121,6 +121,12 @@ def _run_meta(suite: Suite, plan: Plan, run_id: str) -> dict[str, Any]:
     }
 
 
+def _device_name(device: str) -> str | None:
+    from bench.environment import capture_environment
+
+    return capture_environment(device if device != "mixed" else "cuda")["device_name"]
+
+
 def run_grid_suite(suite: Suite, opts: RunOptions, console: Console | None = None) -> Path:
     """Run (or resume) one grid suite; returns the run directory."""
     console = console or Console()
@@ -131,6 +137,11 @@ def run_grid_suite(suite: Suite, opts: RunOptions, console: Console | None = Non
         run_id = fresh_run_id(plan.profile, plan.device)
     else:
         run_id = default_run_id(plan.profile, plan.device)
+        here = machine_run_id(Path(opts.results_root) / suite.name, run_id, _device_name(plan.device))
+        if here != run_id:
+            console.print(f"[yellow]{suite.name}/{run_id} was measured on another machine; "
+                          f"this one writes to {suite.name}/{here}[/]")
+            run_id = here
     store = RunStore(Path(opts.results_root) / suite.name / run_id)
     if store.torn_fragment is not None:
         console.print(f"[yellow]records.jsonl ended in a torn line ({len(store.torn_fragment)} bytes); "

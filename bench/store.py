@@ -86,6 +86,20 @@ def default_run_id(profile: str, device: str) -> str:
     return f"{profile}-{device}"
 
 
+def machine_run_id(suite_dir: Path, run_id: str, device_name: str | None) -> str:
+    """A default run directory resumes only on the kind of machine that started it: a run dir
+    measured on another device (committed results, say) is left alone and this machine writes to
+    `<run_id>-<device name>` instead."""
+    meta_path = Path(suite_dir) / run_id / RUN_JSON
+    if not meta_path.is_file() or not device_name:
+        return run_id
+    recorded = json.loads(meta_path.read_text()).get("environment", {}).get("device_name")
+    if recorded in (None, device_name):
+        return run_id
+    slug = "-".join("".join(c if c.isalnum() else " " for c in device_name.lower()).split())
+    return f"{run_id}-{slug}"
+
+
 def fresh_run_id(profile: str, device: str, when: _dt.datetime | None = None) -> str:
     stamp = (when or _dt.datetime.now()).strftime("%Y%m%d-%H%M%S")
     return f"{profile}-{device}-{stamp}"

@@ -379,7 +379,12 @@ def run_suite(suite_path: Path, profile: str, device: Optional[str], results_roo
     if run.profile == "gpu" and device == "cpu" and not explicit_device:
         raise ValueError("profile='gpu' is paper scale and CUDA is not available; use --profile cpu "
                          "(or pass device='cpu' explicitly to insist)")
-    run_id = run_id or f"{run.profile}-{device.split(':')[0]}"
+    if run_id is None:
+        from bench.environment import capture_environment
+        from bench.store import machine_run_id
+
+        run_id = machine_run_id(Path(results_root) / run.suite, f"{run.profile}-{device.split(':')[0]}",
+                                capture_environment(device)["device_name"])
     run_dir = Path(results_root) / run.suite / run_id
     run_dir.mkdir(parents=True, exist_ok=True)
     if device == "cpu" and (threads or run.train.threads):

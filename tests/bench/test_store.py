@@ -101,3 +101,15 @@ def test_run_ids():
     import datetime as dt
 
     assert fresh_run_id("cpu", "cpu", dt.datetime(2025, 1, 2, 3, 4, 5)) == "cpu-cpu-20250102-030405"
+
+
+def test_default_run_dir_resumes_only_on_the_machine_kind_that_started_it(tmp_path):
+    import json
+
+    from bench.store import machine_run_id
+
+    assert machine_run_id(tmp_path, "cpu-cpu", "AMD EPYC") == "cpu-cpu"  # nothing there yet
+    (tmp_path / "cpu-cpu").mkdir()
+    (tmp_path / "cpu-cpu" / "run.json").write_text(json.dumps({"environment": {"device_name": "AMD EPYC"}}))
+    assert machine_run_id(tmp_path, "cpu-cpu", "AMD EPYC") == "cpu-cpu"
+    assert machine_run_id(tmp_path, "cpu-cpu", "Intel(R) Xeon(R) Gold 6338") == "cpu-cpu-intel-r-xeon-r-gold-6338"

@@ -2,53 +2,62 @@
 # The venv sees system site-packages so a machine's own torch (GPU images ship one) is used as is.
 PY      := .venv/bin/python
 PIP     := $(PY) -m pip
-STAMP   := .venv/.installed
-EXTRAS  ?= dev,wandb,cluster,slurm
+CORE    := .venv/.installed-core
+TESTENV := .venv/.installed-test
+# What the tests exercise beyond the core: pytest, W&B (offline), Ray and submitit executors.
+TEST_EXTRAS ?= dev,wandb,cluster,slurm
 PROFILE ?= auto
 RUN      = $(PY) -m bench run
 
 .PHONY: install test bench-memory bench-speed bench-lsh-vs-full bench-peers bench-duplication \
         bench-micro bench-all report publish clean-venv
 
-install: $(STAMP)
+install: $(CORE)
 
-$(STAMP): pyproject.toml
+$(CORE): pyproject.toml
 	@test -x $(PY) || python3 -m venv --system-site-packages .venv
 	@# torch first, pinned to the local CPU build only when none is importable (a looser spec pulls CUDA).
 	@$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e ".[$(EXTRAS)]"
-	@touch $(STAMP)
+	@# Offline machines (GPU images) bring most dependencies: fall back to the project alone.
+	$(PIP) install -q -e . || { echo "dependencies could not be installed (offline?): installing the project alone"; \
+	    $(PIP) install -q --no-deps --no-build-isolation -e .; }
+	@touch $(CORE)
 
-test: $(STAMP)
+$(TESTENV): $(CORE)
+	$(PIP) install -q -e ".[$(TEST_EXTRAS)]"
+	@touch $(TESTENV)
+
+test: $(TESTENV)
 	$(PY) -m pytest -q
 
-bench-memory: $(STAMP)
+bench-memory: $(CORE)
 	$(RUN) memory --profile $(PROFILE)
 
-bench-speed: $(STAMP)
+bench-speed: $(CORE)
 	$(RUN) speed --profile $(PROFILE)
 
-bench-lsh-vs-full: $(STAMP)
+bench-lsh-vs-full: $(CORE)
 	$(RUN) lsh_vs_full --profile $(PROFILE)
 
-bench-peers: $(STAMP)
-	$(PIP) install -q -e ".[$(EXTRAS),peers]"
+bench-peers: $(CORE)
+	$(PIP) install -q -e ".[peers]"
 	$(RUN) peers --profile $(PROFILE)
 
-bench-duplication: $(STAMP)
+bench-duplication: $(CORE)
 	$(RUN) duplication --profile $(PROFILE)
 
 bench-all: bench-memory bench-speed bench-lsh-vs-full bench-duplication
 
 # Micro-benchmark of one causal attention layer (pytest-benchmark); peers join when installed.
-bench-micro: $(STAMP)
+bench-micro: $(TESTENV)
 	$(PY) -m pytest benchmarks/test_attention_layer.py --benchmark-enable --benchmark-only \
 	    --benchmark-columns=min,median,max,rounds -p no:cacheprovider $(BENCH_ARGS)
 
-report: $(STAMP)
+report: $(CORE)
 	$(PY) -m bench report $(RUN_DIR)
 
-publish: $(STAMP)
+publish: $(CORE)
+	$(PIP) install -q -e ".[wandb]"
 	$(PY) -m bench publish $(RUN_DIR)
 
 clean-venv:

@@ -37,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wandb", action="store_true", help="log each record to Weights & Biases as it lands")
     p.add_argument("--only", action="append", default=[], metavar="STUDY",
                    help="run only this study (repeatable)")
+    p.add_argument("--time-budget-s", type=float, metavar="S",
+                   help="stop launching points after S seconds (e.g. within a 10-minute GPU lease); rerun to resume")
     p.add_argument("--memory-limit-mib", type=float,
                    help="local executor: kill a worker whose RSS exceeds this (default 75%% of free RAM; 0 = off)")
 
@@ -61,7 +63,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
         profile=args.profile, device=args.device, run_id=args.run_id, fresh=args.fresh,
         retry_failed=args.retry_failed, results_root=args.results_root, executor=args.executor,
         ray_address=args.ray_address, wandb=args.wandb, only=tuple(args.only),
-        memory_limit_mib=args.memory_limit_mib,
+        memory_limit_mib=args.memory_limit_mib, time_budget_s=args.time_budget_s,
     )
     if opts.fresh and opts.run_id:
         raise RunError("--fresh and --run-id are exclusive: --fresh makes a new timestamped run id")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -44,6 +45,7 @@ class RunOptions:
     wandb: bool = False
     only: tuple[str, ...] = ()
     memory_limit_mib: float | None = None  # local executor's watchdog; None = 75% of free RAM
+    time_budget_s: float | None = None  # stop launching points after this long; a rerun resumes
 
 
 @dataclass(frozen=True)
@@ -194,8 +196,14 @@ def _execute(todo: Sequence[PlannedPoint], store: RunStore, run_id: str, opts: R
             keep(make_record(p.point, "skipped", p.skip_reason), progress, task)
         if to_run:
             timeout_s = suite.measurement(plan.profile)["timeout_s"]
+            started = time.monotonic()
             for record in make_executor(opts, plan, timeout_s).run(to_run):
                 keep(record, progress, task)
+                if opts.time_budget_s is not None and time.monotonic() - started > opts.time_budget_s:
+                    # Leaving the loop closes the executor's generator: no further point starts.
+                    progress.console.print(f"[yellow]time budget of {opts.time_budget_s:g} s spent; "
+                                           "run the same command again to resume[/]")
+                    break
 
 
 def _live_logger(run_dir: Path) -> Any:
@@ -317,6 +325,7 @@ def _run_duplication(path: Path, opts: RunOptions, console: Console) -> Path:
             None if opts.device == "auto" else opts.device,
             Path(opts.results_root),
             opts.run_id,
+            time_budget_s=opts.time_budget_s,
         )
     except ValueError as exc:  # its refusals (bad suite, gpu profile without CUDA) are ValueErrors
         raise RunError(str(exc)) from exc

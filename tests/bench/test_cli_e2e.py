@@ -128,8 +128,9 @@ def test_cli_list_and_refusal(write_suite, capsys):
 def test_cli_dispatches_duplication_suites(write_suite, monkeypatch, tmp_path):
     calls = {}
 
-    def run_suite(suite_path, profile, device, results_root, run_id):
+    def run_suite(suite_path, profile, device, results_root, run_id, time_budget_s=None):
         calls["run"] = (suite_path, profile, device, results_root, run_id)
+        calls["time_budget_s"] = time_budget_s
         run_dir = results_root / "dup" / "cpu-cpu"
         run_dir.mkdir(parents=True)
         (run_dir / "run.json").write_text(json.dumps({"suite": "dup", "suite_spec": {"kind": "duplication"}}))
@@ -140,8 +141,10 @@ def test_cli_dispatches_duplication_suites(write_suite, monkeypatch, tmp_path):
                         types.SimpleNamespace(write_report=lambda d: calls.setdefault("report", []).append(d) or d))
     monkeypatch.setattr(runner, "cuda_available", lambda: False)
     path = write_suite({"kind": "duplication", "name": "dup", "whatever": [1, 2]})
-    assert main(["run", str(path), "--results-root", str(tmp_path / "r"), "--run-id", "x"]) == 0
+    assert main(["run", str(path), "--results-root", str(tmp_path / "r"), "--run-id", "x",
+                 "--time-budget-s", "540"]) == 0
     assert calls["run"] == (path, "cpu", None, tmp_path / "r", "x")
+    assert calls["time_budget_s"] == 540  # passed through, so GPU leases can resume duplication too
     run_dir = tmp_path / "r" / "dup" / "cpu-cpu"
     assert calls["report"] == [run_dir]
     assert main(["report", str(run_dir)]) == 0  # `bench report` also routes it to its own report
@@ -166,3 +169,16 @@ def test_tiny_suite_end_to_end_then_resume(tmp_path):
     assert "3 already recorded, 0 to do" in second.stdout
     again = read_records(run_dir / "records.jsonl")
     assert again == records  # nothing ran twice, nothing was lost
+
+
+def test_time_budget_stops_launching_points_and_a_rerun_finishes(tmp_path):
+    base = [sys.executable, "-m", "bench", "run", "tiny", "--profile", "cpu", "--results-root", str(tmp_path)]
+    first = subprocess.run([*base, "--time-budget-s", "0"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stdout + first.stderr
+    records = read_records(tmp_path / "tiny" / "cpu-cpu" / "records.jsonl")
+    assert sorted(r["status"] for r in records) == ["ok", "skipped"]  # one point ran, then the budget stopped it
+    second = subprocess.run(base, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stdout + second.stderr
+    records = read_records(tmp_path / "tiny" / "cpu-cpu" / "records.jsonl")
+    assert sorted(r["status"] for r in records) == ["ok", "ok", "skipped"]
+    assert len({r["point_id"] for r in records}) == 3  # nothing ran twice

@@ -191,8 +191,11 @@ def study_names(run: Run) -> list[str]:
 
 
 def _hashable(value: Any) -> Any:
+    """None for missing; integral floats (pandas' upcast next to NaN) back to int for labels."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
     return value
 
 
@@ -268,7 +271,9 @@ def study_view(df: pd.DataFrame, name: str, spec: Mapping[str, Any], device: str
 
 def series_label(row: Mapping[str, Any], cols: Sequence[str]) -> str:
     parts = [f"{c}={_hashable(row.get(c))}" for c in cols if _hashable(row.get(c)) is not None]
-    return ", ".join(parts) or "all"
+    if parts:
+        return ", ".join(parts)
+    return f"{'/'.join(cols)} n/a" if cols else "all"
 
 
 def study_table(view: StudyView) -> pd.DataFrame:

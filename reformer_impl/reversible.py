@@ -73,7 +73,7 @@ class _ReversibleFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, blocks: nn.ModuleList) -> torch.Tensor:
         x1, x2 = x.chunk(2, dim=-1)
-        layer_states = []
+        rng_states, cached = [], []  # per layer: RNG before F and G; LSH buckets or None
         with torch.no_grad():
             for block in blocks:
                 rng_f = _RNGState(x.device)
@@ -81,13 +81,14 @@ class _ReversibleFunction(torch.autograd.Function):
                 x1 = x1 + f_out
                 rng_g = _RNGState(x.device)
                 x2 = x2 + block.g(x1)
+                rng_states.append((rng_f, rng_g))
                 # LSH buckets are cached (int32) so the backward does not re-hash reconstructed
                 # activations, whose argmax could flip; they are the only per-layer state kept.
-                layer_states.append((rng_f, rng_g, None if buckets is None else buckets.to(torch.int32)))
+                cached.append(None if buckets is None else buckets.to(torch.int32))
         y = torch.cat([x1, x2], dim=-1)
-        ctx.blocks, ctx.rng_states = blocks, [(f, g) for f, g, _ in layer_states]
-        ctx.has_buckets = [b is not None for _, _, b in layer_states]
-        ctx.save_for_backward(y, *(b for _, _, b in layer_states if b is not None))
+        ctx.blocks, ctx.rng_states = blocks, rng_states
+        ctx.has_buckets = [b is not None for b in cached]
+        ctx.save_for_backward(y, *(b for b in cached if b is not None))
         return y
 
     @staticmethod

@@ -127,8 +127,8 @@ def lsh_attention_core(
 def _unsort(t: torch.Tensor, undo: torch.Tensor) -> torch.Tensor:
     """t (B, H, R, Lp, d) in sorted order per round -> original order, by `undo` (B, H, R, Lp)."""
     b, h, n_rounds, lp = undo.shape
-    offsets = (torch.arange(b * h * n_rounds, device=t.device) * lp).view(b, h, n_rounds, 1)
-    return t.reshape(b * h * n_rounds * lp, -1)[(undo + offsets).reshape(-1)].view(b, h, n_rounds, lp, -1)
+    rows = t.reshape(b, h * n_rounds, lp, -1)  # each (head, round) is its own group of rows
+    return _gather_rows(rows, undo.reshape(b, h * n_rounds, 1, lp)).view(b, h, n_rounds, lp, -1)
 
 
 def _neg_log_duplicates(buckets, sticker, undo, chunk_len, same_bucket, dtype):

@@ -16,6 +16,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict
 
 from bench.complexity import fit_loglog, is_power_law_axis, predicted_exponent
+from bench.store import RECORDS, read_records
 
 STATUSES = ("ok", "oom", "timeout", "error", "skipped")
 # Axes we know how to plot, in the order a default x is chosen.
@@ -86,29 +87,11 @@ class StudyView:
 # --------------------------------------------------------------------------- reading
 
 
-def read_records(path: Path) -> list[dict[str, Any]]:
-    """The records of a records.jsonl; a torn last line (a writer killed mid-line) is ignored."""
-    if not path.exists():
-        return []
-    lines = path.read_text().splitlines()
-    out = []
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            if i == len(lines) - 1:
-                break
-            raise ValueError(f"{path}:{i + 1}: not a JSON record: {line[:80]!r}")
-    return out
-
-
 def load_run(run_dir: Path) -> Run:
     run_dir = Path(run_dir)
     meta_path = run_dir / "run.json"
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
-    return Run(meta=meta, records=tuple(read_records(run_dir / "records.jsonl")))
+    return Run(meta=meta, records=tuple(read_records(run_dir / RECORDS)))
 
 
 # --------------------------------------------------------------------------- frames

@@ -23,7 +23,7 @@ RUN_JSON = "run.json"
 TORN = "records.torn"
 
 
-class StoreError(RuntimeError):
+class StoreError(ValueError):
     """The run directory cannot be used as asked (corrupt records, a run.json that disagrees)."""
 
 

@@ -8,6 +8,8 @@ from typing import Any, Iterable, Optional
 
 import pandas as pd
 
+from bench import store
+
 # Paper Table 2 (Kitaev et al. 2020), accuracy in %: (train attention, n_hashes) -> column.
 PAPER_COLUMNS = (("full", None), ("lsh", 8), ("lsh", 4), ("lsh", 2), ("lsh", 1))
 PAPER_TABLE2: dict[tuple[str, Optional[int]], tuple[float, ...]] = {
@@ -19,26 +21,8 @@ PAPER_TABLE2: dict[tuple[str, Optional[int]], tuple[float, ...]] = {
 
 
 def read_records(run_dir: Path) -> list[dict[str, Any]]:
-    """Every record of the run, in file order; a torn last line (a kill mid-write) is skipped."""
-    path = Path(run_dir) / "records.jsonl"
-    if not path.exists():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
-        if line.strip():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return records
-
-
-def latest_records(records: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """The last record of each point_id (a rerun or re-evaluation supersedes earlier ones)."""
-    latest: dict[str, dict[str, Any]] = {}
-    for rec in records:
-        latest[rec["point_id"]] = rec
-    return latest
+    """Every record of the run, in file order (bench.store's reader: a torn last line is skipped)."""
+    return store.read_records(Path(run_dir) / store.RECORDS)
 
 
 def _key(params: dict[str, Any]) -> tuple[str, Optional[int]]:
@@ -58,7 +42,7 @@ def _order(spec: dict[str, Any], role: str) -> list[str]:
 def accuracy_matrix(records: Iterable[dict[str, Any]], spec: Optional[dict[str, Any]] = None) -> pd.DataFrame:
     """Accuracy in % of the latest ok eval records: rows = trained model, columns = eval setting
     (names as in the suite, in suite order when `spec` is the run's suite_spec); NaN where missing."""
-    rows = [r for r in latest_records(records).values()
+    rows = [r for r in store.latest_by_point(records).values()
             if r["params"].get("role") == "eval" and r["status"] == "ok"]
     if not rows:
         return pd.DataFrame(dtype=float)
@@ -110,7 +94,7 @@ def side_by_side(measured: pd.DataFrame, paper: pd.DataFrame) -> pd.DataFrame:
 def training_curves(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
     """Long table (model, step, loss, accuracy, lr, train_s) from the latest ok training records."""
     rows = []
-    for r in latest_records(records).values():
+    for r in store.latest_by_point(records).values():
         if r["params"].get("role") == "train" and r["status"] == "ok":
             rows += [{"model": r["params"]["train_model"], **c} for c in r.get("curve", [])]
     return pd.DataFrame(rows, columns=["model", "step", "loss", "accuracy", "lr", "train_s"])
@@ -118,7 +102,7 @@ def training_curves(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
 
 def training_summary(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
     rows = []
-    for r in latest_records(records).values():
+    for r in store.latest_by_point(records).values():
         if r["params"].get("role") == "train":
             m = r["metrics"]
             rows.append({"model": r["params"]["train_model"], "status": r["status"], "steps": m.get("steps_done"),
@@ -185,7 +169,7 @@ def write_report(run_dir: Path) -> Path:
     measured = accuracy_matrix(records, spec)
     paper = paper_matrix(measured, records)
     curves = training_curves(records)
-    problems = [r for r in latest_records(records).values() if r["status"] != "ok"]
+    problems = [r for r in store.latest_by_point(records).values() if r["status"] != "ok"]
     if not measured.empty:
         measured.round(2).to_csv(run_dir / "table2.csv")
         plot_heatmap(measured, paper, run_dir / "table2_heatmap.png")

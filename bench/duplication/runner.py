@@ -16,7 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from bench.duplication.data import DuplicationTask
 from bench.duplication.evaluate import AttentionSetting, EvalResult, EvalSettings, evaluate_checkpoint
-from bench.duplication.report import latest_records, read_records
+from bench.duplication.report import read_records
+from bench.store import RunStore, latest_by_point
 from bench.duplication.train import CheckpointMismatch, TrainOutcome, TrainSettings, checkpoint_is_finished, step_ms_summary, train_model
 from bench.environment import capture_environment
 from bench.point import GridPoint
@@ -265,18 +266,9 @@ def eval_record(run: ResolvedSuite, run_id: str, model: AttentionSetting, settin
 
 
 def append_record(run_dir: Path, record: dict[str, Any]) -> None:
-    """Append one JSON line and fsync, so a kill loses at most the point in flight. A line torn
-    by a kill mid-write is ended first, so it cannot swallow this record (readers skip it)."""
-    path = run_dir / "records.jsonl"
-    torn = False
-    if path.exists() and path.stat().st_size > 0:
-        with open(path, "rb") as fh:
-            fh.seek(-1, os.SEEK_END)
-            torn = fh.read(1) != b"\n"
-    with open(path, "a") as fh:
-        fh.write(("\n" if torn else "") + json.dumps(record) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
+    """Append one record through the harness's store: fsynced, strict JSON, and a line torn by a
+    kill mid-write moved to records.torn first, so it cannot swallow this record."""
+    RunStore(run_dir).append(record)
 
 
 def _resume_key(spec: dict[str, Any]) -> dict[str, Any]:
@@ -390,7 +382,7 @@ def run_suite(suite_path: Path, profile: str, device: Optional[str], results_roo
     if device == "cpu" and (threads or run.train.threads):
         torch.set_num_threads(threads or run.train.threads)
     write_run_json(run_dir, run, run_id, device)
-    done = {pid for pid, r in latest_records(read_records(run_dir)).items() if r["status"] == "ok"}
+    done = {pid for pid, r in latest_by_point(read_records(run_dir)).items() if r["status"] == "ok"}
 
     trained: set[str] = set()
     for model in run.train_models:

@@ -3,8 +3,9 @@ import math
 
 import pandas as pd
 
+from bench.store import latest_by_point
 from bench.duplication.report import (
-    accuracy_matrix, latest_records, paper_matrix, side_by_side, training_curves,
+    accuracy_matrix, paper_matrix, side_by_side, training_curves,
 )
 
 
@@ -39,7 +40,7 @@ def test_matrix_follows_suite_order_and_keeps_the_latest_ok_record():
     assert list(m.index) == ["dense", "hash1"] and list(m.columns) == ["dense", "h8", "h1"]
     assert m.loc["dense", "dense"] == 100.0 and m.loc["dense", "h1"] == 50.0 and m.loc["hash1", "h1"] == 25.0
     assert math.isnan(m.loc["hash1", "dense"])  # only an error record: not a measurement
-    assert len(latest_records(sample())) == 7
+    assert len(latest_by_point(sample())) == 7
 
 
 def test_paper_numbers_are_aligned_by_attention_and_hashes_not_by_name():

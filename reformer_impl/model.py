@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from reformer_impl.attention.lsh import lsh_layout, padded_length
+from reformer_impl.attention.lsh import lsh_layout
 from reformer_impl.config import ReformerConfig
 from reformer_impl.feedforward import sequence_chunks
 from reformer_impl.reversible import ReformerStack

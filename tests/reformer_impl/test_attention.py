@@ -1,6 +1,5 @@
 import pytest
 import torch
-import torch.nn.functional as F
 
 from reformer_impl import build_attention
 from reformer_impl.attention.lsh import lsh_attention_core, padded_length

@@ -21,8 +21,12 @@ def hash_vectors(x: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
     Computed in float32 so the argmax does not depend on the activation dtype; no gradient
     flows through the hash.
     """
-    rotated = torch.einsum("bhld,hdrk->bhrlk", x.float(), rotations)  # (B, H, R, L, n_buckets/2)
+    b, n_heads, length, d_head = x.shape
+    _, _, n_hashes, half = rotations.shape
+    # (B, H, L, d) @ (H, d, R * n_buckets/2): one matmul per head, rounds contiguous in the last dim
+    rotated = torch.matmul(x.float(), rotations.reshape(n_heads, d_head, n_hashes * half))
+    rotated = rotated.view(b, n_heads, length, n_hashes, half)
     # argmax over [xR ; -xR] without building it: the larger of max(xR) and -min(xR) wins.
     top, top_idx = rotated.max(dim=-1)
     bottom, bottom_idx = rotated.min(dim=-1)
-    return torch.where(top >= -bottom, top_idx, bottom_idx + rotated.shape[-1])
+    return torch.where(top >= -bottom, top_idx, bottom_idx + half).transpose(2, 3)  # (B, H, R, L)

@@ -14,7 +14,6 @@ import torch
 from torch import nn
 
 from reformer_impl.attention import build_attention
-from reformer_impl.attention.lsh import recomputing
 from reformer_impl.config import ReformerConfig
 from reformer_impl.feedforward import ChunkedFeedForward, sequence_chunks
 
@@ -120,7 +119,7 @@ def _block_backward(block, rng_f, rng_g, buckets, y1, y2, dy1, dy2):
                 del g_out
         dx1 = dy1 + y1.grad
         x2 = x2.detach().requires_grad_()
-        with rng_f.replay(), recomputing():
+        with rng_f.replay():
             f_out, _ = block.f.compute(x2, buckets)
         torch.autograd.backward(f_out, dx1)
         x1 = y1.detach() - f_out.detach()

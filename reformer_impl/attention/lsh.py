@@ -1,38 +1,28 @@
 """Shared-QK angular-LSH attention (paper sec. 2-3), vectorised over batch, heads, rounds, chunks.
 
 Per round: sort the positions by (bucket, position), cut the sorted sequence into chunks of
-`chunk_len`, let each chunk attend to itself and the chunk before it (cyclically, within its
-round, as trax/HF/reformer-pytorch do), mask by original position, then combine the rounds per
-query with weights softmax_r(logsumexp of round r's logits) (paper eq. 14). No L x L tensor.
+`chunk_len`, let each chunk attend to itself and the chunk before it (cyclically within its round;
+trax, HF and reformer-pytorch look back across rounds), mask by original position, then combine
+the rounds per query with weights softmax_r(logsumexp of round r's logits) (paper eq. 14).
+No L x L tensor: the windows are overlapping views of one sorted buffer, and a hand-written
+backward keeps the window probabilities instead of recomputing them.
 """
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import math
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
+from torch.autograd.function import once_differentiable
 
 from reformer_impl.attention.base import Attention, shared_keys
 from reformer_impl.config import ReformerConfig
 from reformer_impl.hashing import hash_vectors, random_rotations
 from reformer_impl.masking import masked_value, self_value
 
-# Set while the reversible backward recomputes a layer: the core then runs with autograd
-# directly instead of checkpointing itself (the recompute is already the second forward).
-_RECOMPUTING = contextvars.ContextVar("reformer_recomputing", default=False)
-
-
-@contextlib.contextmanager
-def recomputing():
-    token = _RECOMPUTING.set(True)
-    try:
-        yield
-    finally:
-        _RECOMPUTING.reset(token)
+_NORM_EPS = 1e-12  # F.normalize's default, which shared_keys uses
 
 
 def padded_length(seq_len: int, chunk_len: int) -> int:
@@ -51,19 +41,269 @@ def lsh_layout(cfg: ReformerConfig, seq_len: int) -> dict:
     }
 
 
-def _gather_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """x (B, H, L, d) gathered along L by index (B, H, R, L') -> (B, H, R, L', d)."""
-    b, h, length, d = x.shape
-    offsets = (torch.arange(b * h, device=x.device) * length).view(b, h, 1, 1)
-    return x.reshape(b * h * length, d)[(index + offsets).reshape(-1)].view(*index.shape, d)
+@dataclass(frozen=True)
+class _Layout:
+    """Every (head, round) as a segment of C + 1 chunks in sorted order, the first a copy of the
+    round's last chunk; query chunk j (layout chunk j + 1) attends to layout rows [jm, jm + 2m)."""
+
+    rows: torch.Tensor  # (G m,) source row (head * Lp + position) of every layout row
+    positions: torch.Tensor  # (G m,) int32 original position of every layout row
+    query_row: torch.Tensor  # (BH R Lp,) query row (layout row - m) of (head, round, position)
+    key_slots: torch.Tensor  # (BH Lp R 2,) window slots (of G' x 2m) holding each position as a key
+    slot: torch.Tensor  # (BH, R, Lp) sorted slot of each position, per round
+    n_rounds: int
+    n_chunks: int
+    chunk_len: int
+
+    @property
+    def n_query_chunks(self) -> int:
+        return self.rows.numel() // self.chunk_len - 1
+
+    def windows(self, x: torch.Tensor) -> torch.Tensor:
+        """(.., G m, d) layout rows -> (.., G', 2m, d) overlapping windows (a view, no copy)."""
+        m, g = self.chunk_len, self.n_query_chunks
+        *lead, _, d = x.shape
+        stride = x.stride()
+        return x.as_strided((*lead, g, 2 * m, d), (*stride[:-2], m * stride[-2], stride[-2], stride[-1]))
+
+    def queries(self, x: torch.Tensor) -> torch.Tensor:
+        """(.., G m, d) layout rows -> (.., G', m, d) query chunks."""
+        *lead, _, d = x.shape
+        return x[..., self.chunk_len :, :].reshape(*lead, self.n_query_chunks, self.chunk_len, d)
 
 
-def _look_one_back(t: torch.Tensor, n_chunks: int, chunk_dim: int = -2) -> torch.Tensor:
-    """Each chunk followed by the chunk before it (cyclically): (.., C, m, ..) -> (.., C, 2m, ..),
-    the chunks along `chunk_dim` (negative), their slots along the next dim."""
-    if n_chunks == 1:  # the only chunk is its own predecessor: attend to it once
-        return t
-    return torch.cat([t, t.roll(1, dims=chunk_dim)], dim=chunk_dim + 1)
+def _sorted_layout(buckets: torch.Tensor, chunk_len: int) -> _Layout:
+    """Sort each round by (bucket, position) and lay the chunks out for windowed attention."""
+    b, h, n_rounds, lp = buckets.shape
+    m, n_chunks, bh = chunk_len, lp // chunk_len, b * h
+    device = buckets.device
+    pos = torch.arange(lp, device=device)
+    # Rounds never mix: each sorts only its own copies, so no bucket offset is needed.
+    sticker = (buckets.long() * lp + pos).argsort(dim=-1).view(bh, n_rounds, n_chunks, m)
+    positions = torch.cat([sticker[:, :, -1:], sticker], dim=2)  # (BH, R, C + 1, m)
+    rows = (positions + (torch.arange(bh, device=device) * lp).view(-1, 1, 1, 1)).reshape(-1)
+    slot = torch.empty((bh, n_rounds, lp), dtype=torch.long, device=device)
+    slot.scatter_(-1, sticker.view(bh, n_rounds, lp), pos.expand(bh, n_rounds, lp))
+    segment = torch.arange(bh * n_rounds, device=device).view(bh, n_rounds, 1) * ((n_chunks + 1) * m)
+    query_row = (slot + segment).reshape(-1)
+    key_slots = _key_slots(query_row + m, n_chunks, m).view(bh, n_rounds, lp, 2).transpose(1, 2).reshape(-1)
+    return _Layout(rows=rows, positions=positions.reshape(-1).to(torch.int32), query_row=query_row,
+                   key_slots=key_slots, slot=slot, n_rounds=n_rounds, n_chunks=n_chunks, chunk_len=m)
+
+
+def _key_slots(layout_row: torch.Tensor, n_chunks: int, m: int) -> torch.Tensor:
+    """For each layout row: its slot in its own chunk's window (second half) and in the
+    look-back half of the next chunk's, the round's first chunk for its last (via the copy)."""
+    chunk, i = layout_row // m, layout_row % m
+    first = chunk - chunk % (n_chunks + 1)  # the segment's repeated chunk
+    next_window = torch.where(chunk - first == n_chunks, first, chunk)
+    return torch.stack([(chunk - 1) * 2 * m + m + i, next_window * 2 * m + i], dim=-1)
+
+
+def _layout_per_round(per_round: torch.Tensor, layout: _Layout) -> torch.Tensor:
+    """per_round (BH, R', Lp) values by position -> (R', G m): every layout row's value in each round r'."""
+    bh, n_rounds, lp = per_round.shape
+    return per_round.transpose(0, 1).reshape(n_rounds, bh * lp)[:, layout.rows]
+
+
+def _duplicate_counts(layout: _Layout, buckets: Optional[torch.Tensor], scratch: Optional[torch.Tensor]) -> torch.Tensor:
+    """N_ij (paper eq. 16): in how many rounds key j falls in query i's window, (G', m, 2m) uint8.
+
+    j is in i's window in round r' when chunk_r'(j) is chunk_r'(i) or the one before it (cyclically).
+    It is in round r's by construction, so only the other R - 1 rounds are compared. With
+    `buckets` (same-bucket attention), only rounds where the two also share a bucket count.
+    """
+    m, n_chunks = layout.chunk_len, layout.n_chunks
+    id_dtype = torch.int16 if n_chunks < 2**15 else torch.int32
+    chunk_ids = _other_rounds((layout.slot // m).to(id_dtype), layout)  # (R - 1, G m, 1)
+    q_chunk, k_chunk = layout.queries(chunk_ids), layout.windows(chunk_ids).transpose(-1, -2)  # (R-1, G', m|1, 1|2m)
+    shape = torch.broadcast_shapes(q_chunk.shape, k_chunk.shape)
+    same = torch.eq(k_chunk, q_chunk, out=_scratch(scratch, shape, torch.bool))
+    if n_chunks > 1:
+        same |= k_chunk == (q_chunk - 1) % n_chunks
+    if buckets is not None:
+        b_ids = _other_rounds(buckets.reshape(layout.slot.shape), layout)
+        same &= layout.windows(b_ids).transpose(-1, -2) == layout.queries(b_ids)
+    # Summing bools promotes to int64 (8x the bytes); uint8 holds up to 255 rounds.
+    return same.view(torch.uint8).sum(dim=0, dtype=torch.uint8).add_(1)
+
+
+def _other_rounds(per_round: torch.Tensor, layout: _Layout) -> torch.Tensor:
+    """per_round (BH, R, Lp) values by position -> (R - 1, G m, 1): for every layout row (in its
+    round r), its position's values in the rounds r' != r."""
+    values = _layout_per_round(per_round, layout)  # (R', G m)
+    n_rounds = layout.n_rounds
+    bh = layout.slot.shape[0]
+    k = torch.arange(n_rounds - 1, device=values.device).view(-1, 1)
+    other = k + (k >= torch.arange(n_rounds, device=values.device))  # (R - 1, R): r' for each round r
+    index = other.view(n_rounds - 1, 1, n_rounds, 1).expand(n_rounds - 1, bh, n_rounds, values.shape[-1] // (bh * n_rounds))
+    return values.view(n_rounds, bh, n_rounds, -1).gather(0, index).reshape(n_rounds - 1, -1, 1)
+
+
+def _mask_logits_(logits, layout, *, seq_len, causal, buckets) -> list[torch.Tensor]:
+    """Self, padding, causal and same-bucket masks by original position, in place on (G', m, 2m).
+
+    Returns the forbidden-key masks (broadcastable bools) so the softmax can zero those keys exactly.
+    """
+    m, dtype = layout.chunk_len, logits.dtype
+    # A query's own key sits on the diagonal of the window's second half: used only when nothing else is.
+    logits.diagonal(offset=m, dim1=-2, dim2=-1).fill_(self_value(dtype))
+    pos = layout.positions[:, None]
+    q_pos, k_pos = layout.queries(pos), layout.windows(pos).transpose(-1, -2)  # (G', m, 1), (G', 1, 2m)
+    forbidden = []
+    if layout.n_chunks == 1:  # the look-back half repeats the query's own chunk: attend to it once
+        forbidden.append(torch.arange(2 * m, device=logits.device).view(1, 1, -1) < m)
+    if causal:
+        forbidden.append(k_pos > q_pos)
+    if seq_len < layout.slot.shape[-1]:
+        forbidden.append(k_pos >= seq_len)
+    if buckets is not None:
+        bh, n_rounds, lp = layout.slot.shape
+        rows_per_round = layout.positions.view(bh, n_rounds, -1).long()
+        own = buckets.reshape(bh, n_rounds, lp).gather(-1, rows_per_round).view(-1, 1)  # bucket in its own round
+        forbidden.append(layout.windows(own).transpose(-1, -2) != layout.queries(own))
+    for mask in forbidden:
+        logits.masked_fill_(mask, masked_value(dtype))
+    return forbidden
+
+
+def _scratch(buffer: Optional[torch.Tensor], shape, dtype: torch.dtype) -> torch.Tensor:
+    """A (shape, dtype) tensor over a dead contiguous buffer's bytes when they suffice, else a new
+    one: on CPU a fresh large tensor costs its page faults, a reused one does not."""
+    nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+    if buffer is not None and buffer.is_contiguous() and buffer.numel() * buffer.element_size() >= nbytes:
+        return buffer.reshape(-1).view(torch.uint8)[:nbytes].view(dtype).view(shape)
+    device = buffer.device if buffer is not None else None
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def _softmax_(logits, counts, forbidden, scratch=None):
+    """Softmax over the window in place, keys divided by their duplicate counts (i.e. logits
+    minus log N_ij); returns the log normaliser per query. Half precision runs it in float32.
+    `scratch`: a dead buffer, for the counts as floats."""
+    work = logits if logits.dtype in (torch.float32, torch.float64) else logits.float()
+    top = work.amax(dim=-1, keepdim=True)
+    # exp is many times slower on inputs that underflow; masked keys are set to exactly 0 below.
+    work.sub_(top).clamp_(min=math.log(torch.finfo(work.dtype).tiny) + 1).exp_()
+    for mask in forbidden:
+        work.masked_fill_(mask, 0)
+    if counts is not None:  # dividing by uint8 converts on the fly, several times slower
+        work.div_(_scratch(scratch, counts.shape, work.dtype).copy_(counts))
+    # Only padding queries can have every key masked; their rows become zeros, not NaN.
+    total = work.sum(dim=-1, keepdim=True).clamp_(min=torch.finfo(work.dtype).tiny)
+    work.div_(total)
+    if work is not logits:
+        logits.copy_(work)
+    return (top + total.log()).squeeze(-1)
+
+
+class _LSHCore(torch.autograd.Function):
+    """Windowed attention over the sorted layout with a hand-written backward that keeps the
+    probabilities (B H R Lp 2m) instead of recomputing masks, counts and softmax. Large
+    intermediates reuse dead buffers (`out=`): on CPU a fresh buffer costs its page faults."""
+
+    @staticmethod
+    def forward(ctx, qk, v, layout, seq_len, causal, buckets, dup_correction, dropout_p):
+        b, h, lp, dh = qk.shape
+        q_src, v_src = qk.reshape(-1, dh), v.reshape(-1, dh)
+        qkv = _gather_qkv(q_src, shared_keys(q_src), v_src, layout.rows)
+        x_q, x_k, x_v = qkv
+        probs = torch.bmm(layout.queries(x_q), layout.windows(x_k).transpose(1, 2))  # (G', m, 2m)
+        forbidden = _mask_logits_(probs, layout, seq_len=seq_len, causal=causal, buckets=buckets)
+        scratch = qkv[:2]  # queries and keys are dead from here
+        counts = _duplicate_counts(layout, buckets, scratch) if dup_correction and layout.n_rounds > 1 else None
+        lse = _softmax_(probs, counts, forbidden, scratch)
+        del forbidden, counts
+        kept, dropped = None, probs
+        if dropout_p > 0:
+            kept = torch.empty_like(probs, dtype=torch.bool).bernoulli_(1 - dropout_p)
+            dropped = probs * kept / (1 - dropout_p)
+        n_q, m, n_rounds = layout.n_query_chunks, layout.chunk_len, layout.n_rounds
+        out_rows = torch.bmm(dropped, layout.windows(x_v), out=x_q[: n_q * m].view(n_q, m, dh)).view(-1, dh)
+        del dropped
+        per_round = torch.index_select(out_rows, 0, layout.query_row, out=x_k[: layout.query_row.numel()])
+        per_round = per_round.view(b * h, n_rounds, lp, dh)
+        weights = torch.softmax(lse.view(-1)[layout.query_row].view(b * h, n_rounds, lp), dim=1)
+        if n_rounds == 1:
+            out = per_round[:, 0].clone()
+        else:  # paper eq. 14: rounds weighted by their normaliser
+            out = per_round.mul_(weights.unsqueeze(-1).to(per_round.dtype)).sum(dim=1)
+        out = out.view(b, h, lp, dh)
+        ctx.layout, ctx.dropout_p = layout, dropout_p
+        ctx.save_for_backward(q_src, v_src, probs, kept, weights)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        q_src, v_src, probs, kept, weights = ctx.saved_tensors
+        layout, dropout_p = ctx.layout, ctx.dropout_p
+        b, h, lp, dh = grad_out.shape
+        n_q, m, n_rounds = layout.n_query_chunks, layout.chunk_len, layout.n_rounds
+        grad = grad_out.contiguous().view(-1, dh)
+        k_src = shared_keys(q_src)
+        qkv = _gather_qkv(q_src, k_src, v_src, layout.rows)
+        x_q, x_k, x_v = qkv
+        # Per layout row dO_r = w_r g; zero on the repeated chunks, whose outputs were never used.
+        w_rows = weights.to(grad.dtype).gather(-1, layout.positions.view(b * h, n_rounds, -1).long())
+        w_rows.view(b * h * n_rounds, layout.n_chunks + 1, m)[:, 0] = 0
+        w_rows = w_rows.view(-1, 1)
+        g_chunks = grad.index_select(0, layout.rows).mul_(w_rows)[m:].view(n_q, m, dh)
+        dlogits = torch.bmm(g_chunks, layout.windows(x_v).transpose(1, 2))  # dP, (G', m, 2m)
+        dropped = probs
+        if kept is not None:
+            dlogits.mul_(kept).div_(1 - dropout_p)
+            dropped = probs * kept / (1 - dropout_p)
+        # Softmax and round weights (eq. 14) together: dS = P (dP - w_r (g . out)), where
+        # g . out = sum over rounds of rowsum(P dP), so `out` need not be kept.
+        dlogits.mul_(probs)
+        per_position = _sum_rounds(dlogits.sum(dim=-1).view(-1, 1), layout, out=None).view(-1)  # g . out
+        c_rows = per_position.index_select(0, layout.rows).mul_(w_rows.view(-1))[m:]
+        dlogits.addcmul_(probs, c_rows.view(n_q, m, 1), value=-1)
+        # x_v is dead from here, then x_q and x_k: their buffers take the next results.
+        dq_rows = torch.bmm(dlogits, layout.windows(x_k), out=x_v[: n_q * m].view(n_q, m, dh)).view(-1, dh)
+        window_grads = torch.bmm(dlogits.transpose(1, 2), layout.queries(x_q))  # dK per window slot
+        del dlogits
+        dk = _sum_window_grads(window_grads, layout, out=qkv[:2])
+        dq = _sum_rounds(dq_rows, layout, out=window_grads.view(-1, dh))
+        window_grads = torch.bmm(dropped.transpose(1, 2), g_chunks, out=window_grads)  # dV per window slot
+        dv = _sum_window_grads(window_grads, layout, out=qkv[:2])
+        # k = q / max(|q|, eps) (F.normalize): its backward, added to the query path's.
+        norm = q_src.norm(dim=-1, keepdim=True)
+        radial = torch.where(norm > _NORM_EPS, (k_src * dk).sum(-1, keepdim=True), torch.zeros_like(norm))
+        dq = dq.add_((dk - k_src * radial) / norm.clamp_min(_NORM_EPS))
+        shape = (b, h, lp, dh)
+        return dq.view(shape), dv.view(shape), None, None, None, None, None, None
+
+
+def _gather_qkv(q_src, k_src, v_src, rows):
+    """Queries, keys and values of every layout row: one (3, G m, d) buffer, whose parts later
+    steps reuse."""
+    buffer = q_src.new_empty(3, rows.numel(), q_src.shape[-1])
+    for src, part in zip((q_src, k_src, v_src), buffer):
+        torch.index_select(src, 0, rows, out=part)
+    return buffer
+
+
+def _sum_rounds(query_grads, layout, *, out):
+    """(G' m, d) per query row -> (BH Lp, d) per position, summed over rounds."""
+    bh, n_rounds, lp = layout.slot.shape
+    if out is None:
+        per_round = query_grads.index_select(0, layout.query_row)
+    else:
+        per_round = torch.index_select(query_grads, 0, layout.query_row, out=out[: layout.query_row.numel()])
+    return per_round.view(bh, n_rounds, lp, -1).sum(dim=1).view(bh * lp, -1)
+
+
+def _sum_window_grads(window_grads, layout, *, out):
+    """(G', 2m, d) per window slot -> (BH Lp, d) per position: a key's slot in its own chunk's
+    window and in the next chunk's look-back (for a round's last chunk: the first chunk's, via
+    the repeated chunk), summed over both and over rounds. `out`: a dead (>= 2 BH R Lp, d) buffer."""
+    bh, n_rounds, lp = layout.slot.shape
+    slots = layout.key_slots
+    rows = window_grads.view(-1, window_grads.shape[-1])
+    pairs = torch.index_select(rows, 0, slots, out=out.reshape(-1, rows.shape[-1])[: slots.numel()])
+    return pairs.view(bh * lp, n_rounds * 2, -1).sum(dim=1)
 
 
 def lsh_attention_core(
@@ -75,93 +315,12 @@ def lsh_attention_core(
     qk, v: (B, H, Lp, dh), Lp a multiple of chunk_len; buckets: (B, H, R, Lp) int.
     Positions >= seq_len are padding: never attended to. Returns (B, H, Lp, dh).
     """
-    b, h, lp, dh = qk.shape
-    n_rounds = buckets.shape[2]
-    m, n_chunks = chunk_len, lp // chunk_len
-    w = m if n_chunks == 1 else 2 * m  # keys per query window
-    pos = torch.arange(lp, device=qk.device)
-
     with torch.no_grad():
-        # Rounds never mix: each sorts only its own copies, so no bucket offset is needed.
-        sticker = (buckets * lp + pos).argsort(dim=-1)  # sorted slot -> original position
-        undo = torch.empty_like(sticker).scatter_(-1, sticker, pos.expand_as(sticker))
-        q_pos = sticker.to(torch.int32).view(b, h, n_rounds, n_chunks, m)
-        k_pos = _look_one_back(q_pos, n_chunks)  # (B, H, R, C, W)
-        q_pos, k_pos = q_pos[..., :, None], k_pos[..., None, :]  # (.., m, 1), (.., 1, W)
-        forbidden = k_pos >= seq_len  # padding keys
-        if causal:
-            forbidden = forbidden | (k_pos > q_pos)
-        if same_bucket:
-            s_buckets = buckets.gather(-1, sticker).view(b, h, n_rounds, n_chunks, m)
-            forbidden = forbidden | (_look_one_back(s_buckets, n_chunks)[..., None, :] != s_buckets[..., :, None])
-        replace = forbidden | (k_pos == q_pos)  # (B, H, R, C, m, W)
-        # Masked keys get -1e9; a query's own key gets -1e5, so it is used only when nothing else is.
-        fill = torch.where(forbidden, masked_value(qk.dtype), self_value(qk.dtype)).to(qk.dtype)
-        bias = None
-        if dup_correction and n_rounds > 1:
-            bias = _neg_log_duplicates(buckets, sticker, undo, m, same_bucket, qk.dtype)
-
-    sq = _gather_rows(qk, sticker)  # (B, H, R, Lp, dh)
-    sv = _gather_rows(v, sticker)
-    keys = _look_one_back(shared_keys(sq).view(b, h, n_rounds, n_chunks, m, dh), n_chunks, -3)
-    values = _look_one_back(sv.view(b, h, n_rounds, n_chunks, m, dh), n_chunks, -3)
-
-    # One batched matmul over (B, H, R, C): (m, dh) x (dh, W) -> (m, W); no L x L anywhere.
-    logits = torch.bmm(sq.reshape(-1, m, dh), keys.reshape(-1, w, dh).transpose(1, 2))
-    logits = logits.view(b, h, n_rounds, n_chunks, m, w)
-    if bias is not None:
-        logits = logits + bias
-    logits = torch.where(replace, fill, logits)
-    lse = torch.logsumexp(logits, dim=-1, keepdim=True)  # (B, H, R, C, m, 1)
-    probs = F.dropout(torch.softmax(logits, dim=-1), p=dropout_p, training=dropout_p > 0)
-    out = torch.bmm(probs.view(-1, m, w), values.reshape(-1, w, dh))  # (B*H*R*C, m, dh)
-
-    out = _unsort(out.view(b, h, n_rounds, lp, dh), undo)  # back to original order per round
-    lse = _unsort(lse.view(b, h, n_rounds, lp, 1), undo)  # (B, H, R, Lp, 1)
-    if n_rounds == 1:
-        return out[:, :, 0]
-    weights = torch.softmax(lse, dim=2)  # paper eq. 14: rounds weighted by their normaliser
-    return (out * weights).sum(dim=2)
-
-
-def _unsort(t: torch.Tensor, undo: torch.Tensor) -> torch.Tensor:
-    """t (B, H, R, Lp, d) in sorted order per round -> original order, by `undo` (B, H, R, Lp)."""
-    b, h, n_rounds, lp = undo.shape
-    rows = t.reshape(b, h * n_rounds, lp, -1)  # each (head, round) is its own group of rows
-    return _gather_rows(rows, undo.reshape(b, h * n_rounds, 1, lp)).view(b, h, n_rounds, lp, -1)
-
-
-def _neg_log_duplicates(buckets, sticker, undo, chunk_len, same_bucket, dtype):
-    """-log N_ij (paper eq. 16): in how many rounds key j falls in query i's window, (B, H, R, C, m, W).
-
-    j is in i's window in round r' when chunk_r'(j) is chunk_r'(i) or the chunk before it. Chunk
-    ids are int16 with the compared round r' leading, so the comparison runs over W contiguously.
-    """
-    b, h, n_rounds, lp = buckets.shape
-    n_chunks = lp // chunk_len
-    chunk_of = (undo // chunk_len).to(torch.int16)  # (B, H, R', Lp): each position's chunk per round
-    # (R', B, H, R, Lp): the chunks, in every round r', of the positions sorted by round r
-    per_slot = _chunks_of_sorted(chunk_of, sticker)
-    q_chunk = per_slot.view(n_rounds, b, h, n_rounds, n_chunks, chunk_len)
-    k_chunk = _look_one_back(q_chunk, n_chunks)  # (R', B, H, R, C, W)
-    qc = q_chunk[..., :, None]  # (.., m, 1)
-    same = k_chunk[..., None, :] == qc
-    if n_chunks > 1:
-        same = same | (((k_chunk + 1) % n_chunks)[..., None, :] == qc)
-    if same_bucket:
-        bq = _chunks_of_sorted(buckets.to(torch.int16), sticker).view(n_rounds, b, h, n_rounds, n_chunks, chunk_len)
-        same = same & (_look_one_back(bq, n_chunks)[..., None, :] == bq[..., :, None])
-    # Summing bools promotes to int64 (8x the bytes); uint8 holds up to 255 rounds.
-    counts = same.view(torch.uint8).sum(dim=0, dtype=torch.uint8).clamp_(min=1)  # (B, H, R, C, m, W)
-    return counts.to(dtype).log_().neg_()
-
-
-def _chunks_of_sorted(per_round: torch.Tensor, sticker: torch.Tensor) -> torch.Tensor:
-    """per_round (B, H, R', Lp) values by original position -> (R', B, H, R, Lp): for every round r
-    and sorted slot, the value of that slot's position in each round r'."""
-    b, h, n_rounds, lp = per_round.shape
-    src = per_round.permute(2, 0, 1, 3)[:, :, :, None, :].expand(n_rounds, b, h, n_rounds, lp)
-    return src.gather(-1, sticker[None].expand(n_rounds, b, h, n_rounds, lp))
+        layout = _sorted_layout(buckets, chunk_len)
+    return _LSHCore.apply(
+        qk.contiguous(), v.contiguous(), layout, seq_len, causal, buckets if same_bucket else None,
+        dup_correction, dropout_p,
+    )
 
 
 class LSHAttention(Attention):
@@ -209,13 +368,8 @@ class LSHAttention(Attention):
             q, v = F.pad(q, (0, 0, 0, lp - seq_len)), F.pad(v, (0, 0, 0, lp - seq_len))
         if buckets is None:
             buckets = self.hash(q.detach(), cfg.buckets_for(lp))
-        core = lambda q_, v_: lsh_attention_core(  # noqa: E731
-            q_, v_, buckets, seq_len=seq_len, chunk_len=cfg.chunk_len, causal=cfg.causal,
+        out = lsh_attention_core(
+            q, v, buckets, seq_len=seq_len, chunk_len=cfg.chunk_len, causal=cfg.causal,
             same_bucket=cfg.same_bucket, dup_correction=cfg.dup_correction, dropout_p=self.dropout_p,
         )
-        if torch.is_grad_enabled() and not _RECOMPUTING.get():
-            # Keep only the inputs; the per-round logits are rebuilt in the backward.
-            out = checkpoint(core, q, v, use_reentrant=False)
-        else:
-            out = core(q, v)
         return out[:, :, :seq_len], buckets

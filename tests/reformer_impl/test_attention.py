@@ -53,15 +53,19 @@ def test_sdpa_matches_naive_full(causal, shared_qk_sdpa):
 @pytest.mark.parametrize("dup_correction", [True, False])
 @pytest.mark.parametrize("same_bucket", [False, True])
 @pytest.mark.parametrize("causal", [True, False])
-def test_lsh_equals_dense_reference_with_same_windows(dup_correction, same_bucket, causal):
+@pytest.mark.parametrize("d_head", [8, 2])  # 2: too small for the core to reuse its gather buffer
+def test_lsh_equals_dense_reference_with_same_windows(dup_correction, same_bucket, causal, d_head):
     """Several rounds and several chunks per round: the vectorised core equals explicit L x L windows."""
     cfg = tiny_cfg(n_hashes=3, chunk_len=4, causal=causal, same_bucket=same_bucket, dup_correction=dup_correction)
     layer = build_attention(cfg).double()
     seq_len = 22  # padded to 24: 6 chunks per round, 12 buckets
     lp = padded_length(seq_len, cfg.chunk_len)
-    qk = torch.randn(2, 2, lp, 8, dtype=torch.float64, requires_grad=True)
-    v = torch.randn(2, 2, lp, 8, dtype=torch.float64, requires_grad=True)
-    buckets = layer.hash(qk.detach(), cfg.buckets_for(lp))
+    qk = torch.randn(2, 2, lp, d_head, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(2, 2, lp, d_head, dtype=torch.float64, requires_grad=True)
+    if d_head == cfg.d_head:
+        buckets = layer.hash(qk.detach(), cfg.buckets_for(lp))
+    else:
+        buckets = torch.randint(0, cfg.buckets_for(lp), (2, 2, cfg.n_hashes, lp), generator=torch.Generator().manual_seed(1))
     kw = dict(seq_len=seq_len, chunk_len=cfg.chunk_len, causal=causal, same_bucket=same_bucket, dup_correction=dup_correction)
     got = lsh_attention_core(qk, v, buckets, dropout_p=0.0, **kw)[:, :, :seq_len]
     want = lsh_attention_reference(qk, v, buckets, **kw)[:, :, :seq_len]
@@ -121,3 +125,41 @@ def test_lsh_shapes_any_length_and_batch():
     layer = build_attention(tiny_cfg(n_hashes=2, chunk_len=8))
     for length in (1, 7, 8, 9, 33):
         assert layer(torch.randn(3, length, 16)).shape == (3, length, 16)
+
+
+def _core_inputs(seq_len=22, chunk_len=4, n_rounds=3, d_head=4, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    lp = padded_length(seq_len, chunk_len)
+    qk = torch.randn(1, 2, lp, d_head, dtype=torch.float64, generator=gen, requires_grad=True)
+    v = torch.randn(1, 2, lp, d_head, dtype=torch.float64, generator=gen, requires_grad=True)
+    buckets = torch.randint(0, 2 * lp // chunk_len, (1, 2, n_rounds, lp), generator=gen)
+    return qk, v, buckets
+
+
+@pytest.mark.parametrize("causal, same_bucket, dup_correction, dropout_p", [
+    (True, False, True, 0.0), (False, True, True, 0.0), (True, True, False, 0.0), (True, False, True, 0.3),
+])
+def test_lsh_hand_written_backward_passes_gradcheck(causal, same_bucket, dup_correction, dropout_p):
+    """The core's backward against finite differences, padding and several rounds included; with
+    dropout, every evaluation replays the same mask."""
+    qk, v, buckets = _core_inputs()
+    kw = dict(seq_len=22, chunk_len=4, causal=causal, same_bucket=same_bucket, dup_correction=dup_correction,
+              dropout_p=dropout_p)
+
+    def core(qk_, v_):
+        torch.manual_seed(7)
+        return lsh_attention_core(qk_, v_, buckets, **kw)[:, :, :22]
+
+    assert torch.autograd.gradcheck(core, (qk, v), eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
+def test_lsh_backward_can_run_twice_on_a_retained_graph():
+    """The core reuses buffers inside its forward and backward; what it saves must stay intact."""
+    qk, v, buckets = _core_inputs()
+    out = lsh_attention_core(qk, v, buckets, seq_len=22, chunk_len=4, causal=True, same_bucket=False,
+                             dup_correction=True, dropout_p=0.0)
+    cot = torch.randn_like(out)
+    first = torch.autograd.grad(out, (qk, v), cot, retain_graph=True)
+    second = torch.autograd.grad(out, (qk, v), cot)
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)

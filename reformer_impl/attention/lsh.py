@@ -170,7 +170,7 @@ def _mask_logits_(logits, layout, *, seq_len, causal, buckets) -> list[torch.Ten
 def _scratch(buffer: Optional[torch.Tensor], shape, dtype: torch.dtype) -> torch.Tensor:
     """A (shape, dtype) tensor over a dead contiguous buffer's bytes when they suffice, else a new
     one: on CPU a fresh large tensor costs its page faults, a reused one does not."""
-    nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+    nbytes = math.prod(shape) * dtype.itemsize
     if buffer is not None and buffer.is_contiguous() and buffer.numel() * buffer.element_size() >= nbytes:
         return buffer.reshape(-1).view(torch.uint8)[:nbytes].view(dtype).view(shape)
     device = buffer.device if buffer is not None else None

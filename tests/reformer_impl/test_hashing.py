@@ -1,6 +1,7 @@
 import torch
 import torch.nn.functional as F
 
+from reformer_impl import hashing
 from reformer_impl.hashing import hash_vectors, random_rotations
 
 
@@ -38,3 +39,12 @@ def test_collisions_rise_with_cosine_similarity():
         rates.append((hb == ho).float().mean().item())
     assert rates == sorted(rates), rates
     assert rates[-1] > 0.8 and rates[0] < 0.3, rates  # 8 buckets: ~1/8 when orthogonal
+
+
+def test_hash_in_sequence_tiles_equals_one_pass(monkeypatch):
+    """Tiling bounds the hash's memory; it must not change a single bucket."""
+    x = torch.randn(2, 3, 203, 16)
+    rot = _rot(64, heads=3)
+    whole = hash_vectors(x, rot)
+    monkeypatch.setattr(hashing, "TILE_ELEMENTS", 2 * 3 * 4 * 32 * 10)  # 10 positions per tile, ragged end
+    assert torch.equal(hash_vectors(x, rot), whole)

@@ -163,3 +163,19 @@ def test_lsh_backward_can_run_twice_on_a_retained_graph():
     second = torch.autograd.grad(out, (qk, v), cot)
     for a, b in zip(first, second):
         assert torch.equal(a, b)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_lsh_core_on_cuda_matches_cpu():
+    """The strided windows, reused buffers and index plumbing behave the same under CUDA kernels."""
+    qk, v, buckets = _core_inputs(seq_len=250, chunk_len=8, n_rounds=4, d_head=16)
+    kw = dict(seq_len=250, chunk_len=8, causal=True, same_bucket=False, dup_correction=True, dropout_p=0.0)
+    cot = torch.randn(1, 2, 250, 16, dtype=torch.float64)
+    results = []
+    for device in ("cpu", "cuda"):
+        a, b = qk.detach().to(device).requires_grad_(), v.detach().to(device).requires_grad_()
+        out = lsh_attention_core(a, b, buckets.to(device), **kw)[:, :, :250]
+        grads = torch.autograd.grad(out, (a, b), cot.to(device))
+        results.append([t.cpu() for t in (out, *grads)])
+    for got, want in zip(results[1], results[0]):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-11)

@@ -128,6 +128,12 @@ def _duplicate_counts(layout: _Layout, buckets: Optional[torch.Tensor], scratch:
     return same.view(torch.uint8).sum(dim=0, dtype=torch.uint8).add_(1)
 
 
+def _own_round(per_round: torch.Tensor, layout: _Layout) -> torch.Tensor:
+    """per_round (BH, R, Lp) values by position -> (G m,): every layout row's value in its own round."""
+    bh, n_rounds, _ = per_round.shape
+    return per_round.gather(-1, layout.positions.view(bh, n_rounds, -1).long()).view(-1)
+
+
 def _other_rounds(per_round: torch.Tensor, layout: _Layout) -> torch.Tensor:
     """per_round (BH, R, Lp) values by position -> (R - 1, G m, 1): for every layout row (in its
     round r), its position's values in the rounds r' != r."""
@@ -158,9 +164,7 @@ def _mask_logits_(logits, layout, *, seq_len, causal, buckets) -> list[torch.Ten
     if seq_len < layout.slot.shape[-1]:
         forbidden.append(k_pos >= seq_len)
     if buckets is not None:
-        bh, n_rounds, lp = layout.slot.shape
-        rows_per_round = layout.positions.view(bh, n_rounds, -1).long()
-        own = buckets.reshape(bh, n_rounds, lp).gather(-1, rows_per_round).view(-1, 1)  # bucket in its own round
+        own = _own_round(buckets.reshape(layout.slot.shape), layout).view(-1, 1)
         forbidden.append(layout.windows(own).transpose(-1, -2) != layout.queries(own))
     for mask in forbidden:
         logits.masked_fill_(mask, masked_value(dtype))
@@ -217,7 +221,7 @@ class _LSHCore(torch.autograd.Function):
         kept, dropped = None, probs
         if dropout_p > 0:
             kept = torch.empty_like(probs, dtype=torch.bool).bernoulli_(1 - dropout_p)
-            dropped = probs * kept / (1 - dropout_p)
+            dropped = _dropout(probs, kept, dropout_p)
         n_q, m, n_rounds = layout.n_query_chunks, layout.chunk_len, layout.n_rounds
         out_rows = torch.bmm(dropped, layout.windows(x_v), out=x_q[: n_q * m].view(n_q, m, dh)).view(-1, dh)
         del dropped
@@ -239,21 +243,21 @@ class _LSHCore(torch.autograd.Function):
         q_src, v_src, probs, kept, weights = ctx.saved_tensors
         layout, dropout_p = ctx.layout, ctx.dropout_p
         b, h, lp, dh = grad_out.shape
-        n_q, m, n_rounds = layout.n_query_chunks, layout.chunk_len, layout.n_rounds
+        n_q, m = layout.n_query_chunks, layout.chunk_len
         grad = grad_out.contiguous().view(-1, dh)
         k_src = shared_keys(q_src)
         qkv = _gather_qkv(q_src, k_src, v_src, layout.rows)
         x_q, x_k, x_v = qkv
         # Per layout row dO_r = w_r g; zero on the repeated chunks, whose outputs were never used.
-        w_rows = weights.to(grad.dtype).gather(-1, layout.positions.view(b * h, n_rounds, -1).long())
-        w_rows.view(b * h * n_rounds, layout.n_chunks + 1, m)[:, 0] = 0
+        w_rows = _own_round(weights.to(grad.dtype), layout)
+        w_rows.view(-1, layout.n_chunks + 1, m)[:, 0] = 0
         w_rows = w_rows.view(-1, 1)
         g_chunks = grad.index_select(0, layout.rows).mul_(w_rows)[m:].view(n_q, m, dh)
         dlogits = torch.bmm(g_chunks, layout.windows(x_v).transpose(1, 2))  # dP, (G', m, 2m)
         dropped = probs
         if kept is not None:
             dlogits.mul_(kept).div_(1 - dropout_p)
-            dropped = probs * kept / (1 - dropout_p)
+            dropped = _dropout(probs, kept, dropout_p)
         # Softmax and round weights (eq. 14) together: dS = P (dP - w_r (g . out)), where
         # g . out = sum over rounds of rowsum(P dP), so `out` need not be kept.
         dlogits.mul_(probs)
@@ -274,6 +278,11 @@ class _LSHCore(torch.autograd.Function):
         dq = dq.add_((dk - k_src * radial) / norm.clamp_min(_NORM_EPS))
         shape = (b, h, lp, dh)
         return dq.view(shape), dv.view(shape), None, None, None, None, None, None
+
+
+def _dropout(probs, kept, p):
+    """Probabilities with the dropout mask `kept` applied, scaled by 1 / (1 - p); a new tensor."""
+    return probs * kept / (1 - p)
 
 
 def _gather_qkv(q_src, k_src, v_src, rows):

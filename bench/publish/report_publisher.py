@@ -27,6 +27,10 @@ def create_command(run_dirs: Sequence[Path]) -> str:
     return "python -m bench publish " + " ".join(shlex.quote(str(d)) for d in run_dirs) + " --online --report"
 
 
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split())[:300]
+
+
 def _entity(env: Mapping[str, str]) -> str:
     """WANDB_ENTITY, else (online only) the key's default entity."""
     if env.get("WANDB_ENTITY"):
@@ -77,7 +81,6 @@ def publish_report(
     project = project or env.get("WANDB_PROJECT") or DEFAULT_PROJECT
     command = create_command(run_dirs)
     mode = resolve_mode(online, env).mode if create else "offline"
-    entity = _entity(env) if mode == "online" else env.get("WANDB_ENTITY", "")
     try:
         offline_report = wrep.build_report(runs, project=project, entity=env.get("WANDB_ENTITY", ""))
     except ValueError as e:
@@ -88,9 +91,14 @@ def publish_report(
         what = "W&B is offline: the report was not created." if create else "The report is not created yet."
         log(f"{what} Create it once online with:\n  {command}")
         return ReportOutcome(spec, None, command)
-    report = wrep.build_report(runs, project=project, entity=entity, runset_entity=entity, runset_project=project)
     key = spec.name
-    url = wrep.save_report(report, report_id=(wandb_state(run_dirs[0]).get("report_ids") or {}).get(key))
+    try:
+        entity = _entity(env)
+        report = wrep.build_report(runs, project=project, entity=entity, runset_entity=entity, runset_project=project)
+        url = wrep.save_report(report, report_id=(wandb_state(run_dirs[0]).get("report_ids") or {}).get(key))
+    except Exception as e:  # noqa: BLE001 -- W&B's errors vary; the spec is kept, the user told how to retry
+        raise PublishError(f"W&B report not created ({type(e).__name__}: {_one_line(e)}); its spec is {spec}; "
+                           f"retry with: {command}") from None
     for d in run_dirs:
         state = wandb_state(d)
         fields = {"reports": {**(state.get("reports") or {}), key: url},

@@ -26,11 +26,11 @@ class ReportText:
         return None
 
     def study(self, name: str) -> str:
-        """A study's prose: its section's paragraphs, tables, images and code left out."""
-        for heading, body in self.sections.items():
-            if re.search(rf"`{re.escape(name)}`|\b{re.escape(name)}\b", heading) and "study" in heading.lower():
-                return prose(body)
-        return ""
+        """A study's prose: its section's paragraphs, tables, images and code left out. Its section
+        is the first heading naming it (as a word or in backticks), one that says "study" first."""
+        named = [h for h in self.sections if re.search(rf"(?<![\w-]){re.escape(name)}(?![\w-])", h)]
+        named.sort(key=lambda h: "study" not in h.lower())  # stable: file order within each kind
+        return prose(self.sections[named[0]]) if named else ""
 
 
 def prose(markdown: str) -> str:

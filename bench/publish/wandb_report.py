@@ -113,10 +113,16 @@ def _runset(runs: Sequence[ReportRun], entity: str, project: str) -> Any:
                      filters=f"Group = {runs[0].info.suite!r} and Name in [{names}]")
 
 
+def _without_images(markdown: str) -> str:
+    """report.md's image lines point at files beside it, which a W&B Report cannot see."""
+    return "\n".join(line for line in markdown.splitlines() if not line.lstrip().startswith("![")).strip()
+
+
 def _per_run(runs: Sequence[ReportRun], texts: Sequence[str]) -> list[Any]:
     """One markdown block when every run says the same, else one per run under its id."""
     import wandb_workspaces.reports.v2 as wr
 
+    texts = [_without_images(t) for t in texts]
     if len(set(texts)) <= 1:
         return [wr.MarkdownBlock(texts[0])] if texts and texts[0] else []
     blocks: list[Any] = []
@@ -146,17 +152,19 @@ def build_report(runs: Sequence[ReportRun], *, project: str, entity: str = "",
     for run in runs:
         if several:
             blocks.append(wr.H3(f"{run.info.run_id} ({run.info.device_name or run.info.device or '?'})"))
-        blocks.append(wr.MarkdownBlock(_environment_md(run)))
+        blocks.append(wr.MarkdownBlock(_without_images(_environment_md(run))))
 
     axes = study_axes(first.info.suite_spec)
     charts = {id(r): line_series(records_frame(r.records), study_axes(r.info.suite_spec)) for r in runs}
     for study, study_ax in axes.items():
-        blocks.append(wr.H1(f"Study {study}"))
-        blocks += _per_run(runs, [r.text.study(study) for r in runs])
+        text = _per_run(runs, [r.text.study(study) for r in runs])
         mine = [(r, s) for r in runs for s in charts[id(r)] if s.study == study]
         metrics = _metrics_for(study_ax, sorted({s.yname for _, s in mine}), [r.info.device or "cpu" for r in runs])
         panels = [_line_plot(study, m, study_ax, [(r, s) for r, s in mine if s.yname == m], i, several)
                   for i, m in enumerate(metrics)]
+        if not (text or panels):
+            continue  # a study with nothing to show (duplication's training stage: see Table 2)
+        blocks += [wr.H1(f"Study {study}"), *text]
         if panels:
             blocks.append(wr.PanelGrid(runsets=[_runset(runs, runset_entity, runset_project)], panels=panels))
 
@@ -191,6 +199,10 @@ def _table2_blocks(runs: Sequence[ReportRun], runset_entity: str, runset_project
     blocks.append(wr.PanelGrid(runsets=[_runset(runs, runset_entity, runset_project)],
                                panels=[wr.WeavePanelSummaryTable(table_name=MATRIX_TABLE,
                                                                  layout=wr.Layout(w=24, h=10))]))
+    training = [r.text.section("training") for r in runs]
+    if any(training):
+        blocks.append(wr.H1("Training"))
+        blocks += _per_run(runs, [t[1] if t else "" for t in training])
     return blocks
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -302,12 +303,18 @@ def test_probe_gives_up_quickly():
         port = s.getsockname()[1]
     assert can_reach("127.0.0.1", port, timeout_s=0.5) is False
 
+    released = threading.Event()
+
     def stuck(address, timeout):  # a name lookup that never answers (getaddrinfo has no timeout)
-        time.sleep(30)
+        released.wait(30)
+        raise socket.timeout("released")  # as a lookup that finally fails: no stray thread error later
 
     t0 = time.monotonic()
-    assert can_reach("wandb.example.org", 443, timeout_s=0.2, connect=stuck) is False
-    assert time.monotonic() - t0 < 2.0
+    try:
+        assert can_reach("wandb.example.org", 443, timeout_s=0.2, connect=stuck) is False
+        assert time.monotonic() - t0 < 2.0
+    finally:
+        released.set()
 
 
 def test_probe_sees_a_listening_server():

@@ -12,8 +12,9 @@ import pytest
 
 from bench.cli import main
 from bench.publish import LiveLogger, PublishError, RecordingSink, publish_report, publish_run, wandb_run_id
-from bench.publish.frames import study_axes
-from bench.publish.report_text import read_report_text
+from bench.publish.curves import curve_keys, curve_rows
+from bench.publish.frames import LineSeries, study_axes
+from bench.publish.report_text import parse_report, read_report_text
 from bench.publish.rundata import read_records, read_run_info, wandb_state
 
 pytest.importorskip("wandb_workspaces")
@@ -66,7 +67,8 @@ def study_panels(spec: dict) -> dict[str, list[dict]]:
     study = None
     for b in blocks(spec):
         if b["type"] == "heading" and b["level"] == 1:
-            study = b["children"][0]["text"].removeprefix("Study ") if b["children"][0]["text"].startswith("Study ") else None
+            title = b["children"][0]["text"]
+            study = title.removeprefix("Study ") if title.startswith("Study ") else None
         elif b["type"] == "panel-grid" and study:
             out.setdefault(study, []).extend(p["config"] for p in b["metadata"]["panelBankSectionConfig"]["panels"]
                                              if p["viewType"] == "Run History Line Plot")
@@ -77,6 +79,28 @@ def logged_history(run_dir: Path) -> list[dict]:
     sink = RecordingSink()
     publish_run(run_dir, sink=sink, secrets=frozenset())
     return [m for _, m in sink.metrics]
+
+
+def test_curves_are_one_key_per_line_and_rows_in_increasing_x():
+    series = LineSeries(name="memory/vs_seq_len/m_vs_seq_len", title="", xname="seq_len", yname="m",
+                        keys=("attention=full, n=1", "attention=full; n=1", "m"), study="vs_seq_len",
+                        xs=((512.0, 256.0), (256.0,), (128.0,)), ys=((2.0, 1.0), (3.0,), (4.0,)))
+    keys = curve_keys(series)
+    assert keys.x == "curves/vs_seq_len/seq_len"
+    base = "curves/vs_seq_len/m/"
+    assert list(keys.y.values()) == [base + "attention_full_n_1", base + "attention_full_n_1_", base + "all"]
+    line = keys.y["attention=full, n=1"]
+    assert curve_rows(series)[:2] == [{keys.x: 256.0, line: 1.0}, {keys.x: 512.0, line: 2.0}]
+
+
+def test_report_text_gives_a_study_its_prose_only():
+    text = parse_report("# T\n\nintro\n\n## Environment\n\n| a |\n\n## Study `vs_x`\n\nCaption.\n\n"
+                        "| t |\n|---|\n\n![p](p.png)\n\nFinding: flat.\n\n```\n## not a heading\n```\n"
+                        "## Study `vs_x2`\n\nOther.\n")
+    assert text.title == "T" and text.intro == "intro"
+    assert list(text.sections) == ["Environment", "Study `vs_x`", "Study `vs_x2`"]
+    assert text.study("vs_x") == "Caption.\n\nFinding: flat." and text.study("vs_x2") == "Other."
+    assert text.study("missing") == "" and text.section("environment") == ("Environment", "| a |")
 
 
 def test_report_of_the_memory_reference_has_a_section_panels_and_text_per_study(tmp_path, offline_env):
@@ -116,7 +140,8 @@ def test_report_of_the_memory_reference_has_a_section_panels_and_text_per_study(
         assert all(len(c["metrics"]) == len(combos) for c in plots)
     run_sets = [b["metadata"]["runSets"] for b in blocks(spec) if b["type"] == "panel-grid"]
     filters = run_sets[0][0]["filters"]["filters"]
-    assert [(f["key"]["name"], f["value"]) for f in filters] == [("group", "memory"), ("displayName", [f"memory-{info.run_id}"])]
+    assert [(f["key"]["name"], f["value"]) for f in filters] == [
+        ("group", "memory"), ("displayName", [f"memory-{info.run_id}"])]
 
 
 def test_spec_is_the_same_for_the_same_records(tmp_path, offline_env):
@@ -155,6 +180,7 @@ def test_duplication_report_has_table2(tmp_path, offline_env):
     assert any(h.startswith("Table 2") for h in headings(spec))
     section = read_report_text(run_dir).section("trained", "evaluated")
     assert section and section[1] in markdown(spec)
+    assert "![" not in markdown(spec)  # report.md's images are files the W&B Report cannot see
     panels = [p for b in blocks(spec) if b["type"] == "panel-grid"
               for p in b["metadata"]["panelBankSectionConfig"]["panels"]]
     assert any("duplication/accuracy_matrix" in json.dumps(p) for p in panels)
@@ -200,6 +226,20 @@ def test_online_report_is_saved_and_its_url_recorded(tmp_path, offline_env, monk
     assert all(rs.entity == "me" and rs.project == "proj" for b in report.blocks for rs in getattr(b, "runsets", []))
     assert out.url == "https://wandb.ai/me/reformer-bench/reports/x--1"
     assert wandb_state(run_dir)["report_url"] == out.url
+
+
+def test_online_failure_keeps_the_spec_and_says_how_to_retry(tmp_path, offline_env, monkeypatch):
+    from bench.publish import wandb_report
+
+    def refused(report, report_id=None):
+        raise ConnectionError("upstream\nrefused")
+
+    monkeypatch.setattr(wandb_report, "save_report", refused)
+    run_dir = copy_run(reference("memory"), tmp_path / "memory" / "ref")
+    env = {"WANDB_API_KEY": "k" * 40, "WANDB_ENTITY": "me"}
+    with pytest.raises(PublishError, match=r"ConnectionError: upstream refused\).*retry with: python -m bench"):
+        publish_report([run_dir], create=True, online=True, env=env, secrets=frozenset(), log=lambda m: None)
+    assert (run_dir / "wandb_report.json").is_file() and "report_url" not in wandb_state(run_dir)
 
 
 # ---- W&B conventions ----------------------------------------------------------------------------

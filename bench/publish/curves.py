@@ -19,6 +19,11 @@ class CurveKeys:
     x: str
     y: dict[str, str]  # line label (e.g. "attention=full, workload=model") -> history key
 
+    @property
+    def glob(self) -> str:
+        """Every key of the chart's study, as W&B's `define_metric` globs them."""
+        return self.x.rsplit("/", 1)[0] + "/*"
+
 
 def _slug(text: str) -> str:
     """History keys keep to letters, digits, `_` and `/`: W&B treats `.` as nesting."""

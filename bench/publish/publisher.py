@@ -10,7 +10,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from bench.publish.curves import curve_rows
+from bench.publish.curves import curve_keys, curve_rows
 from bench.publish.frames import (
     accuracy_matrix, flatten_record, line_series, records_frame, status_counts, study_axes,
 )
@@ -110,6 +110,8 @@ def log_run_summary(
     charts = line_series(frame, study_axes(info.suite_spec))
     for series in charts:
         sink.log_line_series(series)
+    for glob, x in sorted({(k.glob, k.x) for k in map(curve_keys, charts)}):
+        sink.define_x(glob, x)
     rows = [row for series in charts for row in curve_rows(series)]
     digest = hashlib.sha1(json.dumps(rows, sort_keys=True).encode()).hexdigest()
     if digest != curves_logged:

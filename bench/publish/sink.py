@@ -25,6 +25,10 @@ class Sink(Protocol):
 
     def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None: ...
 
+    def define_x(self, glob: str, x: str) -> None:
+        """Plot the metrics matching `glob` (a prefix and `*`) against the metric `x`, not the step."""
+        ...
+
     def log_table(self, name: str, df: pd.DataFrame) -> None: ...
 
     def log_images(self, images: Mapping[str, Path]) -> None: ...
@@ -56,6 +60,7 @@ class RecordingSink:
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
     images: dict[str, Path] = field(default_factory=dict)
     series: list[LineSeries] = field(default_factory=list)
+    x_axes: dict[str, str] = field(default_factory=dict)
     finished: int = 0
     next_step: int = 0
 
@@ -73,6 +78,9 @@ class RecordingSink:
 
     def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
         self.metrics.append((self._step(step), dict(metrics)))
+
+    def define_x(self, glob: str, x: str) -> None:
+        self.x_axes[glob] = x
 
     def log_table(self, name: str, df: pd.DataFrame) -> None:
         self._step()

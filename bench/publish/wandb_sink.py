@@ -217,6 +217,10 @@ class WandbSink:
     def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
         self._log(metrics, step)
 
+    def define_x(self, glob: str, x: str) -> None:
+        self.run.define_metric(x)
+        self.run.define_metric(glob, step_metric=x)
+
     def log_table(self, name: str, df: pd.DataFrame) -> None:
         import wandb
 

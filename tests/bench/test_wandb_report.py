@@ -75,10 +75,11 @@ def study_panels(spec: dict) -> dict[str, list[dict]]:
     return out
 
 
-def logged_history(run_dir: Path) -> list[dict]:
+def logged_history(run_dir: Path) -> tuple[list[dict], dict[str, str]]:
+    """What publish logs as history, and its custom x axes (define_metric)."""
     sink = RecordingSink()
     publish_run(run_dir, sink=sink, secrets=frozenset())
-    return [m for _, m in sink.metrics]
+    return [m for _, m in sink.metrics], sink.x_axes
 
 
 def test_curves_are_one_key_per_line_and_rows_in_increasing_x():
@@ -118,7 +119,7 @@ def test_report_of_the_memory_reference_has_a_section_panels_and_text_per_study(
         assert text.study(study) and text.study(study) in markdown(spec)  # caption and findings
     assert text.section("exponent")[1] in markdown(spec)  # the exponent table with Table 3's predictions
 
-    history = logged_history(run_dir)
+    history, x_axes = logged_history(run_dir)
     panels = study_panels(spec)
     for study, axes in study_axes(info.suite_spec).items():
         plots = panels[study]
@@ -130,6 +131,7 @@ def test_report_of_the_memory_reference_has_a_section_panels_and_text_per_study(
             assert c["xAxis"] == f"curves/{study}/{hinted['x']}"
             assert c.get("xLogScale", False) == hinted.get("logx", hinted["x"] in ("seq_len", "batch_size"))
             assert c.get("yLogScale", False) == hinted.get("logy", hinted["x"] in ("seq_len", "batch_size"))
+            assert x_axes[f"curves/{study}/*"] == c["xAxis"]  # W&B's own panels plot them against x too
             for y in c["metrics"]:  # every line is in the history publish logs, beside its x
                 rows = [row for row in history if y in row]
                 assert rows and all(c["xAxis"] in row for row in rows)

@@ -75,6 +75,9 @@ def publish_report(
     for d in run_dirs:
         info, records = load_run(d, secrets)
         text = read_report_text(d)
+        if not text.sections:
+            log(f"note: {d} has no report.md: the W&B report gets panels but not our text "
+                f"(write it first with: python -m bench report {shlex.quote(str(d))})")
         text = type(text)(scrub_text(text.title, secrets), scrub_text(text.intro, secrets),
                           {h: scrub_text(b, secrets) for h, b in text.sections.items()})
         runs.append(wrep.ReportRun(info, tuple(records), text, wandb_run_id(info, d), run_name(info)))

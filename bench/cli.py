@@ -47,8 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="write report.md, tables and plots for a run directory")
     p.add_argument("run_dir", type=Path)
 
-    p = sub.add_parser("publish", help="publish a run directory to Weights & Biases")
-    p.add_argument("run_dir", type=Path)
+    p = sub.add_parser("publish", help="publish run directories to Weights & Biases, with a W&B Report")
+    p.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR",
+                   help="one run, or several runs of one suite gathered in one report")
+    p.add_argument("--report", action="store_true",
+                   help="create the W&B Report online (its spec, wandb_report.json, is always written)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--online", dest="online", action="store_true", default=None,
                       help="publish online (default: online only with an API key and a reachable host)")
@@ -126,11 +129,17 @@ def cmd_report(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_publish(args: argparse.Namespace, console: Console) -> int:
-    from bench.publish import publish_run
+    from bench.publish import PublishError, publish_report, publish_run
 
-    if not (args.run_dir / RUN_JSON).is_file():
-        raise RunError(f"{args.run_dir}: no {RUN_JSON}; not a run directory")
-    publish_run(args.run_dir, online=args.online)
+    for run_dir in args.run_dirs:
+        if not (run_dir / RUN_JSON).is_file():
+            raise RunError(f"{run_dir}: no {RUN_JSON}; not a run directory")
+    try:
+        for run_dir in args.run_dirs:
+            publish_run(run_dir, online=args.online)
+        publish_report(args.run_dirs, create=args.report, online=args.online)
+    except PublishError as exc:
+        raise RunError(str(exc)) from None
     return 0
 
 

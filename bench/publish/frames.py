@@ -16,6 +16,7 @@ X_COLUMN = "params.seq_len"
 # Which metric columns get a line against seq_len, and under which panel: units in the name.
 MEMORY_SUFFIX = "_mib"
 TIME_SUFFIX = "_ms_median"
+LOG_AXES = ("seq_len", "batch_size")  # axes our report plots on log scales unless the hint says otherwise
 
 
 def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
@@ -77,15 +78,20 @@ class LineSeries:
     keys: tuple[str, ...]
     xs: tuple[tuple[float, ...], ...]
     ys: tuple[tuple[float, ...], ...]
+    study: str = ""  # "" when the run has no suite_spec
 
 
 @dataclass(frozen=True)
 class StudyAxes:
-    """How a study's points spread: the x axis, and the params that tell its lines apart (empty:
-    whatever varies)."""
+    """How a study's points spread and are drawn: the x axis, the params that tell its lines apart
+    (empty: whatever varies), the hinted y metrics (empty: the defaults) and log scales, as in
+    our own plots (log by default along seq_len and batch_size)."""
 
     x: str = "seq_len"
     hue: tuple[str, ...] = ()
+    y: tuple[str, ...] = ()
+    logx: bool = True
+    logy: bool = True
 
 
 def _names(value: Any) -> list[str]:
@@ -111,8 +117,16 @@ def study_axes(suite_spec: Mapping[str, Any]) -> dict[str, StudyAxes]:
         x = plot.get("x") if isinstance(plot.get("x"), str) else None
         x = x or ("seq_len" if "seq_len" in grid or not numeric else numeric[0])
         hue = _names(plot.get("hue")) + _names(plot.get("style")) or [k for k in grid if k != x]
-        axes[str(name)] = StudyAxes(x=x, hue=tuple(h for h in hue if h != x))
+        log_default = x in LOG_AXES
+        axes[str(name)] = StudyAxes(
+            x=x, hue=tuple(h for h in hue if h != x), y=tuple(_names(plot.get("y"))),
+            logx=_flag(plot.get("logx"), log_default), logy=_flag(plot.get("logy"), log_default),
+        )
     return axes
+
+
+def _flag(value: Any, default: bool) -> bool:
+    return value if isinstance(value, bool) else default
 
 
 def _fmt(value: Any) -> str:
@@ -170,7 +184,7 @@ def _charts(ok: pd.DataFrame, x: str, hue: tuple[str, ...], prefix: str) -> list
             ys.append(tuple(float(v) for v in line.to_numpy()))
         charts.append(LineSeries(
             name=f"{panel}/{prefix}{short}_vs_{xname}", title=f"{prefix}{short} vs {xname}", xname=xname,
-            yname=short, keys=tuple(keys), xs=tuple(xs), ys=tuple(ys),
+            yname=short, keys=tuple(keys), xs=tuple(xs), ys=tuple(ys), study=prefix.rstrip("/"),
         ))
     return charts
 

@@ -1,21 +1,64 @@
 """Publishing a suite run: `publish_run` after the fact, `LiveLogger` while it runs. Both turn the
-same records into the same W&B run (config, records table, lines vs seq_len, Table 2, plots)."""
+same records into the same W&B run (config, records table, lines vs seq_len, Table 2, plots), under
+one W&B run id per run directory, so publishing after a live run resumes it instead of adding one."""
 from __future__ import annotations
 
+import hashlib
+import json
+import re
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from bench.publish.curves import curve_keys, curve_rows
 from bench.publish.frames import (
     accuracy_matrix, flatten_record, line_series, records_frame, status_counts, study_axes,
 )
-from bench.publish.rundata import Record, RunInfo, find_plots, read_records, read_run_info
+from bench.publish.rundata import (
+    Record, RunInfo, find_plots, read_records, read_run_info, update_wandb_state, wandb_state,
+)
 from bench.publish.scrub import scrub
 from bench.publish.sink import Sink
 
 JOB_TYPE = "bench"
 MAX_TAG_LEN = 64  # W&B refuses longer tags
 DUPLICATION_SUITE = "duplication"
+INSTALL_HINT = "install the W&B extra: pip install -e '.[wandb]'"
+RUN_ID_MAX = 64
+
+
+class PublishError(Exception):
+    """A run that cannot be published as asked; the message is one line for the command line."""
+
+
+def require(module: str) -> None:
+    """Refuse early, in words, when an optional W&B package is missing."""
+    try:
+        __import__(module)
+    except ImportError as e:
+        raise PublishError(f"{module} is not installed ({e.msg}); {INSTALL_HINT}") from None
+
+
+def load_run(run_dir: Path, secrets: frozenset[str]) -> tuple[RunInfo, list[Record]]:
+    """run.json and the scrubbed records, or a PublishError naming the file and what is wrong."""
+    try:
+        info = read_run_info(run_dir)
+        records = [scrub(r, secrets) for r in read_records(run_dir)]
+    except (OSError, ValueError) as e:
+        raise PublishError(str(e)) from None
+    return info, records
+
+
+def wandb_run_id(info: RunInfo, run_dir: Path) -> str:
+    """The W&B run id of this run directory: the one run.json records (an earlier publish or live
+    log), else `<suite>-<run_id>-<hash>` derived from run.json's suite, run_id and created_at, so a
+    live logger and a later publish of the same run agree without talking to each other."""
+    stored = wandb_state(run_dir).get("run_id")
+    if isinstance(stored, str) and re.fullmatch(r"[A-Za-z0-9_-]{1,128}", stored):
+        return stored
+    digest = hashlib.sha1(f"{info.suite}\n{info.run_id}\n{info.created_at}".encode()).hexdigest()[:8]
+    base = re.sub(r"[^A-Za-z0-9_-]+", "_", f"{info.suite}-{info.run_id}")
+    return f"{base[: RUN_ID_MAX - 9]}-{digest}"
 
 
 def run_name(info: RunInfo) -> str:
@@ -55,21 +98,36 @@ def step_metrics(record: Record, step: int) -> dict[str, Any]:
     return out
 
 
-def log_run_summary(sink: Sink, info: RunInfo, records: Sequence[Record], run_dir: Path) -> None:
-    """Everything regenerated from the records: the table, the charts, Table 2, the report's plots."""
+def log_run_summary(
+    sink: Sink, info: RunInfo, records: Sequence[Record], run_dir: Path, curves_logged: str | None = None,
+) -> str:
+    """Everything regenerated from the records: the table, the charts, their curves as history (for
+    the W&B Report's panels), Table 2, the report's plots. Returns the curves' digest; curves whose
+    digest is `curves_logged` are in the run's history already and are not logged twice (a line plot
+    would draw them twice)."""
     frame = records_frame(records)
     sink.log_table("records", frame)
-    for series in line_series(frame, study_axes(info.suite_spec)):
+    charts = line_series(frame, study_axes(info.suite_spec))
+    for series in charts:
         sink.log_line_series(series)
+    for glob, x in sorted({(k.glob, k.x) for k in map(curve_keys, charts)}):
+        sink.define_x(glob, x)
+    rows = [row for series in charts for row in curve_rows(series)]
+    digest = hashlib.sha1(json.dumps(rows, sort_keys=True).encode()).hexdigest()
+    if digest != curves_logged:
+        for row in rows:
+            sink.log_metrics(row)
     if info.suite == DUPLICATION_SUITE:
         matrix = accuracy_matrix(frame)
         if matrix is not None:
             sink.log_table("duplication/accuracy_matrix", matrix.reset_index())
     sink.log_images(find_plots(run_dir))
     sink.log_metrics({f"summary/{k}": v for k, v in status_counts(records).items()})
+    return digest
 
 
 def _default_sink(run_dir: Path, online: bool | None, project: str | None) -> Sink:
+    require("wandb")
     from bench.publish.wandb_sink import WandbSink
 
     return WandbSink(run_dir, online=online, project=project)
@@ -92,19 +150,24 @@ def publish_run(
     """Turn `run_dir/run.json` + `records.jsonl` (+ `plots/*.png`) into one W&B run.
 
     Offline unless an API key is present and the server answers (or `online=True`); an offline run
-    is written under `run_dir/wandb/` and its `wandb sync` command printed. Returns that offline
-    run's directory, or None when it went online.
+    is written under WANDB_DIR, else `run_dir/wandb/`, and its `wandb sync` command printed. The W&B
+    run is the one a live log of this run made (same id, resumed, later steps), and run.json keeps
+    its id and next step. Returns the offline run's directory, or None when it went online.
+    Raises PublishError for a run that cannot be read or a missing wandb.
     """
     run_dir = Path(run_dir)
-    info = read_run_info(run_dir)
     secrets = _secrets() if secrets is None else secrets
-    records = [scrub(r, secrets) for r in read_records(run_dir)]
+    info, records = load_run(run_dir, secrets)
     sink = sink or _default_sink(run_dir, online, project)
-    sink.init(name=run_name(info), group=info.suite, tags=run_tags(info), config=run_config(info, secrets), job_type=JOB_TYPE)
+    run_id, state = wandb_run_id(info, run_dir), wandb_state(run_dir)
+    sink.init(name=run_name(info), group=info.suite, tags=run_tags(info), config=run_config(info, secrets),
+              job_type=JOB_TYPE, run_id=run_id, start_step=int(state.get("next_step") or 0))
+    digest = state.get("curves_digest")
     try:
-        log_run_summary(sink, info, records, run_dir)
+        digest = log_run_summary(sink, info, records, run_dir, curves_logged=digest)
     finally:
         where = sink.finish()
+        update_wandb_state(run_dir, run_id=run_id, next_step=sink.next_step, curves_digest=digest)
     return where
 
 
@@ -149,6 +212,8 @@ class LiveLogger:
         self._sink.init(
             name=run_name(info), group=info.suite, tags=run_tags(info),
             config=run_config(info, self._secrets), job_type=JOB_TYPE,
+            run_id=wandb_run_id(info, self.run_dir),
+            start_step=int(wandb_state(self.run_dir).get("next_step") or 0),
         )
 
     def _guard(self, what: str, fn: Callable[[], None]) -> None:
@@ -170,11 +235,18 @@ class LiveLogger:
                 self._start(dict(record))
             clean = scrub(dict(record), self._secrets or frozenset())
             self._records.append(clean)
-            step = len(self._records) - 1
             assert self._sink is not None
-            self._sink.log_metrics(step_metrics(clean, step), step=step)
+            self._sink.log_metrics(step_metrics(clean, len(self._records) - 1))
 
         self._guard(f"record {record.get('point_id')!r}", log)
+
+    def _all_records(self) -> list[Record]:
+        """The whole run's records for the summary (a resumed run logged only its new points), or
+        the ones seen here when records.jsonl cannot be read."""
+        try:
+            return [scrub(r, self._secrets or frozenset()) for r in read_records(self.run_dir)] or self._records
+        except (OSError, ValueError):
+            return self._records
 
     def finish(self) -> None:
         """Log the summary (table, charts, plots) and close the run; a second call does nothing."""
@@ -186,9 +258,12 @@ class LiveLogger:
 
         def close() -> None:
             assert self._info is not None and self._sink is not None
+            digest = wandb_state(self.run_dir).get("curves_digest")
             try:
-                log_run_summary(self._sink, self._info, self._records, self.run_dir)
+                digest = log_run_summary(self._sink, self._info, self._all_records(), self.run_dir, digest)
             finally:
                 self._sink.finish()
+                update_wandb_state(self.run_dir, run_id=wandb_run_id(self._info, self.run_dir),
+                                   next_step=self._sink.next_step, curves_digest=digest)
 
         self._guard("finish", close)

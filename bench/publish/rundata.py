@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 Record = dict[str, Any]
+WANDB_KEY = "wandb"  # run.json's block of what publishing left: W&B run id, next step, report URL
 
 
 @dataclass(frozen=True)
@@ -109,3 +111,36 @@ def find_plots(run_dir: Path) -> dict[str, Path]:
     if plots.is_dir():
         found.update({f"plots/{p.relative_to(plots).with_suffix('').as_posix()}": p for p in sorted(plots.rglob("*.png"))})
     return found
+
+
+def _run_json(run_dir: Path) -> dict[str, Any]:
+    path = Path(run_dir) / "run.json"
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def wandb_state(run_dir: Path) -> dict[str, Any]:
+    """run.json's `wandb` block ({} when absent): how an earlier publish or live log left W&B."""
+    state = _run_json(run_dir).get(WANDB_KEY)
+    return dict(state) if isinstance(state, dict) else {}
+
+
+def update_wandb_state(run_dir: Path, **fields: Any) -> dict[str, Any]:
+    """Merge `fields` into run.json's `wandb` block, atomically; every other key is left as it was.
+
+    run.json is otherwise written once, by the store, before the first point: this runs after a
+    run (or its live logger) has finished, so it races with no writer.
+    """
+    path = Path(run_dir) / "run.json"
+    data = _run_json(run_dir)
+    if not data:
+        return {}
+    state = {**wandb_state(run_dir), **fields}
+    data[WANDB_KEY] = state
+    tmp = path.with_suffix(".json.wandb-tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+    return state

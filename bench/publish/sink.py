@@ -14,9 +14,20 @@ from bench.publish.frames import LineSeries
 class Sink(Protocol):
     """One experiment-tracker run: opened once, written to, finished once."""
 
-    def init(self, *, name: str, group: str, tags: Sequence[str], config: Mapping[str, Any], job_type: str) -> None: ...
+    next_step: int  # the step the next log call lands on
+
+    def init(
+        self, *, name: str, group: str, tags: Sequence[str], config: Mapping[str, Any], job_type: str,
+        run_id: str | None = None, start_step: int = 0,
+    ) -> None:
+        """Open the run `run_id` (resumed when it exists), logging from `start_step` on."""
+        ...
 
     def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None: ...
+
+    def define_x(self, glob: str, x: str) -> None:
+        """Plot the metrics matching `glob` (a prefix and `*`) against the metric `x`, not the step."""
+        ...
 
     def log_table(self, name: str, df: pd.DataFrame) -> None: ...
 
@@ -36,6 +47,8 @@ class InitCall:
     tags: tuple[str, ...]
     config: dict[str, Any]
     job_type: str
+    run_id: str | None = None
+    start_step: int = 0
 
 
 @dataclass
@@ -47,21 +60,39 @@ class RecordingSink:
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
     images: dict[str, Path] = field(default_factory=dict)
     series: list[LineSeries] = field(default_factory=list)
+    x_axes: dict[str, str] = field(default_factory=dict)
     finished: int = 0
+    next_step: int = 0
 
-    def init(self, *, name: str, group: str, tags: Sequence[str], config: Mapping[str, Any], job_type: str) -> None:
-        self.inits.append(InitCall(name, group, tuple(tags), dict(config), job_type))
+    def init(
+        self, *, name: str, group: str, tags: Sequence[str], config: Mapping[str, Any], job_type: str,
+        run_id: str | None = None, start_step: int = 0,
+    ) -> None:
+        self.inits.append(InitCall(name, group, tuple(tags), dict(config), job_type, run_id, start_step))
+        self.next_step = max(self.next_step, start_step)
+
+    def _step(self, step: int | None = None) -> int:
+        step = self.next_step if step is None else max(step, self.next_step)
+        self.next_step = step + 1
+        return step
 
     def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
-        self.metrics.append((step, dict(metrics)))
+        self.metrics.append((self._step(step), dict(metrics)))
+
+    def define_x(self, glob: str, x: str) -> None:
+        self.x_axes[glob] = x
 
     def log_table(self, name: str, df: pd.DataFrame) -> None:
+        self._step()
         self.tables[name] = df.copy()
 
     def log_images(self, images: Mapping[str, Path]) -> None:
+        if images:
+            self._step()
         self.images.update(images)
 
     def log_line_series(self, series: LineSeries) -> None:
+        self._step()
         self.series.append(series)
 
     def finish(self) -> str | None:

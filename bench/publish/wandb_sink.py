@@ -141,8 +141,14 @@ def wandb_table_frame(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def wandb_dir(run_dir: Path, env: Mapping[str, str]) -> Path:
+    """Where W&B writes its local files: WANDB_DIR when set (W&B's own convention), else the run
+    directory, so an offline run sits beside the results it came from (W&B adds `wandb/<run>`)."""
+    return Path(env["WANDB_DIR"]).expanduser() if env.get("WANDB_DIR") else Path(run_dir)
+
+
 class WandbSink:
-    """A Sink writing one W&B run. The run lands under `dir` (W&B adds `wandb/<run>`)."""
+    """A Sink writing one W&B run, under WANDB_DIR or else the run directory (see `wandb_dir`)."""
 
     def __init__(
         self,
@@ -154,16 +160,22 @@ class WandbSink:
         env: Mapping[str, str] | None = None,
         log: Callable[[str], None] = print,
     ) -> None:
-        self.dir = Path(dir)
-        self.online = online
         self.env = os.environ if env is None else env
+        self.dir = wandb_dir(dir, self.env)
+        self.online = online
         self.project = project or self.env.get("WANDB_PROJECT") or DEFAULT_PROJECT
         self.entity = entity or self.env.get("WANDB_ENTITY") or None
         self.log = log
         self.decision: ModeDecision | None = None
+        self.next_step = 0
         self._run: Any = None
 
-    def init(self, *, name: str, group: str, tags: Sequence[str], config: Mapping[str, Any], job_type: str) -> None:
+    def init(
+        self, *, name: str, group: str, tags: Sequence[str], config: Mapping[str, Any], job_type: str,
+        run_id: str | None = None, start_step: int = 0,
+    ) -> None:
+        """Open the run; with `run_id`, resume that run if it exists (W&B's `resume="allow"`), and
+        log from `start_step` on, so that steps already logged (a live run) are not overwritten."""
         import wandb
 
         self.decision = resolve_mode(self.online, self.env)
@@ -172,6 +184,8 @@ class WandbSink:
             project=self.project, entity=self.entity, dir=str(self.dir), name=name, group=group,
             tags=list(tags), config=dict(config), job_type=job_type,
         )
+        if run_id:
+            kwargs.update(id=run_id, resume="allow")
         try:
             self._run = wandb.init(mode=self.decision.mode, settings=wandb_settings(), **kwargs)
         except Exception as e:  # noqa: BLE001 -- any online failure: keep the data, go offline
@@ -179,7 +193,20 @@ class WandbSink:
                 raise
             self.decision = ModeDecision("offline", f"online init failed ({type(e).__name__}: {e})")
             self._run = wandb.init(mode="offline", settings=wandb_settings(), **kwargs)
-        self.log(f"W&B: {self.decision.mode} ({self.decision.reason}), run {name!r} in project {self.project!r}")
+        resumed = int(getattr(self._run, "step", 0) or 0)  # online resume: the server's next step
+        self.next_step = max(start_step, resumed)
+        self.log(f"W&B: {self.decision.mode} ({self.decision.reason}), run {name!r} (id {self._run.id}) "
+                 f"in project {self.project!r}")
+
+    @property
+    def run_id(self) -> str | None:
+        return None if self._run is None else str(self._run.id)
+
+    def _log(self, data: Mapping[str, Any], step: int | None = None) -> None:
+        """Every call is one step, counted here: W&B drops a step below one it has seen."""
+        step = self.next_step if step is None else max(step, self.next_step)
+        self.run.log(dict(data), step=step)
+        self.next_step = step + 1
 
     @property
     def run(self) -> Any:
@@ -188,18 +215,22 @@ class WandbSink:
         return self._run
 
     def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
-        self.run.log(dict(metrics), step=step)
+        self._log(metrics, step)
+
+    def define_x(self, glob: str, x: str) -> None:
+        self.run.define_metric(x)
+        self.run.define_metric(glob, step_metric=x)
 
     def log_table(self, name: str, df: pd.DataFrame) -> None:
         import wandb
 
-        self.run.log({name: wandb.Table(dataframe=wandb_table_frame(df))})
+        self._log({name: wandb.Table(dataframe=wandb_table_frame(df))})
 
     def log_images(self, images: Mapping[str, Path]) -> None:
         import wandb
 
         if images:
-            self.run.log({key: wandb.Image(str(path), caption=Path(path).name) for key, path in images.items()})
+            self._log({key: wandb.Image(str(path), caption=Path(path).name) for key, path in images.items()})
 
     def log_line_series(self, series: LineSeries) -> None:
         import wandb
@@ -211,7 +242,7 @@ class WandbSink:
             title=series.title,
             xname=series.xname,
         )
-        self.run.log({series.name: chart})
+        self._log({series.name: chart})
 
     def finish(self) -> str | None:
         """Close the run; for an offline run, print and return its directory for `wandb sync`."""

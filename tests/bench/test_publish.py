@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from bench.publish import LiveLogger, RecordingSink, accuracy_matrix, line_series, publish_run, records_frame
+from bench.publish import LiveLogger, PublishError, RecordingSink, accuracy_matrix, line_series, publish_run, records_frame
 from bench.publish.frames import StudyAxes, study_axes
 from bench.publish.rundata import find_plots, read_records
 from bench.publish.scrub import REDACTED, is_secret_key, scrub, secret_values
@@ -116,8 +117,10 @@ def test_line_series_per_study_follow_the_suite_plot_hints():
     run_dir = Path(__file__).parent / "fixtures" / "memory_run"
     info = json.loads((run_dir / "run.json").read_text())
     axes = study_axes(info["suite_spec"])
-    assert axes["vs_seq_len"] == StudyAxes(x="seq_len", hue=("attention",))
-    assert axes["vs_layers"] == StudyAxes(x="n_layers", hue=("reversible",))  # no hint: numeric grid axis
+    assert axes["vs_seq_len"] == StudyAxes(x="seq_len", hue=("attention",), y=("peak_alloc_mib", "step_ms_median"),
+                                           logx=True, logy=True)
+    # no hint: the numeric grid axis, linear scales (our plots use log only along seq_len and batch_size)
+    assert axes["vs_layers"] == StudyAxes(x="n_layers", hue=("reversible",), logx=False, logy=False)
     frame = records_frame(read_records(run_dir))
     charts = {c.name: c for c in line_series(frame, axes)}
     seq = charts["memory/vs_seq_len/peak_rss_mib_vs_seq_len"]
@@ -234,7 +237,7 @@ def test_publish_run_scrubs_secrets_from_env_netrc_and_keys(tmp_path, monkeypatc
 
 
 def test_publish_run_names_the_missing_file(tmp_path):
-    with pytest.raises(FileNotFoundError, match="run.json"):
+    with pytest.raises(PublishError, match="run.json"):
         publish_run(tmp_path, sink=RecordingSink(), secrets=frozenset())
 
 
@@ -300,12 +303,18 @@ def test_probe_gives_up_quickly():
         port = s.getsockname()[1]
     assert can_reach("127.0.0.1", port, timeout_s=0.5) is False
 
+    released = threading.Event()
+
     def stuck(address, timeout):  # a name lookup that never answers (getaddrinfo has no timeout)
-        time.sleep(30)
+        released.wait(30)
+        raise socket.timeout("released")  # as a lookup that finally fails: no stray thread error later
 
     t0 = time.monotonic()
-    assert can_reach("wandb.example.org", 443, timeout_s=0.2, connect=stuck) is False
-    assert time.monotonic() - t0 < 2.0
+    try:
+        assert can_reach("wandb.example.org", 443, timeout_s=0.2, connect=stuck) is False
+        assert time.monotonic() - t0 < 2.0
+    finally:
+        released.set()
 
 
 def test_probe_sees_a_listening_server():

@@ -1,0 +1,253 @@
+"""A W&B Report for one or more runs of a suite, built with the official `wandb-workspaces` API
+(`wandb_workspaces.reports.v2`): the title and environment, per study our report's text and live
+line plots over the logged curves, the exponent table beside Table 3, Table 2 for duplication.
+
+Offline first: `report_spec` is the library's own serialisation of the report (the viewspec that
+`Report.save()` uploads), written as `wandb_report.json`; `save_report` creates it online.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from bench.publish.curves import curve_keys
+from bench.publish.frames import LineSeries, StudyAxes, accuracy_matrix, line_series, records_frame, study_axes
+from bench.publish.report_text import ReportText
+from bench.publish.rundata import Record, RunInfo
+from bench.publish.scrub import scrub, scrub_text
+
+SPEC_NAME = "wandb_report.json"
+TITLE_MAX = 128  # W&B refuses longer report titles
+DUPLICATION_SUITE = "duplication"
+MATRIX_TABLE = "duplication/accuracy_matrix"  # the table publish logs (see publisher.log_run_summary)
+CPU_MEMORY = ("rss_delta_mib", "saved_for_backward_mib")  # our report's main figures per device
+GPU_MEMORY = ("peak_alloc_mib", "saved_for_backward_mib")
+DEFAULT_Y = ("step_ms_median",)
+PANEL_W, PANEL_H, PER_ROW = 12, 8, 2  # two panels a row on W&B's 24-column grid
+
+
+@dataclass(frozen=True)
+class ReportRun:
+    """One run as the report sees it: run.json, scrubbed records, report.md's text, its W&B run id."""
+
+    info: RunInfo
+    records: tuple[Record, ...]
+    text: ReportText
+    wandb_id: str
+    name: str  # the W&B run's display name, which the run set filters on
+
+
+def _label(column: str) -> str:
+    """A column's words with units, from the report's label table when this branch has it."""
+    try:
+        from bench.report.labels import label  # type: ignore[import-not-found]
+    except ImportError:
+        return column
+    return label(column)
+
+
+def report_title(runs: Sequence[ReportRun]) -> str:
+    """`reformer-bench <suite>: <run id>[ vs <run id> ...]`, cut to W&B's limit."""
+    title = f"reformer-bench {runs[0].info.suite}: " + " vs ".join(r.info.run_id for r in runs)
+    return title if len(title) <= TITLE_MAX else title[: TITLE_MAX - 3] + "..."
+
+
+def spec_path(run_dirs: Sequence[Path], runs: Sequence[ReportRun]) -> Path:
+    """Beside the results: `RUN_DIR/wandb_report.json` for one run; for several, in the first run's
+    parent (the suite's folder), named after the run ids."""
+    if len(run_dirs) == 1:
+        return Path(run_dirs[0]) / SPEC_NAME
+    return Path(run_dirs[0]).parent / f"wandb_report-{'+'.join(r.info.run_id for r in runs)}.json"
+
+
+def _environment_md(run: ReportRun) -> str:
+    section = run.text.section("environment")
+    if section:
+        return section[1]
+    env = run.info.environment
+    rows = [f"| {k} | {env[k]} |" for k in sorted(env) if not isinstance(env[k], (dict, list))]
+    return "\n".join(["| | value |", "|:--|:--|", *rows]) if rows else "(no environment recorded)"
+
+
+def _metrics_for(axes: StudyAxes, available: Sequence[str], devices: Sequence[str]) -> list[str]:
+    """The study's hinted y metrics that have curves, a memory metric without one (peak_alloc_mib on
+    CPU) standing for the devices' main memory figures; default: main memory figures and step time."""
+    main = [m for d in devices for m in (GPU_MEMORY if str(d).startswith("cuda") else CPU_MEMORY)]
+    out: list[str] = []
+    for metric in axes.y or (*main, *DEFAULT_Y):
+        chosen = [metric] if metric in available else (main if metric.endswith("_mib") else [])
+        out += [m for m in chosen if m in available and m not in out]
+    return out
+
+
+def _line_plot(study: str, metric: str, axes: StudyAxes, charts: Sequence[tuple[ReportRun, LineSeries]],
+               index: int, several: bool) -> Any:
+    import wandb_workspaces.reports.v2 as wr
+
+    y: list[str] = []
+    titles: dict[str, str] = {}
+    x_key = ""
+    for run, series in charts:
+        keys = curve_keys(series)
+        x_key = keys.x
+        for label, key in keys.y.items():
+            if key not in y:
+                y.append(key)
+            titles[f"{run.wandb_id}:{key}"] = f"{run.info.run_id}: {label}" if several else label
+    return wr.LinePlot(
+        title=f"{study}: {_label(metric)}", x=x_key, y=y, log_x=axes.logx, log_y=axes.logy,
+        title_x=_label(axes.x), title_y=_label(metric), line_titles=titles,
+        layout=wr.Layout(x=(index % PER_ROW) * PANEL_W, y=(index // PER_ROW) * PANEL_H, w=PANEL_W, h=PANEL_H),
+    )
+
+
+def _runset(runs: Sequence[ReportRun], entity: str, project: str) -> Any:
+    """The runs this report describes: our group (the suite) and their names."""
+    import wandb_workspaces.reports.v2 as wr
+
+    names = ", ".join(repr(r.name) for r in runs)
+    return wr.Runset(entity=entity, project=project, name=f"{runs[0].info.suite} runs",
+                     filters=f"Group = {runs[0].info.suite!r} and Name in [{names}]")
+
+
+def _without_images(markdown: str) -> str:
+    """report.md's image lines point at files beside it, which a W&B Report cannot see."""
+    return "\n".join(line for line in markdown.splitlines() if not line.lstrip().startswith("![")).strip()
+
+
+def _per_run(runs: Sequence[ReportRun], texts: Sequence[str]) -> list[Any]:
+    """One markdown block when every run says the same, else one per run under its id."""
+    import wandb_workspaces.reports.v2 as wr
+
+    texts = [_without_images(t) for t in texts]
+    if len(set(texts)) <= 1:
+        return [wr.MarkdownBlock(texts[0])] if texts and texts[0] else []
+    blocks: list[Any] = []
+    for run, text in zip(runs, texts):
+        if text:
+            blocks += [wr.H3(run.info.run_id), wr.MarkdownBlock(text)]
+    return blocks
+
+
+def build_report(runs: Sequence[ReportRun], *, project: str, entity: str = "",
+                 runset_entity: str = "", runset_project: str = "") -> Any:
+    """The Report for `runs` (all of one suite). Pure: nothing is sent; `entity` "" until online.
+
+    The run set's entity and project stay "" offline (W&B then takes the report's); online they are
+    given, which makes the library look the project up when the report is serialised.
+    """
+    import wandb_workspaces.reports.v2 as wr
+
+    if not runs:
+        raise ValueError("a report needs at least one run")
+    suites = sorted({r.info.suite for r in runs})
+    if len(suites) > 1:
+        raise ValueError(f"one report gathers runs of one suite, got {', '.join(suites)}")
+    first, several = runs[0], len(runs) > 1
+    description = str(first.info.suite_spec.get("description") or first.text.intro or "").strip()
+    blocks: list[Any] = [wr.TableOfContents(), wr.H1("Environment")]
+    for run in runs:
+        if several:
+            blocks.append(wr.H3(f"{run.info.run_id} ({run.info.device_name or run.info.device or '?'})"))
+        blocks.append(wr.MarkdownBlock(_without_images(_environment_md(run))))
+
+    axes = study_axes(first.info.suite_spec)
+    charts = {id(r): line_series(records_frame(r.records), study_axes(r.info.suite_spec)) for r in runs}
+    for study, study_ax in axes.items():
+        text = _per_run(runs, [r.text.study(study) for r in runs])
+        mine = [(r, s) for r in runs for s in charts[id(r)] if s.study == study]
+        metrics = _metrics_for(study_ax, sorted({s.yname for _, s in mine}), [r.info.device or "cpu" for r in runs])
+        panels = [_line_plot(study, m, study_ax, [(r, s) for r, s in mine if s.yname == m], i, several)
+                  for i, m in enumerate(metrics)]
+        if not (text or panels):
+            continue  # a study with nothing to show (duplication's training stage: see Table 2)
+        blocks += [wr.H1(f"Study {study}"), *text]
+        if panels:
+            blocks.append(wr.PanelGrid(runsets=[_runset(runs, runset_entity, runset_project)], panels=panels))
+
+    exponents = [r.text.section("exponent") or r.text.section("table 3") for r in runs]
+    if any(exponents):
+        blocks.append(wr.H1("Fitted growth exponents vs Table 3"))
+        blocks += _per_run(runs, [e[1] if e else "" for e in exponents])
+
+    if first.info.suite == DUPLICATION_SUITE:
+        blocks += _table2_blocks(runs, runset_entity, runset_project)
+    report = wr.Report(project=project, entity=entity, title=report_title(runs), description=description,
+                       blocks=blocks, width="fluid")
+    _stable_ids(report)
+    return report
+
+
+def _table2_blocks(runs: Sequence[ReportRun], runset_entity: str, runset_project: str) -> list[Any]:
+    """Table 2 as our report words it (measured beside the paper), else the matrix from the records;
+    then a live panel over the matrix table that publish logs."""
+    import wandb_workspaces.reports.v2 as wr
+
+    texts = []
+    for run in runs:
+        section = run.text.section("trained", "evaluated") or run.text.section("table 2")
+        if section:
+            texts.append(f"**{section[0]}**\n\n{section[1]}")
+            continue
+        matrix = accuracy_matrix(records_frame(run.records))
+        texts.append(matrix.to_markdown() if matrix is not None else "")
+    blocks: list[Any] = [wr.H1("Table 2: accuracy, trained (rows) x evaluated (columns)")]
+    blocks += _per_run(runs, texts)
+    blocks.append(wr.PanelGrid(runsets=[_runset(runs, runset_entity, runset_project)],
+                               panels=[wr.WeavePanelSummaryTable(table_name=MATRIX_TABLE,
+                                                                 layout=wr.Layout(w=24, h=10))]))
+    training = [r.text.section("training") for r in runs]
+    if any(training):
+        blocks.append(wr.H1("Training"))
+        blocks += _per_run(runs, [t[1] if t else "" for t in training])
+    return blocks
+
+
+def _stable_ids(report: Any) -> None:
+    """Panel and run-set ids from their place in the report, not at random: the same records give
+    the same spec. (Ids only need to be unique within one report.)"""
+    import wandb_workspaces.reports.v2 as wr
+
+    for b, block in enumerate(report.blocks):
+        if isinstance(block, wr.PanelGrid):
+            for kind, items in (("r", block.runsets), ("p", block.panels)):
+                for i, item in enumerate(items):
+                    digest = hashlib.sha1(f"{report.title}|{b}|{kind}{i}".encode()).hexdigest()[:11]
+                    object.__setattr__(item, "_id", digest)
+
+
+def report_spec(report: Any, runs: Sequence[ReportRun], command: str) -> dict[str, Any]:
+    """The JSON written beside the results: the library's viewspec of the report (what `save()`
+    uploads), with what it describes and the command that creates it."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        library = f"wandb-workspaces {version('wandb-workspaces')}"
+    except PackageNotFoundError:
+        library = "wandb-workspaces"
+    return {
+        "format": "W&B report viewspec (Report._to_model(), as Report.save() uploads it)",
+        "library": library,
+        "runs": [{"suite": r.info.suite, "run_id": r.info.run_id, "wandb_run_id": r.wandb_id, "name": r.name}
+                 for r in runs],
+        "create_with": command,
+        "viewspec": report._to_model().model_dump(mode="json", by_alias=True, exclude_none=True),
+    }
+
+
+def write_spec(spec: Mapping[str, Any], path: Path, secrets: frozenset[str]) -> Path:
+    """Write `spec` as sorted, indented JSON, every known secret value masked."""
+    text = json.dumps(scrub(dict(spec), frozenset()), indent=2, sort_keys=True)
+    Path(path).write_text(scrub_text(text, secrets) + "\n", encoding="utf-8")
+    return Path(path)
+
+
+def save_report(report: Any, report_id: str | None = None) -> str:
+    """Create (or, with the id of one created before, update) the report online; its URL."""
+    if report_id:
+        report.id = report_id
+    report.save()
+    return str(report.url)

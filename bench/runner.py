@@ -1,10 +1,10 @@
-"""The runner: plan a suite's points for a profile and device, skip what the run directory already
-holds, hand the rest to an executor, append every record as it arrives, then summarise and report.
+"""The runner: plan a suite's points for a profile and device, choose the run folder (a new run, or
+this host's unfinished one), hand what it lacks to an executor, append every record as it arrives,
+then summarise, report and compare with the committed reference.
 """
 from __future__ import annotations
 
 import importlib
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +17,10 @@ from rich.table import Table
 
 from bench.executors.base import Executor, Record
 from bench.grid import PlannedPoint, point_params
-from bench.store import RunStore, default_run_id, fresh_run_id, latest_by_point, machine_run_id, make_record, now_iso
+from bench.store import (
+    RUN_JSON, RUNS, RunLock, RunStore, StoreError, check_name, fresh_run_id, inside, latest_by_point, load_run_json,
+    locked, make_record, now_iso, plan_key, progress, reference_dir, runs_dir, same_spec,
+)
 from bench.suite import Suite, SuiteError, load_suite, resolve_suite_path, suite_kind
 
 # Main figures in the summary table: the first metric present wins.
@@ -30,14 +33,18 @@ class RunError(RuntimeError):
     """The run cannot start as asked (no CUDA, unknown study, ...)."""
 
 
+class ReportFailed(RuntimeError):
+    """Every record was written, but the report could not be: the run is kept, the command fails."""
+
+
 @dataclass(frozen=True)
 class RunOptions:
     """What `python -m bench run` was asked for."""
 
     profile: str = "auto"  # auto | cpu | gpu
     device: str = "auto"  # auto | cpu | cuda
-    run_id: str | None = None
-    fresh: bool = False
+    run_id: str | None = None  # continue or create this run (this host's only)
+    fresh: bool = False  # always a new run
     retry_failed: bool = False
     results_root: Path = Path("results")
     executor: str = "local"  # local | ray
@@ -72,11 +79,19 @@ def resolve_profile(profile: str, device: str, has_cuda: bool) -> str:
     return "gpu" if has_cuda else "cpu"
 
 
+def check_gpu_profile(profile: str, device: str, has_cuda: bool) -> None:
+    """The paper-scale gpu profile runs on a CPU only when asked for with an explicit `--device cpu`."""
+    if profile == "gpu" and not has_cuda and device != "cpu":
+        raise RunError("--profile gpu: CUDA is not available on this machine, and the gpu profile is paper "
+                       "scale (bf16, lengths to 65536); use --profile cpu, or add --device cpu to insist")
+
+
 def plan_run(suite: Suite, opts: RunOptions, has_cuda: bool) -> Plan:
     """Expand the suite for the resolved profile and device, keeping only `--only` studies."""
     if opts.device == "cuda" and not has_cuda:
         raise RunError("--device cuda: CUDA is not available on this machine")
     profile = resolve_profile(opts.profile, opts.device, has_cuda)
+    check_gpu_profile(profile, opts.device, has_cuda)
     points = suite.expand(
         profile,
         auto_device="cuda" if has_cuda else "cpu",
@@ -109,56 +124,173 @@ def make_executor(opts: RunOptions, plan: Plan, timeout_s: float) -> Executor:
     return LocalExecutor(timeout_s=None, memory_limit_mib=opts.memory_limit_mib)
 
 
-def _run_meta(suite: Suite, plan: Plan, run_id: str) -> dict[str, Any]:
-    from bench.environment import capture_environment
+def _run_meta(suite: Suite, plan: Plan, run_id: str, spec: dict[str, Any], key: str) -> dict[str, Any]:
+    from bench.environment import capture_environment, host_id
 
     return {
         "suite": suite.name,
         "profile": plan.profile,
         "run_id": run_id,
         "device": plan.device,
+        "host_id": host_id(),
         "created_at": now_iso(),
         "environment": capture_environment(plan.device if plan.device != "mixed" else "cuda"),
-        "suite_spec": suite.resolved_spec(plan.profile),
+        "suite_spec": spec,
+        "planned": [p.point.point_id for p in plan.points],
+        "plan_key": key,
     }
 
 
-def _device_name(device: str) -> str | None:
-    from bench.environment import capture_environment
+def portable_spec(suite: Suite, profile: str) -> dict[str, Any]:
+    """The resolved suite for run.json, its file named relative to the repository (never a machine's path)."""
+    from bench.environment import portable_path
 
-    return capture_environment(device if device != "mixed" else "cuda")["device_name"]
+    return {**suite.resolved_spec(profile), "path": portable_path(suite.path)}
 
 
+# ---------------------------------------------------------------- which run folder
+def choose_run_dir(suite_name: str, profile: str, device: str, opts: RunOptions, console: Console,
+                   *, plan_key: str | None = None) -> Path:
+    """The run folder of this command, under `<results_root>/runs/<suite>/`: `--run-id` continues or
+    creates that run (this host's only); `--fresh` makes a new one; by default this host's newest
+    unfinished run of the same suite, profile, device and plan (`plan_key`, see `bench.store.plan_key`)
+    is continued, saying so, and otherwise a new run begins. References are never chosen."""
+    from bench.environment import host_id
+
+    check_name("suite", suite_name)
+    root = Path(opts.results_root)
+    if root.exists() and not root.is_dir():
+        raise StoreError(f"--results-root {root}: is a file, not a folder")
+    base = runs_dir(root, suite_name)
+    me = host_id()
+    if opts.run_id:
+        if opts.fresh:
+            raise RunError("--fresh and --run-id are exclusive: --fresh makes a new timestamped run id")
+        run_dir = inside(base / check_name("--run-id", opts.run_id), root / RUNS)
+        if (run_dir / RUN_JSON).exists():
+            meta = load_run_json(run_dir)
+            _check_continuable(run_dir, meta, suite_name, profile, device, me)
+            done = progress(run_dir, meta, opts.retry_failed)
+            count = f"{done[0]} of {done[1]} points done" if done else "points recorded so far are kept"
+            console.print(f"continuing {run_dir}: {count}", markup=False, soft_wrap=True)
+        else:
+            console.print(f"new run {run_dir} (--run-id)", markup=False, soft_wrap=True)
+        _mkdir(run_dir, root)
+        return run_dir
+    if not opts.fresh:
+        found = _unfinished_run(base, suite_name, profile, device, me, plan_key, opts.retry_failed, console)
+        if found is not None:
+            run_dir, (done, total) = found
+            console.print(f"resuming {run_dir}: {done} of {total} points done (--fresh starts anew)",
+                          style="bold", markup=False, soft_wrap=True)
+            return run_dir
+    stem = fresh_run_id(profile, device.split(":")[0])
+    for n in range(1, 1000):  # two runs begun in the same second get -2, -3, ...
+        run_dir = inside(base / (stem if n == 1 else f"{stem}-{n}"), root / RUNS)
+        if _mkdir(run_dir, root, exist_ok=False):
+            console.print(f"new run {run_dir}", style="bold", markup=False, soft_wrap=True)
+            return run_dir
+    raise StoreError(f"{base}: could not make a new run folder named {stem}[-N]")
+
+
+def _mkdir(run_dir: Path, root: Path, exist_ok: bool = True) -> bool:
+    """Make a run folder; False if it exists and exist_ok is False; a StoreError naming the results
+    root when it cannot be made (not writable, a file in the way)."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=exist_ok)
+    except FileExistsError:
+        if run_dir.is_dir():
+            return False
+        raise StoreError(f"{run_dir}: a file is in the way of the run folder") from None
+    except OSError as exc:
+        raise StoreError(f"--results-root {root}: cannot make the run folder {run_dir} in it "
+                         f"({exc.strerror})") from None
+    return True
+
+
+def _check_continuable(run_dir: Path, meta: dict[str, Any], suite: str, profile: str, device: str,
+                       me: str) -> None:
+    """An explicitly named run continues only if it is this suite, profile and device, on this host."""
+    for key, want in (("suite", suite), ("profile", profile), ("device", device)):
+        if meta.get(key) != want:
+            raise StoreError(f"{run_dir}: {key}={meta.get(key)!r} but this run has {key}={want!r}; "
+                             "use another --run-id or --fresh")
+    if meta.get("host_id") != me:
+        theirs = (meta.get("environment") or {}).get("hostname")
+        from platform import node
+
+        raise StoreError(f"{run_dir}: began on host {theirs!r} (host id {meta.get('host_id')}), and this is "
+                         f"host {node()!r} (host id {me}); a run continues only on the host that began it "
+                         "(use --fresh or another --run-id)")
+
+
+def _unfinished_run(base: Path, suite: str, profile: str, device: str, me: str, key: str | None,
+                    retry_failed: bool, console: Console) -> tuple[Path, tuple[int, int]] | None:
+    """This host's newest run of the suite, profile, device and plan with points left to do; the
+    unfinished runs it leaves alone (other host, other plan, in progress) are named."""
+    found = []
+    for run_dir in sorted(base.iterdir()) if base.is_dir() else ():
+        if not (run_dir / RUN_JSON).is_file():
+            continue
+        try:
+            meta = load_run_json(run_dir)
+            done = progress(run_dir, meta, retry_failed)
+        except StoreError as exc:
+            console.print(f"skipping a damaged run folder: {exc}", style="yellow", markup=False, soft_wrap=True)
+            continue
+        if (meta.get("profile"), meta.get("device")) != (profile, device) or done is None or done[0] >= done[1]:
+            continue
+        why = ("it began on another host" if meta.get("host_id") != me
+               else "it began with another version of the suite (or other --only)"
+               if key is not None and meta.get("plan_key") != key
+               else f"it is in progress ({holder})" if (holder := locked(run_dir)) else None)
+        if why:
+            console.print(f"unfinished run {run_dir} left alone: {why}", style="yellow", markup=False, soft_wrap=True)
+            continue
+        found.append((str(meta.get("created_at") or ""), run_dir.name, run_dir, done))
+    if not found:
+        return None
+    *_, run_dir, done = max(found)
+    return run_dir, done
+
+
+# ---------------------------------------------------------------- one grid run
 def run_grid_suite(suite: Suite, opts: RunOptions, console: Console | None = None) -> Path:
-    """Run (or resume) one grid suite; returns the run directory."""
+    """Run one grid suite into a new run folder or this host's unfinished one; returns the folder."""
     console = console or Console()
     plan = plan_run(suite, opts, cuda_available())
-    if opts.run_id:
-        run_id = opts.run_id
-    elif opts.fresh:
-        run_id = fresh_run_id(plan.profile, plan.device)
-    else:
-        run_id = default_run_id(plan.profile, plan.device)
-        here = machine_run_id(Path(opts.results_root) / suite.name, run_id, _device_name(plan.device))
-        if here != run_id:
-            console.print(f"[yellow]{suite.name}/{run_id} was measured on another machine; "
-                          f"this one writes to {suite.name}/{here}[/]")
-            run_id = here
-    store = RunStore(Path(opts.results_root) / suite.name / run_id)
+    spec = portable_spec(suite, plan.profile)
+    key = plan_key(spec, [p.point.point_id for p in plan.points])
+    run_dir = choose_run_dir(suite.name, plan.profile, plan.device, opts, console, plan_key=key)
+    with RunLock(run_dir):
+        return _run_in(run_dir, suite, plan, spec, key, opts, console)
+
+
+def _run_in(run_dir: Path, suite: Suite, plan: Plan, spec: dict[str, Any], key: str, opts: RunOptions,
+            console: Console) -> Path:
+    store = RunStore(run_dir)
+    run_id = run_dir.name
     if store.torn_fragment is not None:
         console.print(f"[yellow]records.jsonl ended in a torn line ({len(store.torn_fragment)} bytes); "
                       f"moved it to records.torn, that point runs again[/]")
-    meta = _run_meta(suite, plan, run_id)
-    kept = store.write_run_json(meta)
-    if json.loads(json.dumps(kept["suite_spec"])) != json.loads(json.dumps(meta["suite_spec"])):
-        console.print(f"[yellow]{suite.path} changed since this run began; run.json keeps the original "
-                      f"suite_spec (use --fresh for a run that describes the new one)[/]")
+    kept = store.write_run_json(_run_meta(suite, plan, run_id, spec, key))
+    store.check_writable()
+    if not same_spec(kept.get("suite_spec") or {}, spec):
+        console.print(f"{spec['path']} changed since this run began; run.json keeps the original suite_spec "
+                      "(use --fresh for a run that describes the new one)", style="yellow", markup=False, soft_wrap=True)
 
     by_id = {p.point.point_id: p for p in plan.points}
     todo = [by_id[pid] for pid in store.pending(list(by_id), retry_failed=opts.retry_failed)]
     resumed = len(plan.points) - len(todo)
-    console.print(f"[bold]{suite.name}[/] profile={plan.profile} device={plan.device} -> {store.run_dir}")
+    console.print(f"[bold]{escape(suite.name)}[/] profile={plan.profile} device={plan.device} -> {escape(str(run_dir))}")
     console.print(f"{len(plan.points)} points: {resumed} already recorded, {len(todo)} to do")
+    if not todo:
+        nothing_measured(console, f"{run_dir} already holds a record of every one of its {len(plan.points)} "
+                                  "points; its report is left as it was (`python -m bench report` rewrites it, "
+                                  "--fresh starts a new run)")
+        return run_dir
+    if all(p.skip_reason is not None for p in todo):
+        nothing_measured(console, f"every point left ({len(todo)}) is skipped by the suite's rules")
 
     logger = _live_logger(store.run_dir) if opts.wandb else None
     try:
@@ -168,11 +300,63 @@ def run_grid_suite(suite: Suite, opts: RunOptions, console: Console | None = Non
             console.print("[yellow]interrupted; run the same command again to resume[/]")
             raise
         print_summary(console, plan.points, latest_by_point(store.records()))
-        write_report(store.run_dir, console)
+        failed = _report_then_compare(store.run_dir, suite.name, plan.profile, plan.device, opts, console)
     finally:
         if logger is not None:  # after the report, so its plots go to W&B too
             logger.finish()
+    if failed is not None:
+        raise failed
     return store.run_dir
+
+
+def _report_then_compare(run_dir: Path, suite: str, profile: str, device: str, opts: RunOptions,
+                         console: Console, module: str = "bench.report") -> ReportFailed | None:
+    """The report, then the comparison with the reference even when the report failed (returned)."""
+    try:
+        write_report(run_dir, console, module=module)
+        failed = None
+    except ReportFailed as exc:
+        failed = exc
+    compare_with_reference(run_dir, suite, profile, device, opts.results_root, console)
+    return failed
+
+
+def nothing_measured(console: Console, why: str) -> None:
+    """Said loudly, so a command that measured nothing is never mistaken for a run."""
+    console.print(f"NOTHING MEASURED: {why}", style="bold red", markup=False, soft_wrap=True)
+
+
+def compare_with_reference(run_dir: Path, suite: str, profile: str, device: str, results_root: Path,
+                           console: Console) -> Path | None:
+    """Compare the run with `<results_root>/<suite>/reference-<profile>/` when it exists and ran on
+    the same kind of device (`bench.compare`, when that module is there); a failure is shown, not fatal."""
+    ref = reference_dir(Path(results_root), suite, profile)
+    if not (ref / RUN_JSON).is_file():
+        console.print(f"no reference {ref} to compare with", style="dim", markup=False, soft_wrap=True)
+        return None
+    try:
+        ref_device = load_run_json(ref).get("device")
+    except StoreError as exc:
+        console.print(f"not compared with the reference: {exc}", style="yellow", markup=False, soft_wrap=True)
+        return None
+    if ref_device != device:
+        console.print(f"not compared with {ref}: it ran on {ref_device}, this run on {device}",
+                      style="yellow", markup=False, soft_wrap=True)
+        return None
+    compare_runs = _optional("bench.compare", "compare_runs", console)
+    if compare_runs is None:
+        return None
+    import bench.compare as compare  # type: ignore[import-not-found]
+
+    try:
+        cmp = compare_runs(ref, run_dir)
+        path = compare.write_comparison(cmp, run_dir / "comparison.md")
+        compare.print_comparison(cmp, console)
+    except Exception as exc:  # the records are safe; `bench compare` can be rerun
+        console.print(f"comparison with {ref} failed: {type(exc).__name__}: {exc}", style="red", markup=False, soft_wrap=True)
+        return None
+    console.print(f"compared with {ref}: {path}", markup=False, soft_wrap=True)
+    return path
 
 
 def _execute(todo: Sequence[PlannedPoint], store: RunStore, run_id: str, opts: RunOptions,
@@ -275,22 +459,23 @@ def _optional(module: str, attr: str, console: Console) -> Callable[..., Any] | 
         return getattr(importlib.import_module(module), attr)
     except ModuleNotFoundError as exc:
         if exc.name is not None and module.startswith(exc.name):
-            console.print(f"{module} is not available; skipping ({exc})", style="yellow", markup=False)
+            console.print(f"{module} is not available; skipping ({exc})", style="yellow", markup=False, soft_wrap=True)
             return None
         raise
 
 
 def write_report(run_dir: Path, console: Console, module: str = "bench.report") -> Path | None:
-    """Write the run's report if the report module exists; a failure is shown, not fatal."""
+    """Write the run's report if the report module exists (None if it does not); a failure is shown
+    and raised as ReportFailed, once the caller has finished with the records."""
     write = _optional(module, "write_report", console)
     if write is None:
         return None
     try:
         path = write(run_dir)
     except Exception as exc:  # the records are safe; the report can be rebuilt with `bench report`
-        console.print(f"report failed: {type(exc).__name__}: {exc}\n"
-                      f"rebuild it with: python -m bench report {run_dir}", style="red", markup=False)
-        return None
+        console.print(f"report failed: {type(exc).__name__}: {exc}", style="red", markup=False, soft_wrap=True)
+        raise ReportFailed(f"{run_dir}: every record was written, but the report was not ({type(exc).__name__}: "
+                           f"{exc}); rebuild it with: python -m bench report {run_dir}") from None
     console.print(f"report: {path}")
     return path
 
@@ -308,26 +493,36 @@ def run(suite_ref: str | Path, opts: RunOptions, console: Console | None = None)
 
 
 def _run_duplication(path: Path, opts: RunOptions, console: Console) -> Path:
-    from bench.duplication.runner import run_suite
+    from bench.duplication.runner import NothingToMeasure, run_suite
 
-    ignored = [flag for flag, on in (("--fresh", opts.fresh), ("--retry-failed", opts.retry_failed),
-                                     ("--only", bool(opts.only)), ("--wandb", opts.wandb),
-                                     ("--executor ray", opts.executor != "local")) if on]
+    ignored = [flag for flag, on in (("--retry-failed", opts.retry_failed), ("--only", bool(opts.only)),
+                                     ("--wandb", opts.wandb), ("--executor ray", opts.executor != "local")) if on]
     if ignored:
-        console.print(f"[yellow]{path}: duplication suites ignore {', '.join(ignored)}[/]")
+        console.print(f"{path}: duplication suites ignore {', '.join(ignored)}", style="yellow", markup=False, soft_wrap=True)
     has_cuda = cuda_available()
     if opts.device == "cuda" and not has_cuda:
         raise RunError("--device cuda: CUDA is not available on this machine")
+    profile = resolve_profile(opts.profile, opts.device, has_cuda)
+    check_gpu_profile(profile, opts.device, has_cuda)
     try:
         run_dir = run_suite(
             path,
-            resolve_profile(opts.profile, opts.device, has_cuda),
+            profile,
             None if opts.device == "auto" else opts.device,
             Path(opts.results_root),
             opts.run_id,
             time_budget_s=opts.time_budget_s,
+            fresh=opts.fresh,
+            console=console,
         )
+    except NothingToMeasure as done:
+        nothing_measured(console, str(done))
+        return done.run_dir
     except ValueError as exc:  # its refusals (bad suite, gpu profile without CUDA) are ValueErrors
         raise RunError(str(exc)) from exc
-    write_report(run_dir, console, module="bench.duplication.report")
+    meta = load_run_json(run_dir)
+    failed = _report_then_compare(run_dir, str(meta.get("suite")), str(meta.get("profile")), str(meta.get("device")),
+                                  opts, console, module="bench.duplication.report")
+    if failed is not None:
+        raise failed
     return run_dir

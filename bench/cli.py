@@ -10,7 +10,8 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.runner import ReportFailed, RunError, RunOptions, run
-from bench.store import RUN_JSON, StoreError, is_reference, load_run_json, promote
+from bench.reference import promote
+from bench.store import RUN_JSON, StoreError, is_reference, load_run_json
 from bench.suite import PROFILES, SUITES_DIR, SuiteError, load_suite, resolve_suite_path, suite_kind
 
 

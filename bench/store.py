@@ -14,7 +14,6 @@ import math
 import os
 import platform
 import re
-import shutil
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -355,57 +354,3 @@ class RunStore:
     def pending(self, point_ids: Sequence[str], retry_failed: bool = False) -> list[str]:
         """The point_ids that still need a run (see `pending_ids`)."""
         return pending_ids(self.records(), point_ids, retry_failed)
-
-
-# ---------------------------------------------------------------- references
-PROMOTE_IGNORE = (LOCK, TORN, ".write-probe", "*.tmp", "wandb", "comparison.md")
-
-
-def promote(run_dir: Path, results_root: Path, replace: bool = False) -> Path:
-    """Copy a finished run to `<results_root>/<suite>/reference-<profile>/` (an existing reference
-    only with `replace`), marking its run.json with where it came from and taking this checkout's
-    folders out of its text. Returns the reference folder; its report is the caller's to rewrite."""
-    run_dir = Path(run_dir)
-    meta = load_run_json(run_dir)
-    if is_reference(run_dir):
-        raise StoreError(f"{run_dir}: is already a reference")
-    done = progress(run_dir, meta)
-    if done is None or done[0] < done[1]:
-        count = "its run.json does not list its points" if done is None else f"{done[0]} of {done[1]} points done"
-        raise StoreError(f"{run_dir}: only a finished run becomes a reference ({count})")
-    holder = locked(run_dir)
-    if holder:
-        raise StoreError(f"{run_dir}: in use by {holder}")
-    dest = reference_dir(results_root, check_name("suite", str(meta.get("suite"))), check_name("profile", str(meta.get("profile"))))
-    if dest.exists() and not replace:
-        raise StoreError(f"{dest}: a reference exists; add --replace to replace it with {run_dir}")
-    new, old = dest.with_name(dest.name + ".new.tmp"), dest.with_name(dest.name + ".old.tmp")
-    shutil.rmtree(new, ignore_errors=True)
-    shutil.rmtree(old, ignore_errors=True)
-    try:
-        shutil.copytree(run_dir, new, ignore=shutil.ignore_patterns(*PROMOTE_IGNORE))
-        for path in new.rglob("*"):
-            if path.suffix in (".json", ".jsonl", ".md", ".csv", ".txt") and path.is_file():
-                path.write_text(scrub_paths(path.read_text()))
-        meta = load_run_json(new)
-        meta["reference"] = {"promoted_from": f"{RUNS}/{meta['suite']}/{run_dir.name}", "promoted_at": now_iso()}
-        (new / RUN_JSON).write_text(json.dumps(jsonable(meta), indent=2) + "\n")
-        if dest.exists():
-            os.replace(dest, old)
-        os.replace(new, dest)
-    except OSError as exc:
-        raise StoreError(f"{dest}: cannot write the reference ({exc.strerror}); {run_dir} is unchanged") from None
-    finally:
-        shutil.rmtree(new, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
-    return dest
-
-
-def scrub_paths(text: str) -> str:
-    """Text without this checkout's or this user's folders: the repository root becomes relative,
-    the home folder `~`."""
-    from bench.environment import REPO_ROOT
-
-    text = text.replace(f"{REPO_ROOT}/", "").replace(str(REPO_ROOT), ".")
-    home = str(Path.home())
-    return text.replace(home, "~") if len(home) > 1 else text

@@ -192,11 +192,13 @@ def test_a_reference_is_made_from_a_finished_run_only(bench_cli, monkeypatch, ca
     assert "only a finished run becomes a reference (2 of 5 points done)" in capsys.readouterr().err
     bench_cli()  # continues the unfinished run to its end
     (finished,) = run_dirs(bench_cli)
+    (finished / "notes.txt").write_text(f"built in {REPO_ROOT}/bench by {Path.home()}/x\n")
     assert main(["reference", str(finished), "--results-root", root]) == 0
     ref = bench_cli.root / "small" / "reference-cpu"
     assert reports == [ref] and read_records(ref / "records.jsonl") == read_records(finished / "records.jsonl")
     meta = json.loads((ref / "run.json").read_text())
     assert meta["reference"]["promoted_from"] == f"runs/small/{finished.name}" and not (ref / ".lock").exists()
+    assert (ref / "notes.txt").read_text() == "built in bench by ~/x\n"  # no folder of this machine
     assert main(["reference", str(finished), "--results-root", root]) == 2
     assert "add --replace" in capsys.readouterr().err
     assert main(["reference", str(finished), "--results-root", root, "--replace"]) == 0

@@ -5,6 +5,7 @@ reference. One function, `choose_run_dir`, that every kind of suite calls.
 from __future__ import annotations
 
 from pathlib import Path
+from platform import node
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
@@ -85,11 +86,19 @@ def _check_continuable(run_dir: Path, meta: dict[str, Any], suite: str, profile:
                              "use another --run-id or --fresh")
     if meta.get("host_id") != me:
         theirs = (meta.get("environment") or {}).get("hostname")
-        from platform import node
-
         raise StoreError(f"{run_dir}: began on host {theirs!r} (host id {meta.get('host_id')}), and this is "
                          f"host {node()!r} (host id {me}); a run continues only on the host that began it "
                          "(use --fresh or another --run-id)")
+
+
+def _not_to_continue(run_dir: Path, meta: dict[str, Any], me: str, key: str | None) -> str | None:
+    """Why an unfinished run of the same suite, profile and device is not continued (None: it is)."""
+    if meta.get("host_id") != me:
+        return f"it began on another host ({(meta.get('environment') or {}).get('hostname')!r})"
+    if key is not None and meta.get("plan_key") != key:
+        return "it began with another version of the suite (or other --only)"
+    holder = locked(run_dir)
+    return f"it is in progress ({holder})" if holder else None
 
 
 def _unfinished_run(base: Path, suite: str, profile: str, device: str, me: str, key: str | None,
@@ -108,10 +117,7 @@ def _unfinished_run(base: Path, suite: str, profile: str, device: str, me: str, 
             continue
         if (meta.get("profile"), meta.get("device")) != (profile, device) or done is None or done[0] >= done[1]:
             continue
-        why = ("it began on another host" if meta.get("host_id") != me
-               else "it began with another version of the suite (or other --only)"
-               if key is not None and meta.get("plan_key") != key
-               else f"it is in progress ({holder})" if (holder := locked(run_dir)) else None)
+        why = _not_to_continue(run_dir, meta, me, key)
         if why:
             console.print(f"unfinished run {run_dir} left alone: {why}", style="yellow", markup=False, soft_wrap=True)
             continue

@@ -1,4 +1,4 @@
-"""`python -m bench run|list|report|publish`: the command line the Makefile targets call."""
+"""`python -m bench run|list|report|reference|publish`: the command line the Makefile targets call."""
 from __future__ import annotations
 
 import argparse
@@ -9,8 +9,9 @@ from typing import Sequence
 from rich.console import Console
 from rich.table import Table
 
-from bench.runner import RunError, RunOptions, run
-from bench.store import RUN_JSON, StoreError
+from bench.runner import ReportFailed, RunError, RunOptions, run
+from bench.reference import promote
+from bench.store import RUN_JSON, StoreError, is_reference, load_run_json
 from bench.suite import PROFILES, SUITES_DIR, SuiteError, load_suite, resolve_suite_path, suite_kind
 
 
@@ -21,14 +22,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("run", help="run or resume a suite")
+    p = sub.add_parser("run", help="run a suite: a new run, or this host's unfinished one")
     p.add_argument("suite", help="a suite name in suites/ or a path to a YAML file")
     p.add_argument("--profile", choices=("auto", *PROFILES), default="auto",
                    help="auto: gpu when CUDA is available (or --device cuda), else cpu")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="override every point's device")
-    p.add_argument("--run-id", help="run directory name (default: <profile>-<device>, which resumes)")
-    p.add_argument("--fresh", action="store_true", help="start a new, timestamped run directory")
+    p.add_argument("--run-id", help="continue or create results/runs/<suite>/<ID> (this host's runs only); "
+                                    "default: this host's unfinished run of the suite, else a new one")
+    p.add_argument("--fresh", action="store_true", help="always start a new, timestamped run")
     p.add_argument("--retry-failed", action="store_true", help="run error/timeout points again")
     p.add_argument("--results-root", type=Path, default=Path("results"))
     p.add_argument("--executor", choices=("local", "ray"), default="local")
@@ -46,6 +48,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="write report.md, tables and plots for a run directory")
     p.add_argument("run_dir", type=Path)
+    p.add_argument("--update-reference", action="store_true",
+                   help="allow rewriting the report of a committed reference folder")
+
+    p = sub.add_parser("reference", help="make a finished run the reference of its suite and profile")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--results-root", type=Path, default=Path("results"),
+                   help="where references live: <root>/<suite>/reference-<profile>/ (default: %(default)s)")
+    p.add_argument("--replace", action="store_true", help="replace an existing reference")
 
     p = sub.add_parser("publish", help="publish run directories to Weights & Biases, with a W&B Report")
     p.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR",
@@ -69,7 +79,11 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     )
     if opts.fresh and opts.run_id:
         raise RunError("--fresh and --run-id are exclusive: --fresh makes a new timestamped run id")
-    run(args.suite, opts, console)
+    try:
+        run(args.suite, opts, console)
+    except ReportFailed as exc:  # the records are complete; the command still fails
+        _error(str(exc))
+        return 1
     return 0
 
 
@@ -118,13 +132,30 @@ def _is_duplication_run(run_dir: Path) -> bool:
 
 def cmd_report(args: argparse.Namespace, console: Console) -> int:
     run_dir = args.run_dir
-    if not (run_dir / RUN_JSON).is_file():
-        raise RunError(f"{run_dir}: no {RUN_JSON}; not a run directory")
+    load_run_json(run_dir)  # a clear error for a missing or damaged run.json
+    if is_reference(run_dir) and not args.update_reference:
+        raise RunError(f"{run_dir}: is a reference; add --update-reference to rewrite its report")
+    console.print(f"report: {_write_report(run_dir)}")
+    return 0
+
+
+def _write_report(run_dir: Path) -> Path:
     if _is_duplication_run(run_dir):
         from bench.duplication.report import write_report as write
     else:
         from bench.report import write_report as write
-    console.print(f"report: {write(run_dir)}")
+    return write(run_dir)
+
+
+def cmd_reference(args: argparse.Namespace, console: Console) -> int:
+    dest = promote(args.run_dir, args.results_root, replace=args.replace)
+    console.print(f"reference: {dest} (from {args.run_dir})", markup=False)
+    try:
+        console.print(f"report: {_write_report(dest)}", markup=False)
+    except Exception as exc:  # the reference's records are in place; its report can be rebuilt
+        _error(f"{dest}: the report could not be written ({type(exc).__name__}: {exc}); rebuild it with: "
+               f"python -m bench report {dest} --update-reference")
+        return 1
     return 0
 
 
@@ -132,8 +163,7 @@ def cmd_publish(args: argparse.Namespace, console: Console) -> int:
     from bench.publish import PublishError, publish_report, publish_run
 
     for run_dir in args.run_dirs:
-        if not (run_dir / RUN_JSON).is_file():
-            raise RunError(f"{run_dir}: no {RUN_JSON}; not a run directory")
+        load_run_json(run_dir)
     try:
         for run_dir in args.run_dirs:
             publish_run(run_dir, online=args.online)
@@ -143,7 +173,12 @@ def cmd_publish(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "list": cmd_list, "report": cmd_report, "publish": cmd_publish}
+COMMANDS = {"run": cmd_run, "list": cmd_list, "report": cmd_report, "reference": cmd_reference,
+            "publish": cmd_publish}
+
+
+def _error(message: str) -> None:
+    Console(stderr=True).print(f"error: {message}", style="red", markup=False, highlight=False, soft_wrap=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -154,7 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args, console)
     except (SuiteError, RunError, StoreError) as exc:
-        Console(stderr=True).print(f"error: {exc}", style="red", markup=False, highlight=False, soft_wrap=True)
+        _error(str(exc))
         return 2
     except KeyboardInterrupt:
         return 130

@@ -2,13 +2,46 @@
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import os
 import platform
 import subprocess
+import uuid
 from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+MACHINE_ID_FILES = (Path("/etc/machine-id"), Path("/var/lib/dbus/machine-id"))
+HOST_ID_ENV = "BENCH_HOST_ID"  # set it where the hostname changes on every start (some containers)
+
+
+def host_id() -> str:
+    """A stable, anonymous id of this host: sha256 of the machine id and the hostname (hosts cloned
+    from one image share a machine id), else of the hostname and MAC address. Never a CPU model:
+    every VM of one kind has the same. `$BENCH_HOST_ID` overrides it."""
+    override = os.environ.get(HOST_ID_ENV, "").strip()
+    if override:
+        return override
+    machine = ""
+    for path in MACHINE_ID_FILES:
+        try:
+            machine = path.read_text().strip()
+        except OSError:
+            continue
+        if machine:
+            break
+    basis = f"machine-id:{machine}" if machine else f"mac:{uuid.getnode():012x}"
+    return hashlib.sha256(f"{basis}\nhost:{platform.node()}".encode()).hexdigest()[:16]
+
+
+def portable_path(path: Path | str) -> str:
+    """A path as it may be written into results: relative to the repository when inside it, else
+    only its file name (no machine's folders in a committed file)."""
+    resolved = Path(path).resolve()
+    try:
+        return resolved.relative_to(REPO_ROOT).as_posix()
+    except ValueError:
+        return resolved.name
 
 
 def _git(*args: str) -> str | None:

@@ -1,10 +1,10 @@
-"""The runner: plan a suite's points for a profile and device, skip what the run directory already
-holds, hand the rest to an executor, append every record as it arrives, then summarise and report.
+"""The runner: plan a suite's points for a profile and device, choose the run folder (a new run, or
+this host's unfinished one), hand what it lacks to an executor, append every record as it arrives,
+then summarise, report and compare with the committed reference.
 """
 from __future__ import annotations
 
 import importlib
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +17,9 @@ from rich.table import Table
 
 from bench.executors.base import Executor, Record
 from bench.grid import PlannedPoint, point_params
-from bench.store import RunStore, default_run_id, fresh_run_id, latest_by_point, machine_run_id, make_record, now_iso
+from bench.reference import compare_with_reference
+from bench.rundir import choose_run_dir
+from bench.store import RunLock, RunStore, latest_by_point, load_run_json, make_record, now_iso, plan_key, same_spec
 from bench.suite import Suite, SuiteError, load_suite, resolve_suite_path, suite_kind
 
 # Main figures in the summary table: the first metric present wins.
@@ -30,14 +32,18 @@ class RunError(RuntimeError):
     """The run cannot start as asked (no CUDA, unknown study, ...)."""
 
 
+class ReportFailed(RuntimeError):
+    """Every record was written, but the report could not be: the run is kept, the command fails."""
+
+
 @dataclass(frozen=True)
 class RunOptions:
     """What `python -m bench run` was asked for."""
 
     profile: str = "auto"  # auto | cpu | gpu
     device: str = "auto"  # auto | cpu | cuda
-    run_id: str | None = None
-    fresh: bool = False
+    run_id: str | None = None  # continue or create this run (this host's only)
+    fresh: bool = False  # always a new run
     retry_failed: bool = False
     results_root: Path = Path("results")
     executor: str = "local"  # local | ray
@@ -72,11 +78,19 @@ def resolve_profile(profile: str, device: str, has_cuda: bool) -> str:
     return "gpu" if has_cuda else "cpu"
 
 
+def check_gpu_profile(profile: str, device: str, has_cuda: bool) -> None:
+    """The paper-scale gpu profile runs on a CPU only when asked for with an explicit `--device cpu`."""
+    if profile == "gpu" and not has_cuda and device != "cpu":
+        raise RunError("--profile gpu: CUDA is not available on this machine, and the gpu profile is paper "
+                       "scale (bf16, lengths to 65536); use --profile cpu, or add --device cpu to insist")
+
+
 def plan_run(suite: Suite, opts: RunOptions, has_cuda: bool) -> Plan:
     """Expand the suite for the resolved profile and device, keeping only `--only` studies."""
     if opts.device == "cuda" and not has_cuda:
         raise RunError("--device cuda: CUDA is not available on this machine")
     profile = resolve_profile(opts.profile, opts.device, has_cuda)
+    check_gpu_profile(profile, opts.device, has_cuda)
     points = suite.expand(
         profile,
         auto_device="cuda" if has_cuda else "cpu",
@@ -109,56 +123,67 @@ def make_executor(opts: RunOptions, plan: Plan, timeout_s: float) -> Executor:
     return LocalExecutor(timeout_s=None, memory_limit_mib=opts.memory_limit_mib)
 
 
-def _run_meta(suite: Suite, plan: Plan, run_id: str) -> dict[str, Any]:
-    from bench.environment import capture_environment
+def _run_meta(suite: Suite, plan: Plan, run_id: str, spec: dict[str, Any], key: str) -> dict[str, Any]:
+    from bench.environment import capture_environment, host_id
 
     return {
         "suite": suite.name,
         "profile": plan.profile,
         "run_id": run_id,
         "device": plan.device,
+        "host_id": host_id(),
         "created_at": now_iso(),
         "environment": capture_environment(plan.device if plan.device != "mixed" else "cuda"),
-        "suite_spec": suite.resolved_spec(plan.profile),
+        "suite_spec": spec,
+        "planned": [p.point.point_id for p in plan.points],
+        "plan_key": key,
     }
 
 
-def _device_name(device: str) -> str | None:
-    from bench.environment import capture_environment
+def portable_spec(suite: Suite, profile: str) -> dict[str, Any]:
+    """The resolved suite for run.json, its file named relative to the repository (never a machine's path)."""
+    from bench.environment import portable_path
 
-    return capture_environment(device if device != "mixed" else "cuda")["device_name"]
+    return {**suite.resolved_spec(profile), "path": portable_path(suite.path)}
 
 
+# ---------------------------------------------------------------- one grid run
 def run_grid_suite(suite: Suite, opts: RunOptions, console: Console | None = None) -> Path:
-    """Run (or resume) one grid suite; returns the run directory."""
+    """Run one grid suite into a new run folder or this host's unfinished one; returns the folder."""
     console = console or Console()
     plan = plan_run(suite, opts, cuda_available())
-    if opts.run_id:
-        run_id = opts.run_id
-    elif opts.fresh:
-        run_id = fresh_run_id(plan.profile, plan.device)
-    else:
-        run_id = default_run_id(plan.profile, plan.device)
-        here = machine_run_id(Path(opts.results_root) / suite.name, run_id, _device_name(plan.device))
-        if here != run_id:
-            console.print(f"[yellow]{suite.name}/{run_id} was measured on another machine; "
-                          f"this one writes to {suite.name}/{here}[/]")
-            run_id = here
-    store = RunStore(Path(opts.results_root) / suite.name / run_id)
+    spec = portable_spec(suite, plan.profile)
+    key = plan_key(spec, [p.point.point_id for p in plan.points])
+    run_dir = choose_run_dir(suite.name, plan.profile, plan.device, opts, console, plan_key=key)
+    with RunLock(run_dir):
+        return _run_in(run_dir, suite, plan, spec, key, opts, console)
+
+
+def _run_in(run_dir: Path, suite: Suite, plan: Plan, spec: dict[str, Any], key: str, opts: RunOptions,
+            console: Console) -> Path:
+    store = RunStore(run_dir)
+    run_id = run_dir.name
     if store.torn_fragment is not None:
         console.print(f"[yellow]records.jsonl ended in a torn line ({len(store.torn_fragment)} bytes); "
                       f"moved it to records.torn, that point runs again[/]")
-    meta = _run_meta(suite, plan, run_id)
-    kept = store.write_run_json(meta)
-    if json.loads(json.dumps(kept["suite_spec"])) != json.loads(json.dumps(meta["suite_spec"])):
-        console.print(f"[yellow]{suite.path} changed since this run began; run.json keeps the original "
-                      f"suite_spec (use --fresh for a run that describes the new one)[/]")
+    kept = store.write_run_json(_run_meta(suite, plan, run_id, spec, key))
+    store.check_writable()
+    if not same_spec(kept.get("suite_spec") or {}, spec):
+        console.print(f"{spec['path']} changed since this run began; run.json keeps the original suite_spec "
+                      "(use --fresh for a run that describes the new one)", style="yellow", markup=False, soft_wrap=True)
 
     by_id = {p.point.point_id: p for p in plan.points}
     todo = [by_id[pid] for pid in store.pending(list(by_id), retry_failed=opts.retry_failed)]
     resumed = len(plan.points) - len(todo)
-    console.print(f"[bold]{suite.name}[/] profile={plan.profile} device={plan.device} -> {store.run_dir}")
+    console.print(f"[bold]{escape(suite.name)}[/] profile={plan.profile} device={plan.device} -> {escape(str(run_dir))}")
     console.print(f"{len(plan.points)} points: {resumed} already recorded, {len(todo)} to do")
+    if not todo:
+        nothing_measured(console, f"{run_dir} already holds a record of every one of its {len(plan.points)} "
+                                  "points; its report is left as it was (`python -m bench report` rewrites it, "
+                                  "--fresh starts a new run)")
+        return run_dir
+    if all(p.skip_reason is not None for p in todo):
+        nothing_measured(console, f"every point left ({len(todo)}) is skipped by the suite's rules")
 
     logger = _live_logger(store.run_dir) if opts.wandb else None
     try:
@@ -168,11 +193,30 @@ def run_grid_suite(suite: Suite, opts: RunOptions, console: Console | None = Non
             console.print("[yellow]interrupted; run the same command again to resume[/]")
             raise
         print_summary(console, plan.points, latest_by_point(store.records()))
-        write_report(store.run_dir, console)
+        failed = _report_then_compare(store.run_dir, suite.name, plan.profile, plan.device, opts, console)
     finally:
         if logger is not None:  # after the report, so its plots go to W&B too
             logger.finish()
+    if failed is not None:
+        raise failed
     return store.run_dir
+
+
+def _report_then_compare(run_dir: Path, suite: str, profile: str, device: str, opts: RunOptions,
+                         console: Console, module: str = "bench.report") -> ReportFailed | None:
+    """The report, then the comparison with the reference even when the report failed (returned)."""
+    try:
+        write_report(run_dir, console, module=module)
+        failed = None
+    except ReportFailed as exc:
+        failed = exc
+    compare_with_reference(run_dir, suite, profile, device, opts.results_root, console)
+    return failed
+
+
+def nothing_measured(console: Console, why: str) -> None:
+    """Said loudly, so a command that measured nothing is never mistaken for a run."""
+    console.print(f"NOTHING MEASURED: {why}", style="bold red", markup=False, soft_wrap=True)
 
 
 def _execute(todo: Sequence[PlannedPoint], store: RunStore, run_id: str, opts: RunOptions,
@@ -275,22 +319,23 @@ def _optional(module: str, attr: str, console: Console) -> Callable[..., Any] | 
         return getattr(importlib.import_module(module), attr)
     except ModuleNotFoundError as exc:
         if exc.name is not None and module.startswith(exc.name):
-            console.print(f"{module} is not available; skipping ({exc})", style="yellow", markup=False)
+            console.print(f"{module} is not available; skipping ({exc})", style="yellow", markup=False, soft_wrap=True)
             return None
         raise
 
 
 def write_report(run_dir: Path, console: Console, module: str = "bench.report") -> Path | None:
-    """Write the run's report if the report module exists; a failure is shown, not fatal."""
+    """Write the run's report if the report module exists (None if it does not); a failure is shown
+    and raised as ReportFailed, once the caller has finished with the records."""
     write = _optional(module, "write_report", console)
     if write is None:
         return None
     try:
         path = write(run_dir)
     except Exception as exc:  # the records are safe; the report can be rebuilt with `bench report`
-        console.print(f"report failed: {type(exc).__name__}: {exc}\n"
-                      f"rebuild it with: python -m bench report {run_dir}", style="red", markup=False)
-        return None
+        console.print(f"report failed: {type(exc).__name__}: {exc}", style="red", markup=False, soft_wrap=True)
+        raise ReportFailed(f"{run_dir}: every record was written, but the report was not ({type(exc).__name__}: "
+                           f"{exc}); rebuild it with: python -m bench report {run_dir}") from None
     console.print(f"report: {path}")
     return path
 
@@ -308,26 +353,36 @@ def run(suite_ref: str | Path, opts: RunOptions, console: Console | None = None)
 
 
 def _run_duplication(path: Path, opts: RunOptions, console: Console) -> Path:
-    from bench.duplication.runner import run_suite
+    from bench.duplication.runner import NothingToMeasure, run_suite
 
-    ignored = [flag for flag, on in (("--fresh", opts.fresh), ("--retry-failed", opts.retry_failed),
-                                     ("--only", bool(opts.only)), ("--wandb", opts.wandb),
-                                     ("--executor ray", opts.executor != "local")) if on]
+    ignored = [flag for flag, on in (("--retry-failed", opts.retry_failed), ("--only", bool(opts.only)),
+                                     ("--wandb", opts.wandb), ("--executor ray", opts.executor != "local")) if on]
     if ignored:
-        console.print(f"[yellow]{path}: duplication suites ignore {', '.join(ignored)}[/]")
+        console.print(f"{path}: duplication suites ignore {', '.join(ignored)}", style="yellow", markup=False, soft_wrap=True)
     has_cuda = cuda_available()
     if opts.device == "cuda" and not has_cuda:
         raise RunError("--device cuda: CUDA is not available on this machine")
+    profile = resolve_profile(opts.profile, opts.device, has_cuda)
+    check_gpu_profile(profile, opts.device, has_cuda)
     try:
         run_dir = run_suite(
             path,
-            resolve_profile(opts.profile, opts.device, has_cuda),
+            profile,
             None if opts.device == "auto" else opts.device,
             Path(opts.results_root),
             opts.run_id,
             time_budget_s=opts.time_budget_s,
+            fresh=opts.fresh,
+            console=console,
         )
+    except NothingToMeasure as done:
+        nothing_measured(console, str(done))
+        return done.run_dir
     except ValueError as exc:  # its refusals (bad suite, gpu profile without CUDA) are ValueErrors
         raise RunError(str(exc)) from exc
-    write_report(run_dir, console, module="bench.duplication.report")
+    meta = load_run_json(run_dir)
+    failed = _report_then_compare(run_dir, str(meta.get("suite")), str(meta.get("profile")), str(meta.get("device")),
+                                  opts, console, module="bench.duplication.report")
+    if failed is not None:
+        raise failed
     return run_dir

@@ -1,13 +1,19 @@
-"""The results store: `results/<suite>/<run_id>/` with run.json (written once) and records.jsonl
-(append-only, one JSON record per finished point, flushed and fsynced). Resume reads the records
-back, tolerating a torn last line, and says which points still need to run.
+"""The results store: a run folder `results/runs/<suite>/<run_id>/` (references:
+`results/<suite>/reference-<profile>/`) with run.json (written once) and records.jsonl (append-only,
+one JSON record per finished point, flushed and fsynced), locked by one writer. Resume reads the
+records back, tolerating a torn last line, and says which points still need to run.
 """
 from __future__ import annotations
 
 import datetime as _dt
+import errno
+import fcntl
+import hashlib
 import json
 import math
 import os
+import platform
+import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -21,6 +27,10 @@ FINISHED = ("ok", "oom", "skipped")
 RECORDS = "records.jsonl"
 RUN_JSON = "run.json"
 TORN = "records.torn"
+LOCK = ".lock"
+RUNS = "runs"  # <results_root>/runs/<suite>/<run_id>/: runs (git-ignored)
+REFERENCE_PREFIX = "reference-"  # <results_root>/<suite>/reference-<profile>/: committed references
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
 
 class StoreError(ValueError):
@@ -81,28 +91,152 @@ def make_record(
     )
 
 
-def default_run_id(profile: str, device: str) -> str:
-    """Same suite, profile and device -> same run directory, so re-running resumes."""
-    return f"{profile}-{device}"
-
-
-def machine_run_id(suite_dir: Path, run_id: str, device_name: str | None) -> str:
-    """A default run directory resumes only on the kind of machine that started it: a run dir
-    measured on another device (committed results, say) is left alone and this machine writes to
-    `<run_id>-<device name>` instead."""
-    meta_path = Path(suite_dir) / run_id / RUN_JSON
-    if not meta_path.is_file() or not device_name:
-        return run_id
-    recorded = json.loads(meta_path.read_text()).get("environment", {}).get("device_name")
-    if recorded in (None, device_name):
-        return run_id
-    slug = "-".join("".join(c if c.isalnum() else " " for c in device_name.lower()).split())
-    return f"{run_id}-{slug}"
-
-
 def fresh_run_id(profile: str, device: str, when: _dt.datetime | None = None) -> str:
     stamp = (when or _dt.datetime.now()).strftime("%Y%m%d-%H%M%S")
     return f"{profile}-{device}-{stamp}"
+
+
+def runs_dir(results_root: Path, suite: str) -> Path:
+    """Where a suite's runs live: `<results_root>/runs/<suite>/` (git-ignored)."""
+    return Path(results_root) / RUNS / suite
+
+
+def reference_dir(results_root: Path, suite: str, profile: str) -> Path:
+    """The committed reference of a suite and profile (may not exist): `<root>/<suite>/reference-<profile>/`."""
+    return Path(results_root) / suite / f"{REFERENCE_PREFIX}{profile}"
+
+
+def is_reference(run_dir: Path) -> bool:
+    """A reference folder: named `reference-<profile>` (run ids may not start so)."""
+    return Path(run_dir).name.startswith(REFERENCE_PREFIX)
+
+
+def check_name(what: str, value: str) -> str:
+    """A suite name or run id that is one plain path component: letters, digits, `_`, `.`, `-`,
+    starting with a letter or digit, never `.`/`..` or a `/`; refused with a StoreError otherwise."""
+    if not _SAFE_NAME.fullmatch(value or "") or ".." in value:
+        raise StoreError(f"{what}={value!r}: must be one plain name (letters, digits, '_', '.', '-', "
+                         "starting with a letter or digit; no '/', '.' or '..' path components)")
+    if what == "--run-id" and is_reference(Path(value)):
+        raise StoreError(f"{what}={value!r}: names starting with {REFERENCE_PREFIX!r} are kept for references")
+    return value
+
+
+def inside(path: Path, root: Path) -> Path:
+    """`path`, after checking that it resolves inside `root` (symlinks followed); a StoreError if not."""
+    resolved, base = Path(path).resolve(), Path(root).resolve()
+    if resolved != base and base not in resolved.parents:
+        raise StoreError(f"{path}: resolves to {resolved}, outside the results folder {base}")
+    return path
+
+
+def load_run_json(run_dir: Path) -> dict[str, Any]:
+    """A run folder's run.json; a StoreError naming the file if it is missing or not a JSON object."""
+    path = Path(run_dir) / RUN_JSON
+    try:
+        meta = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise StoreError(f"{run_dir}: no {RUN_JSON}; not a run folder") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise StoreError(f"{path}: cannot be read as JSON ({exc}); the run folder is damaged") from None
+    if not isinstance(meta, dict):
+        raise StoreError(f"{path}: expected a JSON object, got {type(meta).__name__}")
+    return meta
+
+
+def plan_key(spec: Mapping[str, Any], planned: Iterable[str]) -> str:
+    """What a continued run must share with the one that began it: the resolved suite (without its
+    file's location or prose) and the planned point ids. Equal content gives equal keys on any checkout."""
+    core = {k: v for k, v in jsonable(spec).items() if k not in ("path", "description")}
+    blob = json.dumps({"spec": core, "planned": sorted(planned)}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def same_spec(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """Two resolved suites describe the same runs (where their file lives does not matter)."""
+    strip = lambda spec: {k: v for k, v in jsonable(spec).items() if k != "path"}  # noqa: E731
+    return strip(a) == strip(b)
+
+
+def progress(run_dir: Path, meta: Mapping[str, Any], retry_failed: bool = False) -> tuple[int, int] | None:
+    """(points done, points planned) of a run from its run.json's `planned` list and its records;
+    None when run.json does not list its points. With retry_failed, error/timeout are not done."""
+    planned = meta.get("planned")
+    if not isinstance(planned, list):
+        return None
+    todo = pending_ids(read_records(Path(run_dir) / RECORDS), planned, retry_failed)
+    return len(planned) - len(todo), len(planned)
+
+
+def pending_ids(records: Iterable[Record], point_ids: Sequence[str], retry_failed: bool = False) -> list[str]:
+    """The point_ids that still need a run: never recorded, or (with retry_failed) last recorded as
+    error/timeout. Finished points (ok/oom/skipped) never run twice."""
+    done = latest_by_point(records)
+    return [pid for pid in point_ids
+            if (r := done.get(pid)) is None or (retry_failed and r.get("status") not in FINISHED)]
+
+
+class RunLock:
+    """An exclusive lock on a run folder (`fcntl.flock` on `.lock`): one writer per run. A second
+    writer is refused with the holder's pid and host, which the holder writes into the lock file."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = Path(run_dir) / LOCK
+        self._file: Any = None
+
+    def __enter__(self) -> "RunLock":
+        try:
+            f = open(self.path, "a+", encoding="utf-8")
+        except OSError as exc:
+            raise StoreError(f"{self.path.parent}: cannot open its lock file ({exc.strerror})") from None
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            holder = _holder(f.read())
+            f.close()
+            raise StoreError(f"{self.path.parent}: in use by {holder}; one run writes to a run folder at a "
+                             "time (wait for it, or start another run)") from None
+        from bench.environment import host_id
+
+        f.seek(0)
+        f.truncate()
+        f.write(json.dumps({"pid": os.getpid(), "hostname": platform.node(), "host_id": host_id(),
+                            "since": now_iso()}) + "\n")
+        f.flush()
+        self._file = f
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._file is not None:
+            fcntl.flock(self._file.fileno(), fcntl.LOCK_UN)
+            self._file.close()
+            self._file = None
+
+
+def locked(run_dir: Path) -> str | None:
+    """Who holds a run folder's lock now ('pid N on host H'), or None when nobody does."""
+    path = Path(run_dir) / LOCK
+    if not path.exists():
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except OSError:
+                return _holder(f.read())
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+    except OSError:
+        return None
+    return None
+
+
+def _holder(text: str) -> str:
+    try:
+        info = json.loads(text)
+        return f"pid {info['pid']} on host {info['hostname']} (host id {info['host_id']}, since {info['since']})"
+    except (ValueError, KeyError, TypeError):
+        return "another process (pid not yet written)"
 
 
 def read_records(path: Path) -> list[Record]:
@@ -135,7 +269,10 @@ class RunStore:
 
     def __init__(self, run_dir: Path) -> None:
         self.run_dir = Path(run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"{self.run_dir}: cannot create the run folder ({exc.strerror})") from None
         self.records_path = self.run_dir / RECORDS
         self.run_json_path = self.run_dir / RUN_JSON
         self.torn_fragment = self._repair()
@@ -155,46 +292,65 @@ class RunStore:
             os.fsync(f.fileno())
         return fragment
 
+    def check_writable(self) -> None:
+        """Before anything is measured: the folder takes new files and records.jsonl takes appends
+        (opened for appending, nothing written), so a point is never measured only to be lost."""
+        probe = self.run_dir / ".write-probe"
+        try:
+            with open(probe, "w"):
+                pass
+            probe.unlink()
+            if self.records_path.exists():
+                with open(self.records_path, "a"):
+                    pass
+        except OSError as exc:
+            raise StoreError(f"{self.run_dir}: not writable ({exc.strerror}: {Path(exc.filename or '').name}); "
+                             "nothing was measured") from None
+
     def records(self) -> list[Record]:
         return read_records(self.records_path)
 
     def append(self, record: Mapping[str, Any]) -> None:
-        """Write one record as one line, then flush and fsync, so a finished point survives a crash."""
+        """Write one record as one line, then flush and fsync, so a finished point survives a crash.
+        A failed write (disk full, say) is a StoreError: the records before it stay intact, and a
+        partial line is repaired as a torn one when the run folder is next opened."""
         line = json.dumps(jsonable(record), separators=(",", ":"), allow_nan=False) + "\n"
-        with open(self.records_path, "a", encoding="utf-8") as f:
-            f.write(line)
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with open(self.records_path, "a", encoding="utf-8") as f:
+                f.write(line)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as exc:
+            why = "the disk is full" if exc.errno == errno.ENOSPC else exc.strerror or str(exc)
+            raise StoreError(f"{self.records_path}: cannot append the record of point {record.get('point_id')} "
+                             f"({why}); the records before it are kept, and that point runs again when "
+                             "the same command is rerun") from None
 
     def read_run_json(self) -> dict[str, Any] | None:
         if not self.run_json_path.exists():
             return None
-        return json.loads(self.run_json_path.read_text())
+        return load_run_json(self.run_dir)
 
     def write_run_json(self, meta: Mapping[str, Any]) -> dict[str, Any]:
         """Write run.json once (atomically); on resume keep the original, after checking that it
-        describes the same suite, profile and device."""
+        describes the same suite, profile, device and host."""
         existing = self.read_run_json()
         if existing is not None:
-            for key in ("suite", "profile", "device"):
-                if existing.get(key) != meta.get(key):
+            for key in ("suite", "profile", "device", "host_id"):
+                if key in meta and existing.get(key) != meta.get(key):
                     raise StoreError(
                         f"{self.run_json_path}: {key}={existing.get(key)!r} but this run has "
                         f"{key}={meta.get(key)!r}; use another --run-id or --fresh"
                     )
             return existing
         tmp = self.run_json_path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(jsonable(meta), indent=2) + "\n")
-        os.replace(tmp, self.run_json_path)
+        try:
+            tmp.write_text(json.dumps(jsonable(meta), indent=2) + "\n")
+            os.replace(tmp, self.run_json_path)
+        except OSError as exc:
+            raise StoreError(f"{self.run_json_path}: cannot be written ({exc.strerror}); nothing was measured") from None
         return dict(meta)
 
     def pending(self, point_ids: Sequence[str], retry_failed: bool = False) -> list[str]:
-        """The point_ids that still need a run: never recorded, or (with retry_failed) last
-        recorded as error/timeout. Finished points (ok/oom/skipped) never run twice."""
-        done = latest_by_point(self.records())
-        todo = []
-        for pid in point_ids:
-            record = done.get(pid)
-            if record is None or (retry_failed and record["status"] not in FINISHED):
-                todo.append(pid)
-        return todo
+        """The point_ids that still need a run (see `pending_ids`)."""
+        return pending_ids(self.records(), point_ids, retry_failed)

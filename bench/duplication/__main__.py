@@ -19,9 +19,12 @@ def _parser() -> argparse.ArgumentParser:
         s.add_argument("--suite", type=Path, default=DEFAULT_SUITE, help="suite YAML (default: %(default)s)")
         s.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
         s.add_argument("--results-root", type=Path, default=Path("results"), help="(default: %(default)s)")
-        s.add_argument("--run-id", default=None, help="default <profile>-<device>; the same id resumes")
+        s.add_argument("--run-id", default=None,
+                       help="continue or create this run (evaluate: required); default: this host's unfinished "
+                            "run of the suite, else a new one")
         s.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: the profile's)")
         if name == "run":
+            s.add_argument("--fresh", action="store_true", help="always start a new run")
             s.add_argument("--time-budget-s", type=float, default=None,
                            help="stop training at the next checkpoint after this many seconds; rerun resumes")
     r = sub.add_parser("report", help="regenerate report.md and plots of a run dir from its records")
@@ -36,12 +39,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.command == "report":
         print(write_report(args.run_dir))
         return 0
-    from bench.duplication.runner import run_suite
+    from bench.duplication.runner import NothingToMeasure, run_suite
 
     try:
         run_dir = run_suite(args.suite, args.profile, args.device, args.results_root, args.run_id,
                             threads=args.threads, time_budget_s=getattr(args, "time_budget_s", None),
-                            reevaluate=args.command == "evaluate", train=args.command == "run")
+                            reevaluate=args.command == "evaluate", train=args.command == "run",
+                            fresh=getattr(args, "fresh", False))
+    except NothingToMeasure as done:
+        print(f"NOTHING MEASURED: {done}", file=sys.stderr)
+        return 0
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

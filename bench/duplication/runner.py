@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -17,8 +16,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from bench.duplication.data import DuplicationTask
 from bench.duplication.evaluate import AttentionSetting, EvalResult, EvalSettings, evaluate_checkpoint
 from bench.duplication.report import read_records
-from bench.store import RunStore, latest_by_point
-from bench.duplication.train import CheckpointMismatch, TrainOutcome, TrainSettings, checkpoint_is_finished, step_ms_summary, train_model
+from bench.store import RunStore, latest_by_point, plan_key
+from bench.duplication.train import (
+    CheckpointMismatch, TrainOutcome, TrainSettings, checkpoint_is_finished, load_checkpoint, step_ms_summary, train_model,
+)
 from bench.environment import capture_environment
 from bench.point import GridPoint
 from reformer_impl import ReformerConfig, describe
@@ -278,27 +279,55 @@ def _resume_key(spec: dict[str, Any]) -> dict[str, Any]:
     return key
 
 
+def planned_ids(run: ResolvedSuite) -> list[str]:
+    """Every point a run of this suite records: one per trained model, one per Table 2 cell."""
+    return [train_point_id(m) for m in run.train_models] + [
+        eval_point_id(m, s) for m in run.train_models for s in run.eval_settings]
+
+
+def resume_key(run: ResolvedSuite) -> str:
+    """What a continued run must share with the one that began it (see `bench.store.plan_key`)."""
+    return plan_key(_resume_key(json.loads(json.dumps(run.to_json()))), planned_ids(run))
+
+
 def write_run_json(run_dir: Path, run: ResolvedSuite, run_id: str, device: str) -> None:
-    """run.json once per run dir; a resumed run must be the same resolved suite."""
+    """run.json once per run dir; a resumed run must be the same resolved suite, on the same host."""
+    from bench.environment import host_id
+
     path = run_dir / "run.json"
     spec = json.loads(json.dumps(run.to_json()))  # as it reads back from disk
     if path.exists():
-        old = json.loads(path.read_text())
+        from bench.store import load_run_json
+
+        old = load_run_json(run_dir)
         if _resume_key(old.get("suite_spec") or {}) != _resume_key(spec):
             raise ValueError(f"{path}: this run was started with another resolved suite (profile "
                              f"{old.get('profile')!r}); pass another run_id or remove the run dir")
         return
     payload = {"suite": run.suite, "profile": run.profile, "run_id": run_id, "device": device,
-               "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-               "environment": capture_environment(device), "suite_spec": spec}
-    tmp = path.with_name("run.json.tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(tmp, path)
+               "host_id": host_id(), "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+               "environment": capture_environment(device), "suite_spec": spec,
+               "planned": planned_ids(run), "plan_key": resume_key(run)}
+    RunStore(run_dir).write_run_json(payload)
+
+
+class NothingToMeasure(Exception):
+    """A run named explicitly already holds an ok record of every point: nothing is trained or evaluated."""
+
+    def __init__(self, run_dir: Path, total: int) -> None:
+        super().__init__(f"{run_dir} already holds an ok record of every one of its {total} points; its report "
+                         "is left as it was (`python -m bench report` rewrites it, --fresh starts a new run)")
+        self.run_dir = run_dir
 
 
 # ---------------------------------------------------------------- the run
 def checkpoint_path(run_dir: Path, model: AttentionSetting) -> Path:
     return run_dir / "checkpoints" / f"{model.name}.pt"
+
+
+def checkpoint_step(path: Path) -> int:
+    """The step a checkpoint reached (0 when there is none)."""
+    return int(load_checkpoint(path)["step"]) if path.exists() else 0
 
 
 def _say(msg: str) -> None:
@@ -319,7 +348,11 @@ def _train_one(run: ResolvedSuite, run_dir: Path, run_id: str, device: str, mode
     """Train or resume one row; its record is appended when it finishes or fails.
     Returns 'finished', 'stopped' (time budget, checkpoint saved) or 'error'."""
     ckpt = checkpoint_path(run_dir, model)
-    _say(f"train {model.name} ({run.train.steps} steps) -> {ckpt}")
+    step = checkpoint_step(ckpt)
+    if step:
+        _say(f"resuming {model.name} at step {step} of {run.train.steps} ({ckpt})")
+    else:
+        _say(f"train {model.name} ({run.train.steps} steps) -> {ckpt}")
     t0 = time.perf_counter()
     try:
         outcome = train_model(model.name, run.train_config(model), run.task, run.train, ckpt, device,
@@ -359,11 +392,19 @@ def _evaluate_one(run: ResolvedSuite, run_dir: Path, run_id: str, device: str, m
 
 def run_suite(suite_path: Path, profile: str, device: Optional[str], results_root: Path,
               run_id: Optional[str], *, time_budget_s: Optional[float] = None, reevaluate: bool = False,
-              threads: Optional[int] = None, train: bool = True) -> Path:
+              threads: Optional[int] = None, train: bool = True, fresh: bool = False,
+              console: Any = None) -> Path:
     """Train every Table 2 row (resuming from checkpoints, skipping finished ones), then evaluate
     every (row, column) pair not yet recorded ok (all of them with `reevaluate`). Returns the run dir.
-    `time_budget_s` stops training cleanly at a checkpoint once spent; a rerun resumes.
-    `train=False` only evaluates the finished checkpoints."""
+    The run folder follows the harness's rules (`bench.runner.choose_run_dir`): `run_id` continues or
+    creates that run, `fresh` starts a new one, else this host's unfinished run continues or a new
+    one begins. `time_budget_s` stops training cleanly at a checkpoint once spent; a rerun resumes.
+    `train=False` only evaluates the finished checkpoints of the run named by `run_id`."""
+    from rich.console import Console
+
+    from bench.runner import RunOptions, choose_run_dir
+    from bench.store import RunLock
+
     deadline = None if time_budget_s is None else time.monotonic() + time_budget_s
     run = resolve_profile(load_suite(suite_path), profile)
     explicit_device = device is not None
@@ -371,18 +412,26 @@ def run_suite(suite_path: Path, profile: str, device: Optional[str], results_roo
     if run.profile == "gpu" and device == "cpu" and not explicit_device:
         raise ValueError("profile='gpu' is paper scale and CUDA is not available; use --profile cpu "
                          "(or pass device='cpu' explicitly to insist)")
-    if run_id is None:
-        from bench.environment import capture_environment
-        from bench.store import machine_run_id
+    if not train and run_id is None:
+        raise ValueError("evaluating without training needs run_id: the run whose checkpoints to evaluate")
+    # Not-ok points are tried again in a continued run, so they count as left to do (retry_failed).
+    opts = RunOptions(profile=run.profile, device=device, run_id=run_id, fresh=fresh, retry_failed=True,
+                      results_root=Path(results_root))
+    run_dir = choose_run_dir(run.suite, run.profile, device, opts, console or Console(), plan_key=resume_key(run))
+    with RunLock(run_dir):
+        return _run_in(run, run_dir, device, deadline, reevaluate, threads, train)
 
-        run_id = machine_run_id(Path(results_root) / run.suite, f"{run.profile}-{device.split(':')[0]}",
-                                capture_environment(device)["device_name"])
-    run_dir = Path(results_root) / run.suite / run_id
-    run_dir.mkdir(parents=True, exist_ok=True)
+
+def _run_in(run: ResolvedSuite, run_dir: Path, device: str, deadline: Optional[float], reevaluate: bool,
+            threads: Optional[int], train: bool) -> Path:
+    run_id = run_dir.name
     if device == "cpu" and (threads or run.train.threads):
         torch.set_num_threads(threads or run.train.threads)
     write_run_json(run_dir, run, run_id, device)
+    RunStore(run_dir).check_writable()
     done = {pid for pid, r in latest_by_point(read_records(run_dir)).items() if r["status"] == "ok"}
+    if train and not reevaluate and done >= set(planned_ids(run)):
+        raise NothingToMeasure(run_dir, len(planned_ids(run)))
 
     trained: set[str] = set()
     for model in run.train_models:

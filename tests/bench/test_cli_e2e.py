@@ -1,5 +1,5 @@
-"""The runner and CLI: resume, retry, --only, dispatch, with a fake executor; then one real
-end-to-end run of suites/tiny.yaml through `python -m bench run`, twice, to see it resume."""
+"""The runner and CLI: new runs, retry, --only, dispatch, with a fake executor; then one real
+end-to-end run of suites/tiny.yaml through `python -m bench run`, and a continued one."""
 from __future__ import annotations
 
 import io
@@ -47,7 +47,7 @@ def harness(monkeypatch, write_suite, tmp_path):
     def go(fake=None, **opts):
         fake = fake or FakeExecutor()
         monkeypatch.setattr(runner, "make_executor", lambda *a, **k: fake)
-        options = runner.RunOptions(profile="cpu", results_root=tmp_path / "results", **opts)
+        options = runner.RunOptions(**{"profile": "cpu", "results_root": tmp_path / "results", **opts})
         run_dir = runner.run_grid_suite(suite, options, Console(file=io.StringIO(), width=200))
         return run_dir, fake
 
@@ -55,31 +55,33 @@ def harness(monkeypatch, write_suite, tmp_path):
     return go
 
 
-def test_run_records_every_point_then_resumes(harness):
+def test_run_records_every_point_and_a_second_run_measures_again(harness):
     run_dir, fake = harness()
-    assert run_dir.name == "cpu-cpu" and run_dir.parent.name == "small"
+    assert run_dir.name.startswith("cpu-cpu-") and run_dir.parent.name == "small" and run_dir.parent.parent.name == "runs"
     assert len(fake.seen) == 4
     records = read_records(run_dir / "records.jsonl")
     assert sorted(r["status"] for r in records) == ["ok"] * 4 + ["skipped"]
     assert [r["reason"] for r in records if r["status"] == "skipped"] == ["too long"]
-    assert {r["run_id"] for r in records} == {"cpu-cpu"}
+    assert {r["run_id"] for r in records} == {run_dir.name}
     meta = json.loads((run_dir / "run.json").read_text())
     assert (meta["suite"], meta["profile"], meta["device"]) == ("small", "cpu", "cpu")
     assert set(meta["suite_spec"]["studies"]) == {"kinds", "hashes"} and "torch" in meta["environment"]
+    assert meta["suite_spec"]["path"] == "suite.yaml"  # outside the repository: its name only
+    assert meta["host_id"] and sorted(meta["planned"]) == sorted(r["point_id"] for r in records)
     assert harness.reports == [run_dir]
 
-    _, again = harness()
-    assert again.seen == []  # nothing runs twice
+    second, again = harness()
+    assert second != run_dir and len(again.seen) == 4  # a finished run is not resumed: this one measures
     assert len(read_records(run_dir / "records.jsonl")) == 5
 
 
 def test_failed_points_rerun_only_when_asked(harness):
     run_dir, fake = harness(FakeExecutor(fail={128}))
     assert len(fake.seen) == 4
-    _, plain = harness()
-    assert plain.seen == []
-    _, retry = harness(retry_failed=True)
-    assert len(retry.seen) == 1
+    plain_dir, plain = harness()
+    assert plain_dir != run_dir and len(plain.seen) == 4  # failed points are outcomes: the run is finished
+    retry_dir, retry = harness(retry_failed=True)
+    assert retry_dir == run_dir and len(retry.seen) == 1  # --retry-failed continues the run with a failure
     latest = {r["point_id"]: r["status"] for r in read_records(run_dir / "records.jsonl")}
     assert set(latest.values()) == {"ok", "skipped"}
 
@@ -93,15 +95,17 @@ def test_only_fresh_and_device_checks(harness):
         harness(device="cuda")
     run_dir, fake = harness(fresh=True)
     assert run_dir.name.startswith("cpu-cpu-") and len(fake.seen) == 4
+    with pytest.raises(runner.RunError, match="--profile gpu: CUDA is not available"):
+        harness(profile="gpu")
 
 
 def test_live_logger_sees_every_record(harness, monkeypatch):
     logged, finished = [], []
     logger = types.SimpleNamespace(log_record=logged.append, finish=lambda: finished.append(True))
     monkeypatch.setattr(runner, "_live_logger", lambda run_dir: logger)
-    harness(wandb=True)
+    run_dir, _ = harness(wandb=True)
     assert len(logged) == 5 and finished == [True]
-    assert all(r["run_id"] == "cpu-cpu" for r in logged)
+    assert all(r["run_id"] == run_dir.name for r in logged)
 
 
 def test_ray_executor_is_built_from_options(monkeypatch):
@@ -128,57 +132,65 @@ def test_cli_list_and_refusal(write_suite, capsys):
 def test_cli_dispatches_duplication_suites(write_suite, monkeypatch, tmp_path):
     calls = {}
 
-    def run_suite(suite_path, profile, device, results_root, run_id, time_budget_s=None):
-        calls["run"] = (suite_path, profile, device, results_root, run_id)
+    def run_suite(suite_path, profile, device, results_root, run_id, time_budget_s=None, fresh=False, console=None):
+        calls["run"] = (suite_path, profile, device, results_root, run_id, fresh)
         calls["time_budget_s"] = time_budget_s
-        run_dir = results_root / "dup" / "cpu-cpu"
+        run_dir = results_root / "runs" / "dup" / "x"
         run_dir.mkdir(parents=True)
-        (run_dir / "run.json").write_text(json.dumps({"suite": "dup", "suite_spec": {"kind": "duplication"}}))
+        (run_dir / "run.json").write_text(json.dumps({"suite": "dup", "profile": "cpu", "device": "cpu",
+                                                      "suite_spec": {"kind": "duplication"}}))
         return run_dir
 
-    monkeypatch.setitem(sys.modules, "bench.duplication.runner", types.SimpleNamespace(run_suite=run_suite))
+    monkeypatch.setitem(sys.modules, "bench.duplication.runner",
+                        types.SimpleNamespace(run_suite=run_suite, NothingToMeasure=type("N", (Exception,), {})))
     monkeypatch.setitem(sys.modules, "bench.duplication.report",
                         types.SimpleNamespace(write_report=lambda d: calls.setdefault("report", []).append(d) or d))
     monkeypatch.setattr(runner, "cuda_available", lambda: False)
     path = write_suite({"kind": "duplication", "name": "dup", "whatever": [1, 2]})
     assert main(["run", str(path), "--results-root", str(tmp_path / "r"), "--run-id", "x",
                  "--time-budget-s", "540"]) == 0
-    assert calls["run"] == (path, "cpu", None, tmp_path / "r", "x")
+    assert calls["run"] == (path, "cpu", None, tmp_path / "r", "x", False)
     assert calls["time_budget_s"] == 540  # passed through, so GPU leases can resume duplication too
-    run_dir = tmp_path / "r" / "dup" / "cpu-cpu"
+    run_dir = tmp_path / "r" / "runs" / "dup" / "x"
     assert calls["report"] == [run_dir]
     assert main(["report", str(run_dir)]) == 0  # `bench report` also routes it to its own report
     assert calls["report"] == [run_dir, run_dir]
 
 
-def test_tiny_suite_end_to_end_then_resume(tmp_path):
+def test_tiny_suite_end_to_end_then_continued(tmp_path):
     cmd = [sys.executable, "-m", "bench", "run", "tiny", "--profile", "cpu", "--results-root", str(tmp_path)]
     first = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stdout + first.stderr
-    run_dir = tmp_path / "tiny" / "cpu-cpu"
+    (run_dir,) = (tmp_path / "runs" / "tiny").iterdir()
+    assert f"new run {run_dir}" in first.stdout
     records = read_records(run_dir / "records.jsonl")
     by_status = sorted((r["status"], r["params"]["attention"]) for r in records)
     assert by_status == [("ok", "full"), ("ok", "lsh"), ("skipped", "sdpa")], records
     lsh = next(r for r in records if r["params"]["attention"] == "lsh")
     assert lsh["studies"] == ["attention_kinds", "hash_rounds"]  # one point, two studies
     assert lsh["metrics"]["fwd_ms_median"] > 0 and lsh["effective"]
-    assert (run_dir / "run.json").is_file()
+    assert json.loads((run_dir / "run.json").read_text())["suite_spec"]["path"] == "suites/tiny.yaml"
 
-    second = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    # Naming the finished run measures nothing, says so loudly, and leaves its report alone.
+    report = (run_dir / "report.md").stat().st_mtime_ns
+    second = subprocess.run([*cmd, "--run-id", run_dir.name], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stdout + second.stderr
-    assert "3 already recorded, 0 to do" in second.stdout
-    again = read_records(run_dir / "records.jsonl")
-    assert again == records  # nothing ran twice, nothing was lost
+    assert "NOTHING MEASURED" in second.stdout and "3 already recorded, 0 to do" in second.stdout
+    assert read_records(run_dir / "records.jsonl") == records  # nothing ran twice, nothing was lost
+    assert (run_dir / "report.md").stat().st_mtime_ns == report
 
 
 def test_time_budget_stops_launching_points_and_a_rerun_finishes(tmp_path):
     base = [sys.executable, "-m", "bench", "run", "tiny", "--profile", "cpu", "--results-root", str(tmp_path)]
     first = subprocess.run([*base, "--time-budget-s", "0"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stdout + first.stderr
-    records = read_records(tmp_path / "tiny" / "cpu-cpu" / "records.jsonl")
+    (run_dir,) = (tmp_path / "runs" / "tiny").iterdir()
+    records = read_records(run_dir / "records.jsonl")
     assert sorted(r["status"] for r in records) == ["ok", "skipped"]  # one point ran, then the budget stopped it
     second = subprocess.run(base, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stdout + second.stderr
-    records = read_records(tmp_path / "tiny" / "cpu-cpu" / "records.jsonl")
+    assert f"resuming {run_dir}: 2 of 3 points done (--fresh starts anew)" in second.stdout
+    records = read_records(run_dir / "records.jsonl")
     assert sorted(r["status"] for r in records) == ["ok", "ok", "skipped"]
     assert len({r["point_id"] for r in records}) == 3  # nothing ran twice
+    assert [p.name for p in (tmp_path / "runs" / "tiny").iterdir()] == [run_dir.name]

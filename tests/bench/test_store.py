@@ -8,7 +8,8 @@ import pytest
 
 from bench.point import GridPoint
 from bench.store import (
-    RunStore, StoreError, default_run_id, fresh_run_id, jsonable, latest_by_point, make_record, read_records,
+    RunLock, RunStore, StoreError, check_name, fresh_run_id, inside, jsonable, latest_by_point, load_run_json, locked,
+    make_record, plan_key, read_records, reference_dir, same_spec,
 )
 
 
@@ -95,21 +96,112 @@ def test_run_json_written_once_and_checked(tmp_path):
         store.write_run_json({**meta, "profile": "gpu"})
 
 
-def test_run_ids():
-    assert default_run_id("cpu", "cpu") == "cpu-cpu"
-    assert default_run_id("gpu", "cuda") == "gpu-cuda"
+def test_run_json_of_another_host_is_refused(tmp_path):
+    store = RunStore(tmp_path / "run")
+    meta = {"suite": "t", "profile": "cpu", "device": "cpu", "host_id": "aaaa"}
+    store.write_run_json(meta)
+    with pytest.raises(StoreError, match="host_id='aaaa' but this run has host_id='bbbb'"):
+        store.write_run_json({**meta, "host_id": "bbbb"})
+
+
+def test_run_ids_and_layout(tmp_path):
     import datetime as dt
 
     assert fresh_run_id("cpu", "cpu", dt.datetime(2025, 1, 2, 3, 4, 5)) == "cpu-cpu-20250102-030405"
+    assert reference_dir(tmp_path, "memory", "cpu") == tmp_path / "memory" / "reference-cpu"
 
 
-def test_default_run_dir_resumes_only_on_the_machine_kind_that_started_it(tmp_path):
-    import json
+@pytest.mark.parametrize("bad", [".", "..", "../../escape", "a/b", "/abs", ".hidden", "a..b", "a\\b", "", "x" * 200])
+def test_run_ids_that_are_or_hold_path_components_are_refused(bad):
+    with pytest.raises(StoreError, match="--run-id="):
+        check_name("--run-id", bad)
 
-    from bench.store import machine_run_id
 
-    assert machine_run_id(tmp_path, "cpu-cpu", "AMD EPYC") == "cpu-cpu"  # nothing there yet
-    (tmp_path / "cpu-cpu").mkdir()
-    (tmp_path / "cpu-cpu" / "run.json").write_text(json.dumps({"environment": {"device_name": "AMD EPYC"}}))
-    assert machine_run_id(tmp_path, "cpu-cpu", "AMD EPYC") == "cpu-cpu"
-    assert machine_run_id(tmp_path, "cpu-cpu", "Intel(R) Xeon(R) Gold 6338") == "cpu-cpu-intel-r-xeon-r-gold-6338"
+def test_run_ids_may_not_pose_as_references():
+    assert check_name("--run-id", "cpu-cpu-20250102-030405.v2") == "cpu-cpu-20250102-030405.v2"
+    with pytest.raises(StoreError, match="kept for references"):
+        check_name("--run-id", "reference-cpu")
+
+
+def test_a_run_folder_must_resolve_inside_the_results_root(tmp_path):
+    (tmp_path / "root").mkdir()
+    assert inside(tmp_path / "root" / "a", tmp_path / "root") == tmp_path / "root" / "a"
+    with pytest.raises(StoreError, match="outside the results folder"):
+        inside(tmp_path / "root" / ".." / "escape", tmp_path / "root")
+    (tmp_path / "root" / "link").symlink_to(tmp_path)
+    with pytest.raises(StoreError, match="outside the results folder"):
+        inside(tmp_path / "root" / "link" / "x", tmp_path / "root")
+
+
+def test_plan_key_ignores_where_the_suite_file_lives():
+    spec = {"name": "m", "path": "/one/checkout/suites/m.yaml", "description": "a", "studies": {"s": {"grid": {"x": [1]}}}}
+    moved = {**spec, "path": "/another/clone/suites/m.yaml", "description": "reworded"}
+    assert plan_key(spec, ["p1", "p2"]) == plan_key(moved, ["p2", "p1"])
+    assert same_spec(spec, {**spec, "path": "suites/m.yaml"})
+    changed = {**spec, "studies": {"s": {"grid": {"x": [1, 2]}}}}
+    assert plan_key(changed, ["p1", "p2"]) != plan_key(spec, ["p1", "p2"]) != plan_key(spec, ["p1"])
+    assert not same_spec(spec, changed)
+
+
+def test_a_run_folder_has_one_writer(tmp_path):
+    import os
+    import platform
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    assert locked(run_dir) is None
+    with RunLock(run_dir):
+        holder = locked(run_dir)
+        assert f"pid {os.getpid()} on host {platform.node()}" in holder
+        with pytest.raises(StoreError, match=f"in use by pid {os.getpid()} on host {platform.node()}"):
+            with RunLock(run_dir):
+                pass
+    assert locked(run_dir) is None
+    with RunLock(run_dir):  # released: the next writer gets it
+        pass
+
+
+def test_a_full_disk_while_appending_is_a_store_error_and_keeps_the_records(tmp_path, monkeypatch):
+    import builtins
+    import errno
+
+    import bench.store as store_mod
+
+    store = RunStore(tmp_path / "run")
+    first = make_record(point(64), "ok")
+    store.append(first)
+    real_open = builtins.open
+
+    class Full:
+        def __init__(self, f):
+            self.f = f
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def write(self, data):
+            self.f.write(data[: len(data) // 2])  # half a line reaches the disk, then it is full
+            self.f.flush()
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    def full_open(path, mode="r", *args, **kwargs):
+        f = real_open(path, mode, *args, **kwargs)
+        return Full(f) if "a" in mode else f
+
+    monkeypatch.setattr(store_mod, "open", full_open, raising=False)
+    with pytest.raises(StoreError, match="disk is full.*records before it are kept"):
+        store.append(make_record(point(128), "ok"))
+    monkeypatch.undo()
+    reopened = RunStore(tmp_path / "run")
+    assert reopened.torn_fragment is not None and reopened.records() == [first]
+
+
+def test_a_corrupt_run_json_is_a_store_error(tmp_path):
+    (tmp_path / "run.json").write_text('{"suite": "t", "prof')
+    with pytest.raises(StoreError, match="run.json: cannot be read as JSON"):
+        load_run_json(tmp_path)
+    with pytest.raises(StoreError, match="no run.json"):
+        load_run_json(tmp_path / "elsewhere")

@@ -46,13 +46,14 @@ def run_dir(suite_path, tmp_path_factory) -> Path:
 
 
 def test_run_writes_contract_records_and_run_json(run_dir):
-    assert run_dir.name == "cpu-cpu" and run_dir.parent.name == "duplication"
+    assert run_dir.name.startswith("cpu-cpu-") and run_dir.parent.name == "duplication"
+    assert run_dir.parents[1].name == "runs"
     recs = records(run_dir)
     assert sorted(r["point_id"] for r in recs) == sorted(
         ["dup-train-full", "dup-train-lsh-2"] + [f"dup-eval-{m}-as-{e}" for m in ("full", "lsh-2")
                                                  for e in ("full", "lsh-4", "lsh-1")])
     for r in recs:
-        assert RECORD_KEYS <= set(r) and r["status"] == "ok" and r["run_id"] == "cpu-cpu"
+        assert RECORD_KEYS <= set(r) and r["status"] == "ok" and r["run_id"] == run_dir.name
         assert set(runner.CONTRACT_METRICS) <= set(r["metrics"])
         assert {f.name for f in dataclasses.fields(ReformerConfig)} <= set(r["params"])
         assert r["params"]["workload"] == "duplication" and r["point"]["workload"] == "duplication"
@@ -65,16 +66,18 @@ def test_run_writes_contract_records_and_run_json(run_dir):
     assert all(len(r["curve"]) == 4 and r["metrics"]["steps_done"] == 20 for r in train)
     assert train[0]["params"]["lr"] == 3e-3 and train[0]["params"]["optimizer"] == "AdamW"
     run = json.loads((run_dir / "run.json").read_text())
-    assert {"suite", "profile", "run_id", "device", "created_at", "environment", "suite_spec"} <= set(run)
+    assert {"suite", "profile", "run_id", "device", "host_id", "created_at", "environment", "suite_spec"} <= set(run)
+    assert sorted(run["planned"]) == sorted(r["point_id"] for r in recs)
     assert run["suite_spec"]["train"]["steps"] == 20 and run["environment"]["device"] == "cpu"
     for name in ("full", "lsh-2"):
         assert (run_dir / "checkpoints" / f"{name}.pt").stat().st_size < 5 * 2**20
 
 
-def test_rerun_neither_retrains_nor_reevaluates(run_dir, suite_path):
+def test_naming_a_finished_run_neither_retrains_nor_reevaluates(run_dir, suite_path):
     before = records(run_dir)
     blobs = {p.name: p.read_bytes() for p in (run_dir / "checkpoints").iterdir()}
-    assert runner.run_suite(suite_path, "cpu", "cpu", run_dir.parents[1], None) == run_dir
+    with pytest.raises(runner.NothingToMeasure, match="already holds an ok record of every one of its 8 points"):
+        runner.run_suite(suite_path, "cpu", "cpu", run_dir.parents[2], run_dir.name)
     assert records(run_dir) == before
     assert {p.name: p.read_bytes() for p in (run_dir / "checkpoints").iterdir()} == blobs
 
@@ -84,7 +87,7 @@ def test_evaluate_only_reruns_evaluation_from_checkpoints(run_dir, suite_path, m
         raise AssertionError("evaluation must not train")
     monkeypatch.setattr(runner, "train_model", no_training)
     before = records(run_dir)
-    runner.run_suite(suite_path, "cpu", "cpu", run_dir.parents[1], None, reevaluate=True, train=False)
+    runner.run_suite(suite_path, "cpu", "cpu", run_dir.parents[2], run_dir.name, reevaluate=True, train=False)
     new = records(run_dir)[len(before):]
     assert len(new) == 6 and {r["params"]["role"] for r in new} == {"eval"}
     old_acc = {r["point_id"]: r["metrics"]["accuracy"] for r in before if r["params"]["role"] == "eval"}
@@ -98,12 +101,26 @@ def test_report_from_records(run_dir):
         assert (run_dir / name).stat().st_size > 0
 
 
-def test_time_budget_stops_at_a_checkpoint_and_a_rerun_resumes(suite_path, tmp_path):
-    run_dir = runner.run_suite(suite_path, "cpu", "cpu", tmp_path, "budget", time_budget_s=0)
+def test_time_budget_stops_at_a_checkpoint_and_a_rerun_resumes(suite_path, tmp_path, capsys):
+    run_dir = runner.run_suite(suite_path, "cpu", "cpu", tmp_path, None, time_budget_s=0)
     assert not (run_dir / "records.jsonl").exists()  # stopped at step 10 of the first model
-    runner.run_suite(suite_path, "cpu", "cpu", tmp_path, "budget")
+    capsys.readouterr()
+    assert runner.run_suite(suite_path, "cpu", "cpu", tmp_path, None) == run_dir  # this host's unfinished run
+    out = capsys.readouterr().out
+    assert f"resuming {run_dir}: 0 of 8 points done (--fresh starts anew)" in out
+    assert "resuming full at step 10 of 20" in out
     train = [r for r in records(run_dir) if r["params"]["role"] == "train"]
     assert [r["metrics"]["steps_done"] for r in train] == [20, 20] and all(r["status"] == "ok" for r in train)
+
+
+def test_another_hosts_unfinished_run_is_not_resumed(suite_path, tmp_path, monkeypatch):
+    monkeypatch.setenv("BENCH_HOST_ID", "host-a")
+    theirs = runner.run_suite(suite_path, "cpu", "cpu", tmp_path, None, time_budget_s=0)
+    monkeypatch.setenv("BENCH_HOST_ID", "host-b")
+    with pytest.raises(ValueError, match="host id host-a.*host id host-b"):
+        runner.run_suite(suite_path, "cpu", "cpu", tmp_path, theirs.name, time_budget_s=0)
+    ours = runner.run_suite(suite_path, "cpu", "cpu", tmp_path, None, time_budget_s=0)
+    assert ours != theirs and ours.parent == theirs.parent
 
 
 def test_a_failing_model_is_a_row_and_its_evaluations_are_skipped(suite_path, tmp_path, monkeypatch):
@@ -128,7 +145,7 @@ def test_a_changed_suite_is_refused_for_an_existing_run(run_dir, suite_path, tmp
     path = tmp_path / "duplication.yaml"
     path.write_text(yaml.safe_dump(changed))
     with pytest.raises(ValueError, match="run_id"):
-        runner.run_suite(path, "cpu", "cpu", run_dir.parents[1], None)
+        runner.run_suite(path, "cpu", "cpu", run_dir.parents[2], run_dir.name)
 
 
 def test_prose_and_thread_changes_do_not_block_a_resume(run_dir, tmp_path):
@@ -138,7 +155,8 @@ def test_prose_and_thread_changes_do_not_block_a_resume(run_dir, tmp_path):
     path = tmp_path / "duplication.yaml"
     path.write_text(yaml.safe_dump(changed))
     before = records(run_dir)
-    runner.run_suite(path, "cpu", "cpu", run_dir.parents[1], None, threads=1)
+    with pytest.raises(runner.NothingToMeasure):  # accepted as the same run, which has nothing left to do
+        runner.run_suite(path, "cpu", "cpu", run_dir.parents[2], run_dir.name, threads=1)
     assert records(run_dir) == before
 
 

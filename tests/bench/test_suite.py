@@ -192,3 +192,110 @@ def test_override_with_unknown_field_is_refused(tmp_path):
     )
     with pytest.raises(SuiteError, match="shared_qkk"):
         load_suite(path)
+
+
+def test_duplicate_keys_are_refused_at_every_level_naming_key_and_lines(tmp_path):
+    """Plain YAML keeps the last of two equal keys: a repeated study name used to drop a study."""
+    from bench.suite import read_yaml
+
+    cases = {
+        "top": ("name: a\nrepeats: 2\nname: b\n", "'name' at line 3 (first at line 1)"),
+        "study": ("name: a\nstudies:\n  s:\n    grid: {n_hashes: [1]}\n  t: {}\n  s:\n    grid: {n_hashes: [2]}\n",
+                  "'s' at line 6 (first at line 3)"),
+        "deep": ("name: a\nstudies:\n  s:\n    grid:\n      n_hashes: [1]\n      n_hashes: [2]\n",
+                 "'n_hashes' at line 6 (first at line 5)"),
+        "flow": ("name: a\nbase: {seq_len: 64, seq_len: 128}\n", "'seq_len' at line 2 (first at line 2)"),
+    }
+    for label, (text, fragment) in cases.items():
+        path = tmp_path / f"{label}.yaml"
+        path.write_text(text)
+        with pytest.raises(SuiteError) as info:
+            read_yaml(path)
+        message = str(info.value)
+        assert str(path) in message and "duplicate key" in message and fragment in message, (label, message)
+        with pytest.raises(SuiteError, match="duplicate key"):  # and so neither load nor kind accept it
+            suite_kind(path)
+    # Equal keys in different mappings, and a merge key overridden on purpose, are fine.
+    ok = tmp_path / "ok.yaml"
+    ok.write_text("a: {x: 1}\nb: {x: 2}\nc: &c {y: 1}\nd:\n  <<: *c\n  y: 2\n")
+    assert read_yaml(ok) == {"a": {"x": 1}, "b": {"x": 2}, "c": {"y": 1}, "d": {"y": 2}}
+
+
+@pytest.mark.parametrize("name", ["..", ".", "a/b", "../x", "x[red]", "a.b", "a b", ""])
+def test_unsafe_suite_names_are_refused(write_suite, name):
+    refused(write_suite, small_suite(name=name), "name", "letters, digits")
+
+
+@pytest.mark.parametrize("name", ["[bold]x", "x[/]", "a/b", "..", "a.b"])
+def test_unsafe_study_names_are_refused(write_suite, name):
+    spec = small_suite()
+    spec["studies"][name] = spec["studies"].pop("hashes")
+    refused(write_suite, spec, "study name", "letters, digits")
+
+
+def test_safe_names_load(write_suite):
+    spec = small_suite(name="My-suite_2")
+    spec["studies"]["by-len_1"] = spec["studies"].pop("hashes")
+    suite = load_suite(write_suite(spec))
+    assert suite.name == "My-suite_2" and "by-len_1" in suite.spec.studies
+
+
+def test_list_prints_user_text_literally(write_suite, capsys):
+    from bench.cli import main
+
+    spec = small_suite(description="closes [/] and opens [bold]nothing")
+    spec["studies"]["kinds"]["description"] = "[/red] is text too"
+    assert main(["list", str(write_suite(spec))]) == 0
+    out = capsys.readouterr().out
+    assert "closes [/] and opens [bold]nothing" in out and "[/red] is text too" in out
+
+
+def _wide_suite(n_values: int) -> dict:
+    spec = small_suite()
+    spec["studies"]["hashes"]["grid"] = {"n_hashes": list(range(1, n_values + 1)), "chunk_len": [8, 16]}
+    return spec
+
+
+def test_points_are_counted_and_refused_above_the_limit_before_expanding(write_suite, monkeypatch):
+    import bench.suite as suite_mod
+
+    spec = _wide_suite(3000)  # 6000 combinations in 'hashes' + 4 in 'kinds', in the cpu profile
+    path = write_suite(spec)
+    calls = []
+    monkeypatch.setattr(suite_mod, "expand", lambda *a, **k: calls.append(1) or [])
+    refused(write_suite, spec, "profile 'cpu'", "6004 grid points", "limit of 5000", "--max-points")
+    assert calls == []  # nothing was expanded
+    suite = load_suite(path, trial_expand=False)
+    assert suite.count_points("cpu") == 6004 and suite.count_points("gpu") == 6002
+    with pytest.raises(SuiteError, match="6004 grid points, more than the limit of 6000"):
+        suite.expand("cpu", max_points=6000)
+
+
+def test_a_run_expands_its_profile_once_and_honours_max_points(write_suite, monkeypatch, tmp_path, capsys):
+    import bench.runner as runner
+    import bench.suite as suite_mod
+    from bench.cli import main
+
+    path = write_suite(small_suite())
+    real_expand, calls = suite_mod.expand, []
+    monkeypatch.setattr(suite_mod, "expand", lambda *a, **k: calls.append(1) or real_expand(*a, **k))
+    plans = []
+    monkeypatch.setattr(runner, "run_grid_suite",
+                        lambda suite, opts, console: plans.append(runner.plan_run(suite, opts, False)) or tmp_path)
+    runner.run(path, runner.RunOptions(profile="cpu"))
+    assert len(calls) == 1 and len(plans[0].points) == 5  # kinds: 4, hashes: (lsh, 64, n_hashes=2) is new
+    with pytest.raises(SuiteError, match="profile 'cpu' has 6 grid points, more than the limit of 5"):
+        runner.run(path, runner.RunOptions(profile="cpu", max_points=5))
+    monkeypatch.undo()
+    root = tmp_path / "results"
+    assert main(["run", str(path), "--profile", "cpu", "--max-points", "3", "--results-root", str(root)]) == 2
+    assert "6 grid points, more than the limit of 3" in capsys.readouterr().err
+    assert not root.exists()  # refused before any run folder was made
+
+
+def test_measurement_processes_default_override_and_refusal(write_suite):
+    spec = small_suite()
+    spec["profiles"]["gpu"]["processes"] = 5
+    suite = load_suite(write_suite(spec))
+    assert suite.measurement("cpu")["processes"] == 3 and suite.measurement("gpu")["processes"] == 5
+    refused(write_suite, small_suite(processes=0), "processes", "greater than or equal to 1")

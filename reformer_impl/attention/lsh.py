@@ -371,7 +371,10 @@ class LSHAttention(Attention):
 
     def attend(self, q, k, v, buckets):
         cfg = self.cfg
-        seq_len = q.shape[-2]
+        batch, n_heads, seq_len, _ = q.shape
+        if batch == 0 or seq_len == 0:  # nothing to hash or attend; an empty output, as dense attention's
+            empty_buckets = torch.zeros(batch, n_heads, cfg.n_hashes, seq_len, dtype=torch.long, device=q.device)
+            return q * v, empty_buckets  # (B, H, L, dh) with no elements, still connected to q and v
         lp = padded_length(seq_len, cfg.chunk_len)
         if lp != seq_len:  # (B, H, L, dh) -> (B, H, Lp, dh); padding is masked as keys, dropped as queries
             q, v = F.pad(q, (0, 0, 0, lp - seq_len)), F.pad(v, (0, 0, 0, lp - seq_len))

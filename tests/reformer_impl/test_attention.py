@@ -179,3 +179,26 @@ def test_lsh_core_on_cuda_matches_cpu():
         results.append([t.cpu() for t in (out, *grads)])
     for got, want in zip(results[1], results[0]):
         torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.parametrize("batch, length", [(0, 5), (2, 0), (0, 0)])
+@pytest.mark.parametrize("reversible", [False, True])
+def test_empty_batch_or_sequence_gives_the_empty_output(batch, length, reversible):
+    """As dense attention does: an empty output of the right shape, and gradients of the right
+    shapes (zero) for the input and every parameter, through the layer and the whole model."""
+    from reformer_impl import ReformerLM
+
+    for kind in ("full", "lsh"):
+        layer = build_attention(tiny_cfg(attention=kind, n_hashes=2, chunk_len=4))
+        x = torch.randn(batch, length, 16, requires_grad=True)
+        out = layer(x)
+        assert out.shape == (batch, length, 16), kind
+        out.sum().backward()
+        assert x.grad.shape == x.shape
+        assert all(p.grad is not None and p.grad.shape == p.shape and not p.grad.any() for p in layer.parameters())
+        model = ReformerLM(tiny_cfg(attention=kind, reversible=reversible, ff_chunks=2))
+        tokens = torch.zeros(batch, length, dtype=torch.long)
+        logits = model(tokens)
+        assert logits.shape == (batch, length, 13), kind
+        logits.sum().backward()
+        assert all(p.grad is None or p.grad.shape == p.shape for p in model.parameters())

@@ -202,3 +202,50 @@ def test_empty_batch_or_sequence_gives_the_empty_output(batch, length, reversibl
         assert logits.shape == (batch, length, 13), kind
         logits.sum().backward()
         assert all(p.grad is None or p.grad.shape == p.shape for p in model.parameters())
+
+
+@pytest.mark.parametrize("causal, n_rounds", [(False, 1), (True, 2), (False, 3)])
+def test_padding_displaces_no_real_token(causal, n_rounds):
+    """The same 10 real positions, padded to 12, 16 or 24 with padding hashed to bucket 0 (as a zero
+    vector hashes): every real query sees the same real keys with the same weights, and gets the same
+    output and gradients, however much padding there is. Values are one-hot per real key, so a
+    query's output is its attention weights over the real keys."""
+    seq_len, chunk_len, d_head = 10, 4, 16
+    gen = torch.Generator().manual_seed(3)
+    qk_real = torch.randn(1, 2, seq_len, d_head, dtype=torch.float64, generator=gen)
+    buckets_real = torch.randint(0, 6, (1, 2, n_rounds, seq_len), generator=gen)
+    cot = torch.randn(1, 2, seq_len, d_head, dtype=torch.float64, generator=gen)
+    kw = dict(seq_len=seq_len, chunk_len=chunk_len, causal=causal, same_bucket=False, dup_correction=True)
+    results = []
+    for lp in (12, 16, 24):
+        qk = torch.cat([qk_real, torch.zeros(1, 2, lp - seq_len, d_head, dtype=torch.float64)], dim=2)
+        v = torch.randn(1, 2, lp, d_head, dtype=torch.float64, generator=gen)  # padding values: noise
+        v[:, :, :seq_len] = torch.eye(d_head, dtype=torch.float64)[:seq_len]
+        qk.requires_grad_(), v.requires_grad_()
+        buckets = torch.cat([buckets_real, torch.zeros(1, 2, n_rounds, lp - seq_len, dtype=torch.long)], dim=-1)
+        out = lsh_attention_core(qk, v, buckets, dropout_p=0.0, **kw)
+        want = lsh_attention_reference(qk, v, buckets, **kw)[:, :, :seq_len]
+        torch.testing.assert_close(out[:, :, :seq_len], want, rtol=1e-10, atol=1e-12)
+        assert torch.all(out[:, :, seq_len:] == 0)  # padding queries attend to nothing
+        weights = out[:, :, :seq_len].detach()
+        assert torch.all(weights[..., seq_len:] == 0)  # no padding key reached a real query
+        g_qk, g_v = torch.autograd.grad(out[:, :, :seq_len], (qk, v), cot)
+        for got, ref in zip((g_qk, g_v), torch.autograd.grad(want, (qk, v), cot)):  # padding's included
+            torch.testing.assert_close(got, ref, rtol=1e-9, atol=1e-11)
+        results.append((weights, g_qk[:, :, :seq_len], g_v[:, :, :seq_len]))
+    (w0, gq0, gv0), *others = results
+    for w, gq, gv in others:
+        assert torch.equal(w != 0, w0 != 0)  # the same real keys, per real query
+        torch.testing.assert_close(w, w0, rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(gq, gq0, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(gv, gv0, rtol=1e-10, atol=1e-12)
+
+
+def test_padding_hashes_to_a_bucket_of_its_own():
+    """The layer hashes only real positions; padding gets bucket n_buckets, after every real one."""
+    layer = build_attention(tiny_cfg(n_hashes=2, chunk_len=4)).double()
+    x = torch.randn(1, 10, 16, dtype=torch.float64)
+    _, buckets = layer.compute(x)
+    n_buckets = layer.cfg.buckets_for(12)
+    assert buckets.shape == (1, 2, 2, 12)
+    assert torch.all(buckets[..., 10:] == n_buckets) and torch.all(buckets[..., :10] < n_buckets)

@@ -16,9 +16,33 @@ def test_shipped_suites_load_and_expand_both_profiles(path):
     for profile in ("cpu", "gpu"):
         planned = suite.expand(profile, auto_device="cuda" if profile == "gpu" else "cpu")
         assert planned, f"{path.name}: profile {profile} has no points"
-        assert len({p.point.point_id for p in planned}) == len(planned)
+        # One point per distinct canonical config, counted here without point ids: a collision of
+        # ids, or a field missing from the identity, would merge configs and lower the count.
+        assert len(planned) == _distinct_configs(suite, profile), (path.name, profile)
         for p in planned:
             assert p.point.workload in ("attention", "model")
+
+
+def _distinct_configs(suite, profile) -> int:
+    from bench.grid import POINT_KEYS, canonical_model, product_dict, resolve_settings
+    from bench.suite import model_defaults
+
+    configs = set()
+    for grid in suite.study_grids(profile):
+        for combo in product_dict(grid.axes):
+            settings = resolve_settings(grid, combo, model_defaults())
+            identity = {**{k: settings[k] for k in POINT_KEYS if k != "device"},
+                        **canonical_model(settings, list(model_defaults()))}
+            configs.add(repr(sorted(identity.items())))
+    return len(configs)
+
+
+def test_tiny_suite_plans_the_points_its_comment_promises():
+    """Two real points, one skipped by a rule, one shared by both studies: 3 points in all."""
+    planned = load_suite("tiny").expand("cpu")
+    assert len(planned) == 3
+    by_kind = {p.point.model["attention"]: p for p in planned}
+    assert by_kind["sdpa"].skip_reason and by_kind["lsh"].point.studies == ("attention_kinds", "hash_rounds")
 
 
 def test_shipped_suite_names_match_files():
@@ -299,3 +323,45 @@ def test_measurement_processes_default_override_and_refusal(write_suite):
     suite = load_suite(write_suite(spec))
     assert suite.measurement("cpu")["processes"] == 3 and suite.measurement("gpu")["processes"] == 5
     refused(write_suite, small_suite(processes=0), "processes", "greater than or equal to 1")
+
+
+def test_profile_skip_rule_skips_only_that_profiles_points_and_records_them(write_suite, tmp_path):
+    from bench.runner import RunOptions, run
+    from bench.store import RunStore
+
+    spec = small_suite()
+    spec["profiles"]["cpu"] = {"studies": {"kinds": {"skip": [{"when": {"attention": ["full", "lsh"]},
+                                                               "reason": "not on this profile"}]},
+                                           "hashes": {"enabled": False}}}
+    path = write_suite(spec)
+    suite = load_suite(path)
+    cpu = suite.expand("cpu")
+    assert len(cpu) == 4 and {p.skip_reason for p in cpu} == {"not on this profile"}
+    gpu = suite.expand("gpu", auto_device="cuda")
+    assert gpu and all(p.skip_reason is None for p in gpu)  # the gpu profile's points are untouched
+    run_dir = run(path, RunOptions(profile="cpu", results_root=tmp_path / "results", run_id="r"))
+    records = RunStore(run_dir).records()
+    assert sorted(r["point_id"] for r in records) == sorted(p.point.point_id for p in cpu)
+    assert {(r["status"], r["reason"]) for r in records} == {("skipped", "not on this profile")}
+
+
+def test_peers_suite_expands_every_impl_at_every_length():
+    suite = load_suite("peers")
+    for profile in ("cpu", "gpu"):
+        grids = {g.name: dict(g.axes) for g in suite.study_grids(profile)}
+        points = [p.point for p in suite.expand(profile, auto_device="cuda" if profile == "gpu" else "cpu")]
+        got = {(p.impl, p.seq_len) for p in points if "vs_seq_len" in p.studies}
+        assert got == {(impl, n) for impl in ("ours", "reformer_pytorch", "hf") for n in grids["vs_seq_len"]["seq_len"]}
+        got = {(p.impl, p.model["n_hashes"]) for p in points if "vs_n_hashes" in p.studies}
+        assert got == {(impl, n) for impl in ("ours", "reformer_pytorch", "hf") for n in grids["vs_n_hashes"]["n_hashes"]}
+
+
+def test_override_rule_wins_over_explicit_base_and_study_values(write_suite):
+    spec = small_suite()
+    spec["base"]["shared_qk"] = True  # set explicitly in the suite's base ...
+    spec["studies"]["kinds"]["grid"]["attention"] = ["full", "sdpa"]
+    spec["studies"]["kinds"]["base"] = {"shared_qk": True, "causal": False}  # ... and in the study's
+    spec["studies"]["kinds"]["overrides"] = [{"when": {"attention": "sdpa"}, "set": {"shared_qk": False, "causal": True}}]
+    points = [p.point for p in load_suite(write_suite(spec)).expand("cpu") if "kinds" in p.point.studies]
+    by_kind = {(p.model["attention"], p.model["shared_qk"], p.model["causal"]) for p in points}
+    assert by_kind == {("full", True, False), ("sdpa", False, True)}

@@ -4,7 +4,7 @@ import torch
 from reformer_impl import build_attention
 from reformer_impl.attention.lsh import lsh_attention_core, padded_length
 from tests.reformer_impl.conftest import tiny_cfg
-from tests.reformer_impl.reference import lsh_attention_reference
+from tests.reformer_impl.reference import lsh_attention_reference, lsh_windows
 
 
 def _pair(kind_a, kind_b, **kw):
@@ -118,7 +118,18 @@ def test_causal_jacobian_is_exactly_zero_above_the_diagonal(kind, extra):
     jac = jac[0, :, :, 0].abs().sum(dim=(1, 3))  # (L_out, L_in)
     future = torch.triu(torch.ones(seq_len, seq_len, dtype=torch.bool), diagonal=1)
     assert torch.all(jac[future] == 0)
-    assert torch.all(jac[~future].sum() > 0)
+    # Per row and key: every past key a query can see moves its output (its own key may not: with
+    # shared QK it is used only when nothing else is). Dense kinds see every past key; LSH those in
+    # its windows (any head, any round), and no other.
+    past = torch.tril(torch.ones(seq_len, seq_len, dtype=torch.bool), diagonal=-1)
+    sees = past
+    if kind == "lsh":
+        layer.reset_hash_generator()
+        _, buckets = layer.compute(x)
+        windows = torch.stack([lsh_windows(buckets[0, h], 4, seq_len) for h in range(buckets.shape[1])])
+        sees = windows.flatten(0, 1).any(dim=0)[:seq_len, :seq_len] & past
+        assert 0 < sees.sum() < past.sum()  # some past keys seen, some not
+    assert torch.equal((jac > 0) & past, sees)
 
 
 def test_lsh_shapes_any_length_and_batch():
@@ -249,3 +260,30 @@ def test_padding_hashes_to_a_bucket_of_its_own():
     n_buckets = layer.cfg.buckets_for(12)
     assert buckets.shape == (1, 2, 2, 12)
     assert torch.all(buckets[..., 10:] == n_buckets) and torch.all(buckets[..., :10] < n_buckets)
+
+
+def test_lsh_dropout_drops_about_p_of_the_weights_and_scales_the_rest():
+    """With one round and one-hot values, the output row of a query is its attention weights: with
+    dropout p about p of the non-zero weights become 0, and every kept one is 1 / (1 - p) times
+    its weight without dropout; over several seeds, in the layer's core."""
+    p, seq_len, chunk_len = 0.3, 64, 8
+    layer = build_attention(tiny_cfg(dropout=p, n_hashes=1, chunk_len=chunk_len, causal=False))
+    assert layer.train().dropout_p == p and layer.eval().dropout_p == 0.0  # what the layer passes the core
+    gen = torch.Generator().manual_seed(0)
+    qk = torch.randn(1, 2, seq_len, seq_len, dtype=torch.float64, generator=gen)
+    v = torch.eye(seq_len, dtype=torch.float64).expand(1, 2, seq_len, seq_len)  # key j's value is e_j
+    buckets = torch.randint(0, 16, (1, 2, 1, seq_len), generator=gen)
+    kw = dict(seq_len=seq_len, chunk_len=chunk_len, causal=False, same_bucket=False, dup_correction=True)
+    weights = lsh_attention_core(qk, v, buckets, dropout_p=0.0, **kw)
+    nonzero = weights != 0
+    dropped = kept = 0
+    for seed in range(5):
+        torch.manual_seed(seed)
+        got = lsh_attention_core(qk, v, buckets, dropout_p=p, **kw)
+        assert torch.all(got[~nonzero] == 0)
+        zero = (got == 0) & nonzero
+        torch.testing.assert_close(got[nonzero & ~zero], weights[nonzero & ~zero] / (1 - p), rtol=1e-12, atol=0)
+        dropped += int(zero.sum())
+        kept += int((nonzero & ~zero).sum())
+    share = dropped / (dropped + kept)
+    assert dropped + kept > 5000 and abs(share - p) < 0.03, share  # binomial sd here is about 0.006

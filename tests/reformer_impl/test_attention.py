@@ -199,7 +199,7 @@ def test_empty_batch_or_sequence_gives_the_empty_output(batch, length, reversibl
     shapes (zero) for the input and every parameter, through the layer and the whole model."""
     from reformer_impl import ReformerLM
 
-    for kind in ("full", "lsh"):
+    for kind in ("full", "sdpa", "lsh"):
         layer = build_attention(tiny_cfg(attention=kind, n_hashes=2, chunk_len=4))
         x = torch.randn(batch, length, 16, requires_grad=True)
         out = layer(x)

@@ -8,11 +8,12 @@ from typing import Sequence
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from bench.runner import ReportFailed, RunError, RunOptions, run
 from bench.reference import promote
 from bench.store import RUN_JSON, StoreError, is_reference, load_run_json
-from bench.suite import PROFILES, SUITES_DIR, SuiteError, load_suite, resolve_suite_path, suite_kind
+from bench.suite import DEFAULT_MAX_POINTS, PROFILES, SUITES_DIR, SuiteError, load_suite, resolve_suite_path, suite_kind
 
 
 WIDE = 160
@@ -42,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop launching points after S seconds (e.g. within a 10-minute GPU lease); rerun to resume")
     p.add_argument("--memory-limit-mib", type=float,
                    help="local executor: kill a worker whose RSS exceeds this (default 75%% of free RAM; 0 = off)")
+    p.add_argument("--max-points", type=_positive_int, default=DEFAULT_MAX_POINTS, metavar="N",
+                   help=f"refuse a profile with more than N grid points, counted before expanding (default {DEFAULT_MAX_POINTS})")
 
     p = sub.add_parser("list", help="suites, their studies and point counts per profile")
     p.add_argument("suite", nargs="?", help="one suite (default: all in suites/)")
@@ -70,12 +73,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive integer")
+    return value
+
+
 def cmd_run(args: argparse.Namespace, console: Console) -> int:
     opts = RunOptions(
         profile=args.profile, device=args.device, run_id=args.run_id, fresh=args.fresh,
         retry_failed=args.retry_failed, results_root=args.results_root, executor=args.executor,
         ray_address=args.ray_address, wandb=args.wandb, only=tuple(args.only),
-        memory_limit_mib=args.memory_limit_mib, time_budget_s=args.time_budget_s,
+        memory_limit_mib=args.memory_limit_mib, time_budget_s=args.time_budget_s, max_points=args.max_points,
     )
     if opts.fresh and opts.run_id:
         raise RunError("--fresh and --run-id are exclusive: --fresh makes a new timestamped run id")
@@ -95,16 +108,17 @@ def cmd_list(args: argparse.Namespace, console: Console) -> int:
     for path in paths:
         kind = suite_kind(path)
         if kind != "grid":
-            table.add_row(path.stem, "-", *("-" for _ in PROFILES), f"kind: {kind} (own runner)")
+            table.add_row(Text(path.stem), "-", *("-" for _ in PROFILES), Text(f"kind: {kind} (own runner)"))
             continue
         suite = load_suite(path)
         per_profile = {p: suite.expand(p, auto_device='cuda' if p == 'gpu' else 'cpu') for p in suite.spec.profiles}
-        table.add_row(suite.name, "[bold]all[/]", *(_counts(per_profile.get(p)) for p in PROFILES),
-                      suite.spec.description.strip().splitlines()[0] if suite.spec.description else "")
+        # User text (names, descriptions) as Text: printed literally, never read as rich markup.
+        table.add_row(Text(suite.name), "[bold]all[/]", *(_counts(per_profile.get(p)) for p in PROFILES),
+                      Text(suite.spec.description.strip().splitlines()[0] if suite.spec.description.strip() else ""))
         for study, spec in suite.spec.studies.items():
-            table.add_row("", study, *(
+            table.add_row("", Text(study), *(
                 _counts([x for x in per_profile[p] if study in x.point.studies]) if p in per_profile else "-"
-                for p in PROFILES), spec.description.strip())
+                for p in PROFILES), Text(spec.description.strip()))
     console.print(table)
     return 0
 

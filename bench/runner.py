@@ -20,7 +20,7 @@ from bench.grid import PlannedPoint, point_params
 from bench.reference import compare_with_reference
 from bench.rundir import choose_run_dir
 from bench.store import RunLock, RunStore, latest_by_point, load_run_json, make_record, now_iso, plan_key, same_spec
-from bench.suite import Suite, SuiteError, load_suite, resolve_suite_path, suite_kind
+from bench.suite import DEFAULT_MAX_POINTS, Suite, SuiteError, load_suite, resolve_suite_path, suite_kind
 
 # Main figures in the summary table: the first metric present wins.
 TIME_METRICS = ("step_ms_median", "fwd_bwd_ms_median", "fwd_ms_median")
@@ -52,6 +52,7 @@ class RunOptions:
     only: tuple[str, ...] = ()
     memory_limit_mib: float | None = None  # local executor's watchdog; None = 75% of free RAM
     time_budget_s: float | None = None  # stop launching points after this long; a rerun resumes
+    max_points: int = DEFAULT_MAX_POINTS  # refuse a profile with more grid points, counted before expanding
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,7 @@ def plan_run(suite: Suite, opts: RunOptions, has_cuda: bool) -> Plan:
         profile,
         auto_device="cuda" if has_cuda else "cpu",
         force_device=None if opts.device == "auto" else opts.device,
+        max_points=opts.max_points,
     )
     if opts.only:
         unknown = set(opts.only) - set(suite.spec.studies)
@@ -304,7 +306,7 @@ def print_summary(console: Console, points: Sequence[PlannedPoint], records: dic
         metrics = (record or {}).get("metrics") or {}
         params = point_params(p.point)
         table.add_row(
-            p.point.point_id, ",".join(p.point.studies), *(_fmt(params.get(k)) for k in keys),
+            p.point.point_id, escape(",".join(p.point.studies)), *(escape(_fmt(params.get(k))) for k in keys),
             f"[{STATUS_STYLE.get(status, 'white')}]{status}[/]",
             _fmt(_first_metric(metrics, TIME_METRICS)), _fmt(_first_metric(metrics, MEMORY_METRICS)),
             escape((record or {}).get("reason") or ""),
@@ -349,7 +351,8 @@ def run(suite_ref: str | Path, opts: RunOptions, console: Console | None = None)
         return _run_duplication(path, opts, console)
     if kind != "grid":
         raise SuiteError(f"{path}: kind: unknown suite kind {kind!r}; expected 'grid' or 'duplication'")
-    return run_grid_suite(load_suite(path), opts, console)
+    # Not trial-expanded here: plan_run expands the chosen profile once, after counting its points.
+    return run_grid_suite(load_suite(path, trial_expand=False), opts, console)
 
 
 def _run_duplication(path: Path, opts: RunOptions, console: Console) -> Path:

@@ -6,9 +6,11 @@ here, before anything runs, as a SuiteError naming the file, the study or profil
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass
 from functools import lru_cache
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Mapping, Optional
 
@@ -23,6 +25,11 @@ PROFILES = ("cpu", "gpu")
 # Workloads a grid suite may use; the duplication task has its own runner (bench.duplication).
 GRID_WORKLOADS = ("attention", "model")
 _STRICT = ConfigDict(extra="forbid", strict=True, frozen=True)
+# Suite and study names become folder names and table cells: letters, digits, '_' and '-' only,
+# so no path component ('.', '..', '/') and no rich markup ('[', ']') can hide in one.
+NAME_PATTERN = r"^[A-Za-z0-9_-]+$"
+# More points than this are refused before expansion (`bench run --max-points` changes it).
+DEFAULT_MAX_POINTS = 5000
 
 
 class SuiteError(ValueError):
@@ -145,6 +152,12 @@ class OverrideSpec(_WhenSpec):
         return OverrideRule(when=self.when_values(), to=dict(self.set))
 
 
+def _check_name(what: str, name: str) -> str:
+    if not re.fullmatch(NAME_PATTERN, name):
+        raise ValueError(f"{what} {name!r}: use only letters, digits, '_' and '-'")
+    return name
+
+
 class PlotHint(BaseModel):
     """How the report plots a study: y metrics against axis x, one line per hue (and style)."""
 
@@ -203,6 +216,7 @@ class ProfileSpec(_Base):
     repeats: Optional[Annotated[int, Field(ge=1)]] = None
     warmup: Optional[Annotated[int, Field(ge=0)]] = None
     timeout_s: Optional[Annotated[float, Field(gt=0)]] = None
+    processes: Optional[Annotated[int, Field(ge=1)]] = None
     studies: dict[str, ProfileStudySpec] = Field(default_factory=dict)
 
 
@@ -210,14 +224,28 @@ class SuiteSpec(_Base):
     """The whole YAML file."""
 
     kind: Literal["grid"] = "grid"
-    name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")]
+    name: str
     description: str = ""
     base: Settings
     repeats: Annotated[int, Field(ge=1)] = 5
     warmup: Annotated[int, Field(ge=0)] = 2
     timeout_s: Annotated[float, Field(gt=0)] = 600.0
+    # Worker processes per point that read memory (the executor reports their median).
+    processes: Annotated[int, Field(ge=1)] = 3
     studies: Annotated[dict[str, StudySpec], Field(min_length=1)]
     profiles: dict[Literal[PROFILES], ProfileSpec] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, name: str) -> str:
+        return _check_name("suite name", name)
+
+    @field_validator("studies")
+    @classmethod
+    def _safe_study_names(cls, studies: dict[str, StudySpec]) -> dict[str, StudySpec]:
+        for name in studies:
+            _check_name("study name", name)
+        return studies
 
     @model_validator(mode="after")
     def _profile_studies_exist(self) -> "SuiteSpec":
@@ -272,18 +300,32 @@ class Suite:
         return grids
 
     def measurement(self, profile: str) -> dict[str, Any]:
-        """repeats, warmup and timeout_s for a profile."""
+        """repeats, warmup, timeout_s and processes for a profile (the profile's value, else the suite's)."""
         prof = self.profile(profile)
         return {
-            "repeats": prof.repeats if prof.repeats is not None else self.spec.repeats,
-            "warmup": prof.warmup if prof.warmup is not None else self.spec.warmup,
-            "timeout_s": prof.timeout_s if prof.timeout_s is not None else self.spec.timeout_s,
+            key: getattr(prof, key) if getattr(prof, key) is not None else getattr(self.spec, key)
+            for key in ("repeats", "warmup", "timeout_s", "processes")
         }
 
+    def count_points(self, profile: str) -> int:
+        """Grid combinations of the profile's studies (the product of each study's axis sizes,
+        summed): what expansion would visit, before de-duplication, at no cost."""
+        return sum(math.prod(len(values) for _, values in grid.axes) for grid in self.study_grids(profile))
+
     def expand(
-        self, profile: str, *, auto_device: str = "cpu", force_device: str | None = None
+        self, profile: str, *, auto_device: str = "cpu", force_device: str | None = None,
+        max_points: int | None = DEFAULT_MAX_POINTS,
     ) -> list[PlannedPoint]:
-        """The profile's distinct points; SuiteError for any impossible one."""
+        """The profile's distinct points; SuiteError for any impossible one, or for more than
+        `max_points` grid combinations (counted before anything is expanded; None: no limit)."""
+        count = self.count_points(profile)
+        if max_points is not None and count > max_points:
+            raise SuiteError(
+                f"{self.path}: profile '{profile}' has {count} grid points, more than the limit of "
+                f"{max_points}; shrink the grid or raise --max-points"
+            )
+        measurement = self.measurement(profile)
+        measurement.pop("processes")  # how memory is read, not part of a point
         try:
             return expand(
                 self.study_grids(profile),
@@ -292,7 +334,7 @@ class Suite:
                 auto_device=auto_device,
                 force_device=force_device,
                 check=_check_model,
-                **self.measurement(profile),
+                **measurement,
             )
         except GridError as exc:
             raise SuiteError(f"{self.path}: profile '{profile}', {exc}") from exc
@@ -339,10 +381,38 @@ def resolve_suite_path(ref: str | Path) -> Path:
     raise SuiteError(f"suite '{ref}': no such file, and not a suite in {SUITES_DIR} (known: {known})")
 
 
+class DuplicateKeyError(yaml.YAMLError):
+    """One mapping of a YAML file holds the same key twice."""
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """yaml's safe loader, refusing a mapping that holds the same key twice (plain YAML keeps
+    the last one silently, so a repeated study name would drop a whole study)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor` may be overridden on purpose
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            try:
+                first = seen.get(key)
+            except TypeError:  # an unhashable key: SafeLoader's own error names it below
+                continue
+            if first is not None:
+                raise DuplicateKeyError(f"duplicate key {key!r} at line {line} (first at line {first})")
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
-    """The raw mapping of a suite file; SuiteError if it is not YAML or not a mapping."""
+    """The raw mapping of a suite file; SuiteError if it is not YAML, not a mapping, or holds a
+    key twice in one mapping."""
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), Loader=UniqueKeyLoader)
+    except DuplicateKeyError as exc:
+        raise SuiteError(f"{path}: {exc}") from None
     except (OSError, yaml.YAMLError) as exc:
         raise SuiteError(f"{path}: cannot read as YAML: {exc}") from exc
     if not isinstance(raw, dict):
@@ -359,8 +429,9 @@ def _format_errors(path: Path, exc: ValidationError) -> str:
     return "\n".join(f"{path}: {_describe(err)}" for err in exc.errors())
 
 
-def load_suite(ref: str | Path) -> Suite:
-    """Read, validate and trial-expand every profile of a grid suite; SuiteError on any problem."""
+def load_suite(ref: str | Path, *, trial_expand: bool = True) -> Suite:
+    """Read, validate and (unless `trial_expand` is False, e.g. for a run, which expands its own
+    profile once) trial-expand every profile of a grid suite; SuiteError on any problem."""
     path = resolve_suite_path(ref)
     raw = read_yaml(path)
     try:
@@ -368,6 +439,6 @@ def load_suite(ref: str | Path) -> Suite:
     except ValidationError as exc:
         raise SuiteError(_format_errors(path, exc)) from None
     suite = Suite(path=path, spec=spec)
-    for profile in spec.profiles or {}:
+    for profile in spec.profiles if trial_expand else ():
         suite.expand(profile, auto_device="cuda" if profile == "gpu" else "cpu")
     return suite

@@ -85,5 +85,9 @@ def validate(cfg: ReformerConfig) -> None:
     for name in ("shared_qk", "causal", "reversible", "same_bucket", "dup_correction"):
         if not isinstance(getattr(cfg, name), bool):
             _refuse(name, getattr(cfg, name), "must be true or false")
+    if cfg.hash_seed is not None and (
+        isinstance(cfg.hash_seed, bool) or not isinstance(cfg.hash_seed, int) or not 0 <= cfg.hash_seed < 2**63
+    ):  # torch.Generator.manual_seed takes a 64-bit seed; refused here, not at build or run time
+        _refuse("hash_seed", cfg.hash_seed, "must be None or an integer in [0, 2**63)")
     if cfg.attention == "lsh" and not cfg.shared_qk:
         _refuse("shared_qk", cfg.shared_qk, "LSH attention hashes one shared query/key projection; set shared_qk=True")

@@ -28,8 +28,8 @@ class FeedForward(nn.Module):
 
 def sequence_chunks(length: int, n_chunks: int) -> list[slice]:
     """The slices `torch.chunk` would cut a sequence of `length` into (at most n_chunks)."""
-    size = -(-length // n_chunks)
-    return [slice(s, min(s + size, length)) for s in range(0, length, size)]
+    size = max(1, -(-length // n_chunks))
+    return [slice(s, min(s + size, length)) for s in range(0, length, size)] or [slice(0, 0)]  # empty: one empty chunk
 
 
 class ChunkedFeedForward(nn.Module):

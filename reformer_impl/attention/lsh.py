@@ -1,8 +1,9 @@
 """Shared-QK angular-LSH attention (paper sec. 2-3), vectorised over batch, heads, rounds, chunks.
 
-Per round: sort the positions by (bucket, position), cut the sorted sequence into chunks of
-`chunk_len`, let each chunk attend to itself and the chunk before it (cyclically within its round;
-trax, HF and reformer-pytorch look back across rounds), mask by original position, then combine
+Per round: sort the positions by (bucket, position), padding after every real position, cut the
+sorted sequence into chunks of `chunk_len`, let each chunk attend to itself and the chunk before it
+(cyclically over the chunks that hold real positions, within its round; trax, HF and
+reformer-pytorch look back across rounds), mask by original position, then combine
 the rounds per query with weights softmax_r(logsumexp of round r's logits) (paper eq. 14).
 No L x L tensor: the windows are overlapping views of one sorted buffer, and a hand-written
 backward keeps the window probabilities instead of recomputing them.
@@ -44,7 +45,8 @@ def lsh_layout(cfg: ReformerConfig, seq_len: int) -> dict:
 @dataclass(frozen=True)
 class _Layout:
     """Every (head, round) as a segment of C + 1 chunks in sorted order, the first a copy of the
-    round's last chunk; query chunk j (layout chunk j + 1) attends to layout rows [jm, jm + 2m)."""
+    round's last chunk with a real position; query chunk j (layout chunk j + 1) attends to layout
+    rows [jm, jm + 2m)."""
 
     rows: torch.Tensor  # (G m,) source row (head * Lp + position) of every layout row
     positions: torch.Tensor  # (G m,) int32 original position of every layout row
@@ -54,6 +56,7 @@ class _Layout:
     n_rounds: int
     n_chunks: int
     chunk_len: int
+    n_real_chunks: int  # chunks holding a real position; padding fills the ones after them
 
     @property
     def n_query_chunks(self) -> int:
@@ -72,32 +75,46 @@ class _Layout:
         return x[..., self.chunk_len :, :].reshape(*lead, self.n_query_chunks, self.chunk_len, d)
 
 
-def _sorted_layout(buckets: torch.Tensor, chunk_len: int) -> _Layout:
-    """Sort each round by (bucket, position) and lay the chunks out for windowed attention."""
+# Sort key of padding: above every real position's bucket * Lp + position, so padding sorts after
+# all real tokens whatever its bucket, and never takes a chunk slot from one.
+_PADDING_KEY = 2**62
+
+
+def _sorted_layout(buckets: torch.Tensor, chunk_len: int, seq_len: int) -> _Layout:
+    """Sort each round by (bucket, position), padding (positions >= seq_len) last, and lay the
+    chunks out for windowed attention. Real positions so take the same slots whatever the padding."""
     b, h, n_rounds, lp = buckets.shape
     m, n_chunks, bh = chunk_len, lp // chunk_len, b * h
+    n_real_chunks = max(1, math.ceil(seq_len / m))
     device = buckets.device
     pos = torch.arange(lp, device=device)
     # Rounds never mix: each sorts only its own copies, so no bucket offset is needed.
-    sticker = (buckets.long() * lp + pos).argsort(dim=-1).view(bh, n_rounds, n_chunks, m)
-    positions = torch.cat([sticker[:, :, -1:], sticker], dim=2)  # (BH, R, C + 1, m)
+    key = torch.where(pos < seq_len, buckets.long() * lp + pos, _PADDING_KEY + pos)
+    sticker = key.argsort(dim=-1).view(bh, n_rounds, n_chunks, m)
+    last_real = sticker[:, :, n_real_chunks - 1 : n_real_chunks]  # the chunk the first one looks back to
+    positions = torch.cat([last_real, sticker], dim=2)  # (BH, R, C + 1, m)
     rows = (positions + (torch.arange(bh, device=device) * lp).view(-1, 1, 1, 1)).reshape(-1)
     slot = torch.empty((bh, n_rounds, lp), dtype=torch.long, device=device)
     slot.scatter_(-1, sticker.view(bh, n_rounds, lp), pos.expand(bh, n_rounds, lp))
     segment = torch.arange(bh * n_rounds, device=device).view(bh, n_rounds, 1) * ((n_chunks + 1) * m)
     query_row = (slot + segment).reshape(-1)
-    key_slots = _key_slots(query_row + m, n_chunks, m).view(bh, n_rounds, lp, 2).transpose(1, 2).reshape(-1)
+    key_slots = _key_slots(query_row + m, n_chunks, n_real_chunks, m)
+    key_slots = key_slots.view(bh, n_rounds, lp, 2).transpose(1, 2).reshape(-1)
     return _Layout(rows=rows, positions=positions.reshape(-1).to(torch.int32), query_row=query_row,
-                   key_slots=key_slots, slot=slot, n_rounds=n_rounds, n_chunks=n_chunks, chunk_len=m)
+                   key_slots=key_slots, slot=slot, n_rounds=n_rounds, n_chunks=n_chunks, chunk_len=m,
+                   n_real_chunks=n_real_chunks)
 
 
-def _key_slots(layout_row: torch.Tensor, n_chunks: int, m: int) -> torch.Tensor:
+def _key_slots(layout_row: torch.Tensor, n_chunks: int, n_real_chunks: int, m: int) -> torch.Tensor:
     """For each layout row: its slot in its own chunk's window (second half) and in the
-    look-back half of the next chunk's, the round's first chunk for its last (via the copy)."""
+    look-back half of the next chunk's, the round's first chunk for its last real one (via the
+    copy). Padding-only chunks after the real ones hold keys no one attends to, and look-backs
+    no real query uses: their second slot repeats the first (a zero gradient either way)."""
     chunk, i = layout_row // m, layout_row % m
     first = chunk - chunk % (n_chunks + 1)  # the segment's repeated chunk
-    next_window = torch.where(chunk - first == n_chunks, first, chunk)
-    return torch.stack([(chunk - 1) * 2 * m + m + i, next_window * 2 * m + i], dim=-1)
+    own = (chunk - 1) * 2 * m + m + i
+    next_window = torch.where(chunk - first == n_real_chunks, first, chunk) * 2 * m + i
+    return torch.stack([own, torch.where(chunk - first > n_real_chunks, own, next_window)], dim=-1)
 
 
 def _layout_per_round(per_round: torch.Tensor, layout: _Layout) -> torch.Tensor:
@@ -109,18 +126,19 @@ def _layout_per_round(per_round: torch.Tensor, layout: _Layout) -> torch.Tensor:
 def _duplicate_counts(layout: _Layout, buckets: Optional[torch.Tensor], scratch: Optional[torch.Tensor]) -> torch.Tensor:
     """N_ij (paper eq. 16): in how many rounds key j falls in query i's window, (G', m, 2m) uint8.
 
-    j is in i's window in round r' when chunk_r'(j) is chunk_r'(i) or the one before it (cyclically).
+    j is in i's window in round r' when chunk_r'(j) is chunk_r'(i) or the one before it (cyclically
+    over the real chunks; padding keys and queries are masked, so their counts do not matter).
     It is in round r's by construction, so only the other R - 1 rounds are compared. With
     `buckets` (same-bucket attention), only rounds where the two also share a bucket count.
     """
-    m, n_chunks = layout.chunk_len, layout.n_chunks
+    m, n_chunks, n_real = layout.chunk_len, layout.n_chunks, layout.n_real_chunks
     id_dtype = torch.int16 if n_chunks < 2**15 else torch.int32
     chunk_ids = _other_rounds((layout.slot // m).to(id_dtype), layout)  # (R - 1, G m, 1)
     q_chunk, k_chunk = layout.queries(chunk_ids), layout.windows(chunk_ids).transpose(-1, -2)  # (R-1, G', m|1, 1|2m)
     shape = torch.broadcast_shapes(q_chunk.shape, k_chunk.shape)
     same = torch.eq(k_chunk, q_chunk, out=_scratch(scratch, shape, torch.bool))
-    if n_chunks > 1:
-        same |= k_chunk == (q_chunk - 1) % n_chunks
+    if n_real > 1:
+        same |= k_chunk == (q_chunk - 1) % n_real
     if buckets is not None:
         b_ids = _other_rounds(buckets.reshape(layout.slot.shape), layout)
         same &= layout.windows(b_ids).transpose(-1, -2) == layout.queries(b_ids)
@@ -148,6 +166,7 @@ def _other_rounds(per_round: torch.Tensor, layout: _Layout) -> torch.Tensor:
 
 def _mask_logits_(logits, layout, *, seq_len, causal, buckets) -> list[torch.Tensor]:
     """Self, padding, causal and same-bucket masks by original position, in place on (G', m, 2m).
+    A padding query attends to nothing (its output is zero), a padding key to no one.
 
     Returns the forbidden-key masks (broadcastable bools) so the softmax can zero those keys exactly.
     """
@@ -157,12 +176,12 @@ def _mask_logits_(logits, layout, *, seq_len, causal, buckets) -> list[torch.Ten
     pos = layout.positions[:, None]
     q_pos, k_pos = layout.queries(pos), layout.windows(pos).transpose(-1, -2)  # (G', m, 1), (G', 1, 2m)
     forbidden = []
-    if layout.n_chunks == 1:  # the look-back half repeats the query's own chunk: attend to it once
+    if layout.n_real_chunks == 1:  # the look-back half repeats the query's own chunk: attend to it once
         forbidden.append(torch.arange(2 * m, device=logits.device).view(1, 1, -1) < m)
     if causal:
         forbidden.append(k_pos > q_pos)
     if seq_len < layout.slot.shape[-1]:
-        forbidden.append(k_pos >= seq_len)
+        forbidden += [k_pos >= seq_len, q_pos >= seq_len]
     if buckets is not None:
         own = _own_round(buckets.reshape(layout.slot.shape), layout).view(-1, 1)
         forbidden.append(layout.windows(own).transpose(-1, -2) != layout.queries(own))
@@ -193,7 +212,7 @@ def _softmax_(logits, counts, forbidden, scratch=None):
         work.masked_fill_(mask, 0)
     if counts is not None:  # dividing by uint8 converts on the fly, several times slower
         work.div_(_scratch(scratch, counts.shape, work.dtype).copy_(counts))
-    # Only padding queries can have every key masked; their rows become zeros, not NaN.
+    # Only padding queries have every key masked; their rows become zeros, not NaN.
     total = work.sum(dim=-1, keepdim=True).clamp_(min=torch.finfo(work.dtype).tiny)
     work.div_(total)
     if work is not logits:
@@ -306,7 +325,7 @@ def _sum_rounds(query_grads, layout, *, out):
 
 def _sum_window_grads(window_grads, layout, *, out):
     """(G', 2m, d) per window slot -> (BH Lp, d) per position: a key's slot in its own chunk's
-    window and in the next chunk's look-back (for a round's last chunk: the first chunk's, via
+    window and in the next chunk's look-back (for a round's last real chunk: the first chunk's, via
     the repeated chunk), summed over both and over rounds. `out`: a dead (>= 2 BH R Lp, d) buffer."""
     bh, n_rounds, lp = layout.slot.shape
     slots = layout.key_slots
@@ -322,10 +341,11 @@ def lsh_attention_core(
     """LSH attention on padded inputs.
 
     qk, v: (B, H, Lp, dh), Lp a multiple of chunk_len; buckets: (B, H, R, Lp) int.
-    Positions >= seq_len are padding: never attended to. Returns (B, H, Lp, dh).
+    Positions >= seq_len are padding, whatever their buckets: sorted after every real position,
+    never attended to, their outputs zero. Returns (B, H, Lp, dh).
     """
     with torch.no_grad():
-        layout = _sorted_layout(buckets, chunk_len)
+        layout = _sorted_layout(buckets, chunk_len, seq_len)
     return _LSHCore.apply(
         qk.contiguous(), v.contiguous(), layout, seq_len, causal, buckets if same_bucket else None,
         dup_correction, dropout_p,
@@ -371,12 +391,16 @@ class LSHAttention(Attention):
 
     def attend(self, q, k, v, buckets):
         cfg = self.cfg
-        seq_len = q.shape[-2]
+        batch, n_heads, seq_len, _ = q.shape
+        if batch == 0 or seq_len == 0:  # nothing to hash or attend; an empty output, as dense attention's
+            empty_buckets = torch.zeros(batch, n_heads, cfg.n_hashes, seq_len, dtype=torch.long, device=q.device)
+            return q * v, empty_buckets  # (B, H, L, dh) with no elements, still connected to q and v
         lp = padded_length(seq_len, cfg.chunk_len)
+        if buckets is None:  # padding gets a bucket of its own after the real ones (the core sorts it last anyway)
+            n_buckets = cfg.buckets_for(lp)
+            buckets = F.pad(self.hash(q.detach(), n_buckets), (0, lp - seq_len), value=n_buckets)
         if lp != seq_len:  # (B, H, L, dh) -> (B, H, Lp, dh); padding is masked as keys, dropped as queries
             q, v = F.pad(q, (0, 0, 0, lp - seq_len)), F.pad(v, (0, 0, 0, lp - seq_len))
-        if buckets is None:
-            buckets = self.hash(q.detach(), cfg.buckets_for(lp))
         out = lsh_attention_core(
             q, v, buckets, seq_len=seq_len, chunk_len=cfg.chunk_len, causal=cfg.causal,
             same_bucket=cfg.same_bucket, dup_correction=cfg.dup_correction, dropout_p=self.dropout_p,

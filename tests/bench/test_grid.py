@@ -15,7 +15,7 @@ from .conftest import REPO_ROOT
 # A stand-in for ReformerConfig's defaults: the grid only needs field names and values.
 DEFAULTS = {
     "d_model": 32, "n_heads": 2, "d_ff": 64, "n_layers": 2, "vocab_size": 16, "max_seq_len": 4096,
-    "attention": "lsh", "n_hashes": 2, "chunk_len": 16, "n_buckets": None, "causal": True,
+    "attention": "lsh", "shared_qk": True, "n_hashes": 2, "chunk_len": 16, "n_buckets": None, "causal": True,
     "reversible": True, "ff_chunks": 1, "same_bucket": False, "dup_correction": True,
     "pos_emb": "axial", "hash_seed": None,
 }
@@ -71,7 +71,10 @@ def test_dedup_across_studies_lists_every_study():
     assert len(planned) == 3  # (64, n_hashes=2) is asked for by both
     shared = [p for p in planned if p.point.seq_len == 64 and p.point.model["n_hashes"] == 2]
     assert len(shared) == 1 and shared[0].point.studies == ("by_len", "by_hashes")
-    assert len({p.point.point_id for p in planned}) == 3
+    # Merged by id: each study alone plans 2 points, and they share exactly the one above.
+    ids_a, ids_b = ({p.point.point_id for p in run(s)} for s in (a, b))
+    assert len(ids_a) == len(ids_b) == 2 and ids_a & ids_b == {shared[0].point.point_id}
+    assert {p.point.point_id for p in planned} == ids_a | ids_b
 
 
 def test_point_id_ignores_measurement_settings_but_not_config():
@@ -160,3 +163,26 @@ def test_override_rule_sets_fields_only_where_it_matches():
                     repeats=1, warmup=0, timeout_s=10)
     by_kind = {p.point.model["attention"]: p.point.model["shared_qk"] for p in points}
     assert by_kind == {"full": True, "sdpa": False}
+
+
+def test_points_differing_only_in_impl_get_different_ids():
+    planned = run(study(settings={"workload": "attention"}, axes=[("impl", ["ours", "reformer_pytorch", "hf"])]))
+    assert [p.point.impl for p in planned] == ["ours", "reformer_pytorch", "hf"]
+    assert len({p.point.point_id for p in planned}) == 3
+    same = [{**p.point.to_json(), "impl": None} for p in planned]
+    assert all(s == same[0] for s in same)  # nothing else differs
+
+
+def test_override_rule_wins_over_values_set_in_settings_and_by_an_axis():
+    from bench.grid import OverrideRule
+
+    grid = StudyGrid(
+        name="s", settings={"seq_len": 64, "workload": "attention", "shared_qk": True, "n_hashes": 4},
+        axes=(("attention", ("full", "sdpa", "lsh")), ("causal", (True,))),
+        overrides=(OverrideRule(when={"attention": ("sdpa",)}, to={"shared_qk": False, "causal": False}),
+                   OverrideRule(when={"attention": ("lsh",)}, to={"n_hashes": 1})),
+    )
+    planned = run(grid)
+    got = {p.point.model["attention"]: (p.point.model["shared_qk"], p.point.model["causal"]) for p in planned}
+    assert got == {"full": (True, True), "sdpa": (False, False), "lsh": (True, True)}
+    assert [p.point.model["n_hashes"] for p in planned if p.point.model["attention"] == "lsh"] == [1]

@@ -155,10 +155,7 @@ def test_measured_points_flow_into_a_report(tmp_path: Path):
     saved bytes grow faster than linearly for full attention and linearly for LSH."""
     import importlib
 
-    try:
-        importlib.import_module("reformer_impl.model")
-    except ImportError:
-        pytest.skip("reformer_impl.model cannot be imported yet")
+    importlib.import_module("reformer_impl.model")  # a broken model import fails this test, never skips it
     import torch
 
     from bench.measure_point import measure

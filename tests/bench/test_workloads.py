@@ -10,12 +10,7 @@ import torch
 
 from bench.point import GridPoint
 
-try:  # the lead removes this guard once reformer_impl has landed for good
-    importlib.import_module("reformer_impl.model")
-    HAVE_MODEL = True
-except ImportError:
-    HAVE_MODEL = False
-needs_model = pytest.mark.skipif(not HAVE_MODEL, reason="reformer_impl.model cannot be imported yet")
+importlib.import_module("reformer_impl.model")  # a broken model import fails these tests, never skips them
 
 ATTN = {"d_model": 32, "n_heads": 2, "shared_qk": True, "causal": True}
 LSH = {"n_hashes": 2, "chunk_len": 16}
@@ -43,7 +38,6 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-@needs_model
 def test_measure_attention_point_follows_the_record_contract():
     from bench.measure_point import measure
 
@@ -64,7 +58,6 @@ def test_measure_attention_point_follows_the_record_contract():
     assert "reversible" not in effective  # a layer alone runs no blocks
 
 
-@needs_model
 def test_measure_model_point_times_the_optimizer_and_picks_the_reformer_row():
     from bench.measure_point import measure
 
@@ -75,7 +68,6 @@ def test_measure_model_point_times_the_optimizer_and_picks_the_reformer_row():
     assert result["effective"]["reversible"] is True
 
 
-@needs_model
 def test_saved_for_backward_grows_quadratically_for_full_and_linearly_for_lsh():
     from bench.measure_point import saved_for_backward_mib
     from bench.workloads import build_workload
@@ -89,7 +81,6 @@ def test_saved_for_backward_grows_quadratically_for_full_and_linearly_for_lsh():
     assert 1.8 < lsh < 2.2
 
 
-@needs_model
 def test_sdpa_point_records_the_backend_that_ran():
     from bench.workloads import build_workload
 
@@ -98,7 +89,6 @@ def test_sdpa_point_records_the_backend_that_ran():
     assert wl.effective()["sdpa_backend"] in ("flash_cpu", "math", "flash", "efficient", "cudnn")
 
 
-@needs_model
 def test_unknown_model_field_is_refused_by_name():
     from bench.workloads import build_workload
 
@@ -106,7 +96,6 @@ def test_unknown_model_field_is_refused_by_name():
         build_workload(point("full", bogus=1))
 
 
-@needs_model
 def test_peer_on_model_workload_is_refused():
     from bench.workloads import build_workload
 
@@ -140,7 +129,6 @@ def test_bad_dtype_and_device_are_refused_by_name():
             workloads.check_device("cuda")
 
 
-@needs_model
 @pytest.mark.skipif(importlib.util.find_spec("reformer_pytorch") is None, reason="reformer-pytorch not installed")
 def test_reformer_pytorch_records_its_silent_switch_to_full_attention():
     from bench.measure_point import measure
@@ -155,7 +143,6 @@ def test_reformer_pytorch_records_its_silent_switch_to_full_attention():
         build_workload(point("lsh", seq_len=48, impl="reformer_pytorch"))
 
 
-@needs_model
 @pytest.mark.skipif(importlib.util.find_spec("transformers") is None, reason="transformers not installed")
 def test_hf_records_the_bucket_count_it_chose():
     from bench.workloads import build_workload

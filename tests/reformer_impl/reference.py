@@ -5,14 +5,16 @@ import torch
 import torch.nn.functional as F
 
 
-def lsh_windows(buckets: torch.Tensor, chunk_len: int) -> torch.Tensor:
+def lsh_windows(buckets: torch.Tensor, chunk_len: int, seq_len: int) -> torch.Tensor:
     """Explicit (R, Lp, Lp) bool: j is in i's window in round r (same chunk or the chunk before,
-    cyclically) after sorting by (bucket, position). buckets: (R, Lp) for one batch row and head."""
+    cyclically over the chunks holding real positions) after sorting by (bucket, position) with
+    padding (positions >= seq_len) after every real position. buckets: (R, Lp) for one batch row
+    and head."""
     n_rounds, lp = buckets.shape
-    n_chunks = lp // chunk_len
+    n_chunks = -(-seq_len // chunk_len)  # real chunks
     windows = torch.zeros(n_rounds, lp, lp, dtype=torch.bool)
     for r in range(n_rounds):
-        order = sorted(range(lp), key=lambda p: (int(buckets[r, p]), p))
+        order = sorted(range(lp), key=lambda p: (p >= seq_len, int(buckets[r, p]), p))
         chunk = torch.empty(lp, dtype=torch.long)
         for slot, p in enumerate(order):
             chunk[p] = slot // chunk_len
@@ -35,7 +37,7 @@ def lsh_attention_reference(
         for h in range(h_):
             q = qk[b, h]
             logits = q @ F.normalize(q, dim=-1).T
-            windows = lsh_windows(buckets[b, h], chunk_len)
+            windows = lsh_windows(buckets[b, h], chunk_len, seq_len)
             if same_bucket:
                 windows = windows & (buckets[b, h][:, None, :] == buckets[b, h][:, :, None])
             counts = windows.sum(0)
@@ -49,7 +51,7 @@ def lsh_attention_reference(
                 if same_bucket:
                     forbidden = forbidden | (buckets[b, h, r][None, :] != buckets[b, h, r][:, None])
                 lr = lr.masked_fill(forbidden, masked_value)
-                lr = lr.masked_fill(~lsh_windows(buckets[b, h, r : r + 1], chunk_len)[0], float("-inf"))
+                lr = lr.masked_fill(~lsh_windows(buckets[b, h, r : r + 1], chunk_len, seq_len)[0], float("-inf"))
                 lses.append(torch.logsumexp(lr, dim=-1))
                 outs.append(torch.softmax(lr, dim=-1) @ v[b, h])
             weights = torch.softmax(torch.stack(lses), dim=0)  # (R, Lp)

@@ -4,7 +4,7 @@ import torch
 from reformer_impl import build_attention
 from reformer_impl.attention.lsh import lsh_attention_core, padded_length
 from tests.reformer_impl.conftest import tiny_cfg
-from tests.reformer_impl.reference import lsh_attention_reference
+from tests.reformer_impl.reference import lsh_attention_reference, lsh_windows
 
 
 def _pair(kind_a, kind_b, **kw):
@@ -118,7 +118,18 @@ def test_causal_jacobian_is_exactly_zero_above_the_diagonal(kind, extra):
     jac = jac[0, :, :, 0].abs().sum(dim=(1, 3))  # (L_out, L_in)
     future = torch.triu(torch.ones(seq_len, seq_len, dtype=torch.bool), diagonal=1)
     assert torch.all(jac[future] == 0)
-    assert torch.all(jac[~future].sum() > 0)
+    # Per row and key: every past key a query can see moves its output (its own key may not: with
+    # shared QK it is used only when nothing else is). Dense kinds see every past key; LSH those in
+    # its windows (any head, any round), and no other.
+    past = torch.tril(torch.ones(seq_len, seq_len, dtype=torch.bool), diagonal=-1)
+    sees = past
+    if kind == "lsh":
+        layer.reset_hash_generator()
+        _, buckets = layer.compute(x)
+        windows = torch.stack([lsh_windows(buckets[0, h], 4, seq_len) for h in range(buckets.shape[1])])
+        sees = windows.flatten(0, 1).any(dim=0)[:seq_len, :seq_len] & past
+        assert 0 < sees.sum() < past.sum()  # some past keys seen, some not
+    assert torch.equal((jac > 0) & past, sees)
 
 
 def test_lsh_shapes_any_length_and_batch():
@@ -179,3 +190,100 @@ def test_lsh_core_on_cuda_matches_cpu():
         results.append([t.cpu() for t in (out, *grads)])
     for got, want in zip(results[1], results[0]):
         torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.parametrize("batch, length", [(0, 5), (2, 0), (0, 0)])
+@pytest.mark.parametrize("reversible", [False, True])
+def test_empty_batch_or_sequence_gives_the_empty_output(batch, length, reversible):
+    """As dense attention does: an empty output of the right shape, and gradients of the right
+    shapes (zero) for the input and every parameter, through the layer and the whole model."""
+    from reformer_impl import ReformerLM
+
+    for kind in ("full", "sdpa", "lsh"):
+        layer = build_attention(tiny_cfg(attention=kind, n_hashes=2, chunk_len=4))
+        x = torch.randn(batch, length, 16, requires_grad=True)
+        out = layer(x)
+        assert out.shape == (batch, length, 16), kind
+        out.sum().backward()
+        assert x.grad.shape == x.shape
+        assert all(p.grad is not None and p.grad.shape == p.shape and not p.grad.any() for p in layer.parameters())
+        model = ReformerLM(tiny_cfg(attention=kind, reversible=reversible, ff_chunks=2))
+        tokens = torch.zeros(batch, length, dtype=torch.long)
+        logits = model(tokens)
+        assert logits.shape == (batch, length, 13), kind
+        logits.sum().backward()
+        assert all(p.grad is None or p.grad.shape == p.shape for p in model.parameters())
+
+
+@pytest.mark.parametrize("causal, n_rounds", [(False, 1), (True, 2), (False, 3)])
+def test_padding_displaces_no_real_token(causal, n_rounds):
+    """The same 10 real positions, padded to 12, 16 or 24 with padding hashed to bucket 0 (as a zero
+    vector hashes): every real query sees the same real keys with the same weights, and gets the same
+    output and gradients, however much padding there is. Values are one-hot per real key, so a
+    query's output is its attention weights over the real keys."""
+    seq_len, chunk_len, d_head = 10, 4, 16
+    gen = torch.Generator().manual_seed(3)
+    qk_real = torch.randn(1, 2, seq_len, d_head, dtype=torch.float64, generator=gen)
+    buckets_real = torch.randint(0, 6, (1, 2, n_rounds, seq_len), generator=gen)
+    cot = torch.randn(1, 2, seq_len, d_head, dtype=torch.float64, generator=gen)
+    kw = dict(seq_len=seq_len, chunk_len=chunk_len, causal=causal, same_bucket=False, dup_correction=True)
+    results = []
+    for lp in (12, 16, 24):
+        qk = torch.cat([qk_real, torch.zeros(1, 2, lp - seq_len, d_head, dtype=torch.float64)], dim=2)
+        v = torch.randn(1, 2, lp, d_head, dtype=torch.float64, generator=gen)  # padding values: noise
+        v[:, :, :seq_len] = torch.eye(d_head, dtype=torch.float64)[:seq_len]
+        qk.requires_grad_(), v.requires_grad_()
+        buckets = torch.cat([buckets_real, torch.zeros(1, 2, n_rounds, lp - seq_len, dtype=torch.long)], dim=-1)
+        out = lsh_attention_core(qk, v, buckets, dropout_p=0.0, **kw)
+        want = lsh_attention_reference(qk, v, buckets, **kw)[:, :, :seq_len]
+        torch.testing.assert_close(out[:, :, :seq_len], want, rtol=1e-10, atol=1e-12)
+        assert torch.all(out[:, :, seq_len:] == 0)  # padding queries attend to nothing
+        weights = out[:, :, :seq_len].detach()
+        assert torch.all(weights[..., seq_len:] == 0)  # no padding key reached a real query
+        g_qk, g_v = torch.autograd.grad(out[:, :, :seq_len], (qk, v), cot)
+        for got, ref in zip((g_qk, g_v), torch.autograd.grad(want, (qk, v), cot)):  # padding's included
+            torch.testing.assert_close(got, ref, rtol=1e-9, atol=1e-11)
+        results.append((weights, g_qk[:, :, :seq_len], g_v[:, :, :seq_len]))
+    (w0, gq0, gv0), *others = results
+    for w, gq, gv in others:
+        assert torch.equal(w != 0, w0 != 0)  # the same real keys, per real query
+        torch.testing.assert_close(w, w0, rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(gq, gq0, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(gv, gv0, rtol=1e-10, atol=1e-12)
+
+
+def test_padding_hashes_to_a_bucket_of_its_own():
+    """The layer hashes only real positions; padding gets bucket n_buckets, after every real one."""
+    layer = build_attention(tiny_cfg(n_hashes=2, chunk_len=4)).double()
+    x = torch.randn(1, 10, 16, dtype=torch.float64)
+    _, buckets = layer.compute(x)
+    n_buckets = layer.cfg.buckets_for(12)
+    assert buckets.shape == (1, 2, 2, 12)
+    assert torch.all(buckets[..., 10:] == n_buckets) and torch.all(buckets[..., :10] < n_buckets)
+
+
+def test_lsh_dropout_drops_about_p_of_the_weights_and_scales_the_rest():
+    """With one round and one-hot values, the output row of a query is its attention weights: with
+    dropout p about p of the non-zero weights become 0, and every kept one is 1 / (1 - p) times
+    its weight without dropout; over several seeds, in the layer's core."""
+    p, seq_len, chunk_len = 0.3, 64, 8
+    layer = build_attention(tiny_cfg(dropout=p, n_hashes=1, chunk_len=chunk_len, causal=False))
+    assert layer.train().dropout_p == p and layer.eval().dropout_p == 0.0  # what the layer passes the core
+    gen = torch.Generator().manual_seed(0)
+    qk = torch.randn(1, 2, seq_len, seq_len, dtype=torch.float64, generator=gen)
+    v = torch.eye(seq_len, dtype=torch.float64).expand(1, 2, seq_len, seq_len)  # key j's value is e_j
+    buckets = torch.randint(0, 16, (1, 2, 1, seq_len), generator=gen)
+    kw = dict(seq_len=seq_len, chunk_len=chunk_len, causal=False, same_bucket=False, dup_correction=True)
+    weights = lsh_attention_core(qk, v, buckets, dropout_p=0.0, **kw)
+    nonzero = weights != 0
+    dropped = kept = 0
+    for seed in range(5):
+        torch.manual_seed(seed)
+        got = lsh_attention_core(qk, v, buckets, dropout_p=p, **kw)
+        assert torch.all(got[~nonzero] == 0)
+        zero = (got == 0) & nonzero
+        torch.testing.assert_close(got[nonzero & ~zero], weights[nonzero & ~zero] / (1 - p), rtol=1e-12, atol=0)
+        dropped += int(zero.sum())
+        kept += int((nonzero & ~zero).sum())
+    share = dropped / (dropped + kept)
+    assert dropped + kept > 5000 and abs(share - p) < 0.03, share  # binomial sd here is about 0.006

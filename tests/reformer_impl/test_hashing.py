@@ -48,3 +48,19 @@ def test_hash_in_sequence_tiles_equals_one_pass(monkeypatch):
     whole = hash_vectors(x, rot)
     monkeypatch.setattr(hashing, "TILE_ELEMENTS", 2 * 3 * 4 * 32 * 10)  # 10 positions per tile, ragged end
     assert torch.equal(hash_vectors(x, rot), whole)
+
+
+def test_negated_vector_lands_half_the_buckets_away():
+    """h(x) = argmax [xR ; -xR], so h(-x) = (h(x) + n/2) mod n, exactly, in every round."""
+    x = torch.randn(2, 3, 300, 16)
+    for n_buckets in (2, 6, 16):
+        rot = _rot(n_buckets, heads=3)
+        assert torch.equal(hash_vectors(-x, rot), (hash_vectors(x, rot) + n_buckets // 2) % n_buckets)
+
+
+def test_every_bucket_is_reachable_in_every_round():
+    x = torch.randn(1, 1, 4000, 16)
+    for n_buckets in (2, 8, 32):
+        buckets = hash_vectors(x, _rot(n_buckets, n_hashes=3))  # (1, 1, 3, 4000)
+        for r in range(3):
+            assert set(buckets[0, 0, r].tolist()) == set(range(n_buckets)), (n_buckets, r)

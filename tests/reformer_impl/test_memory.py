@@ -68,3 +68,16 @@ def _backward_peak(ff_chunks):
 def test_chunked_reversible_backward_peak_below_unchunked():
     unchunked, chunked = _backward_peak(1), _backward_peak(8)
     assert chunked < unchunked / 2, (chunked, unchunked)
+
+
+def test_chunked_feed_forward_saves_fewer_bytes_outside_the_reversible_path():
+    """Non-reversible: each feed-forward chunk is checkpointed, so the (B, L, d_ff) intermediates
+    are not kept for backward; at least one such tensor per layer fewer than unchunked."""
+    tokens = torch.randint(0, 13, (2, 64))
+    saved = {}
+    for ff_chunks in (1, 4):
+        torch.manual_seed(0)
+        model = ReformerLM(tiny_cfg(reversible=False, d_ff=256, ff_chunks=ff_chunks, n_layers=2))
+        saved[ff_chunks] = _saved_in_forward(model, tokens)
+    intermediate = 2 * 64 * 256 * 4  # one float32 (B, L, d_ff)
+    assert saved[4] < saved[1] - 2 * intermediate, saved

@@ -119,3 +119,54 @@ def test_bfloat16_model_matches_float32_and_trains(attention):
     half.train()
     lm_loss(half(tokens), tokens).backward()
     assert all(p.grad is not None and p.grad.isfinite().all() for p in half.parameters())
+
+
+def _reference_lm(params: dict, tokens: torch.Tensor, cfg) -> torch.Tensor:
+    """ReformerLM's forward written out by hand from its parameters, full shared-QK attention:
+    token + axial position embedding into both streams, per block Y1 = X1 + Attn(LN(X2)),
+    Y2 = X2 + FF(LN(Y1)), then the mean of the streams, final LayerNorm and the head."""
+    import torch.nn.functional as F
+
+    b, length = tokens.shape
+    h, dh = cfg.n_heads, cfg.d_model // cfg.n_heads
+    a2 = params["pos_emb.cols"].shape[0]
+    pos = torch.arange(length)
+    x = params["token_emb.weight"][tokens] + params["pos_emb.rows"][pos // a2] + params["pos_emb.cols"][pos % a2]
+
+    def ln(t, name):
+        return F.layer_norm(t, (cfg.d_model,), params[f"{name}.weight"], params[f"{name}.bias"])
+
+    def heads(t):  # (B, L, d) -> (B, H, L, dh)
+        return t.view(b, length, h, dh).transpose(1, 2)
+
+    x1 = x2 = x
+    for i in range(cfg.n_layers):
+        p = f"stack.blocks.{i}"
+        n = ln(x2, f"{p}.f.norm")
+        q, v = heads(n @ params[f"{p}.f.attn.to_qk.weight"].T), heads(n @ params[f"{p}.f.attn.to_v.weight"].T)
+        logits = q @ (q / q.norm(dim=-1, keepdim=True)).transpose(-1, -2)  # keys: unit queries
+        logits = logits.masked_fill(torch.eye(length, dtype=torch.bool), -1e5)  # self only as a last resort
+        logits = logits.masked_fill(torch.ones(length, length, dtype=torch.bool).triu(1), -1e9)  # causal
+        att = (logits.softmax(-1) @ v).transpose(1, 2).reshape(b, length, cfg.d_model)
+        x1 = x1 + att @ params[f"{p}.f.attn.to_out.weight"].T + params[f"{p}.f.attn.to_out.bias"]
+        n = ln(x1, f"{p}.g.ff.norm")
+        hidden = F.gelu(n @ params[f"{p}.g.ff.w1.weight"].T + params[f"{p}.g.ff.w1.bias"])
+        x2 = x2 + hidden @ params[f"{p}.g.ff.w2.weight"].T + params[f"{p}.g.ff.w2.bias"]
+    out = ln((x1 + x2) / 2, "norm")
+    return out @ params["head.weight"].T + params["head.bias"]
+
+
+@pytest.mark.parametrize("reversible", [False, True])
+def test_model_forward_equals_a_hand_built_reference(reversible):
+    cfg = tiny_cfg(attention="full", n_layers=3, reversible=reversible, ff_chunks=2)
+    model = ReformerLM(cfg).double()
+    with torch.no_grad():  # LayerNorms start at (1, 0): move them so a dropped norm shows
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.add_(torch.randn_like(p) * 0.5)
+    tokens = torch.randint(0, cfg.vocab_size, (2, 21))
+    params = {name: p.detach() for name, p in model.named_parameters()}
+    want = _reference_lm(params, tokens, cfg)
+    torch.testing.assert_close(model(tokens), want, rtol=1e-10, atol=1e-10)
+    with torch.no_grad():  # and the reversible stack's no-grad path
+        torch.testing.assert_close(model(tokens), want, rtol=1e-10, atol=1e-10)

@@ -3,13 +3,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import signal
 from pathlib import Path
 from typing import Sequence
 
 from rich.console import Console
 from rich.table import Table
 
-from bench.runner import RunError, RunOptions, run
+from bench.runner import RunError, RunOptions, Terminated, raise_terminated, run
 from bench.store import RUN_JSON, StoreError
 from bench.suite import PROFILES, SUITES_DIR, SuiteError, load_suite, resolve_suite_path, suite_kind
 
@@ -39,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--time-budget-s", type=float, metavar="S",
                    help="stop launching points after S seconds (e.g. within a 10-minute GPU lease); rerun to resume")
     p.add_argument("--memory-limit-mib", type=float,
-                   help="local executor: kill a worker whose RSS exceeds this (default 75%% of free RAM; 0 = off)")
+                   help="local executor: kill a worker whose RSS exceeds this many MiB (> 0; default 75%% of free RAM)")
 
     p = sub.add_parser("list", help="suites, their studies and point counts per profile")
     p.add_argument("suite", nargs="?", help="one suite (default: all in suites/)")
@@ -66,6 +68,10 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     )
     if opts.fresh and opts.run_id:
         raise RunError("--fresh and --run-id are exclusive: --fresh makes a new timestamped run id")
+    limit = opts.memory_limit_mib
+    if limit is not None and (math.isnan(limit) or limit <= 0):
+        raise RunError(f"--memory-limit-mib {limit:g}: must be a positive number of MiB")
+    signal.signal(signal.SIGTERM, raise_terminated)  # handled like Ctrl-C: worker killed, exit 143
     run(args.suite, opts, console)
     return 0
 
@@ -149,4 +155,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except Terminated:
+        return 143
 

@@ -203,6 +203,7 @@ class ProfileSpec(_Base):
     repeats: Optional[Annotated[int, Field(ge=1)]] = None
     warmup: Optional[Annotated[int, Field(ge=0)]] = None
     timeout_s: Optional[Annotated[float, Field(gt=0)]] = None
+    processes: Optional[Annotated[int, Field(ge=1)]] = None
     studies: dict[str, ProfileStudySpec] = Field(default_factory=dict)
 
 
@@ -216,6 +217,7 @@ class SuiteSpec(_Base):
     repeats: Annotated[int, Field(ge=1)] = 5
     warmup: Annotated[int, Field(ge=0)] = 2
     timeout_s: Annotated[float, Field(gt=0)] = 600.0
+    processes: Annotated[int, Field(ge=1)] = 3  # worker processes per point that read memory
     studies: Annotated[dict[str, StudySpec], Field(min_length=1)]
     profiles: dict[Literal[PROFILES], ProfileSpec] = Field(default_factory=dict)
 
@@ -272,12 +274,13 @@ class Suite:
         return grids
 
     def measurement(self, profile: str) -> dict[str, Any]:
-        """repeats, warmup and timeout_s for a profile."""
+        """repeats, warmup, timeout_s and processes for a profile."""
         prof = self.profile(profile)
         return {
             "repeats": prof.repeats if prof.repeats is not None else self.spec.repeats,
             "warmup": prof.warmup if prof.warmup is not None else self.spec.warmup,
             "timeout_s": prof.timeout_s if prof.timeout_s is not None else self.spec.timeout_s,
+            "processes": prof.processes if prof.processes is not None else self.spec.processes,
         }
 
     def expand(
@@ -292,7 +295,7 @@ class Suite:
                 auto_device=auto_device,
                 force_device=force_device,
                 check=_check_model,
-                **self.measurement(profile),
+                **{k: v for k, v in self.measurement(profile).items() if k != "processes"},
             )
         except GridError as exc:
             raise SuiteError(f"{self.path}: profile '{profile}', {exc}") from exc

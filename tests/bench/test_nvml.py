@@ -46,24 +46,39 @@ def test_sampler_keeps_the_peak_of_a_known_sequence():
         time.sleep(0.05)
     assert sampler.n_samples >= 5
     assert sampler.peaks_mib() == {"nvml_device_peak_mib": 900.0, "nvml_process_peak_mib": 700.0}
+    hidden = nvml.PeakSampler(ScriptedReader([MIB], [None]))  # NVML cannot see this process's pid
+    with hidden:
+        pass
+    assert hidden.peaks_mib() == {"nvml_device_peak_mib": 1.0, "nvml_process_peak_mib": None}
+
+
+class Live(ScriptedReader):
+    """Reads a level the test changes; `seen` is set once a reading returned `watch`."""
+
+    def __init__(self, level, watch):
+        super().__init__([0], [None])
+        self.level, self.watch, self.seen = level, watch, threading.Event()
+
+    def device_used_bytes(self):
+        value = self.level["bytes"]
+        if value == self.watch:
+            self.seen.set()
+        return value
+
+    def process_used_bytes(self):
+        return self.level["bytes"] // 2
 
 
 def test_sampler_sees_a_peak_that_lasts_only_inside_the_block():
     level = {"bytes": 1 * MIB}
-
-    class Live(ScriptedReader):
-        def device_used_bytes(self):
-            return level["bytes"]
-
-    sampler = nvml.PeakSampler(Live([0], [None]), interval_s=0.001)
+    reader = Live(level, watch=64 * MIB)
+    sampler = nvml.PeakSampler(reader, interval_s=0.001)
     with sampler:
-        time.sleep(0.01)
         level["bytes"] = 64 * MIB  # the iteration's transient peak: gone before the block ends
-        time.sleep(0.03)
+        assert reader.seen.wait(10.0)  # the background thread read it (entry and exit samples cannot)
         level["bytes"] = 2 * MIB
-        time.sleep(0.01)
     assert sampler.peaks_mib()["nvml_device_peak_mib"] == 64.0
-    assert sampler.peaks_mib()["nvml_process_peak_mib"] is None  # never reported: stays null
+    assert sampler.peaks_mib()["nvml_process_peak_mib"] == 32.0
     assert not any(t.name == "nvml-sampler" for t in threading.enumerate())
 
 
@@ -97,20 +112,14 @@ def test_no_gpu_no_reader_and_null_columns():
 
 def test_read_memory_samples_nvml_during_the_iteration():
     level = {"bytes": 10 * MIB}
-
-    class Live(ScriptedReader):
-        def device_used_bytes(self):
-            return level["bytes"]
-
-        def process_used_bytes(self):
-            return level["bytes"] // 2
+    reader = Live(level, watch=512 * MIB)
 
     def iteration(clock):
         with clock.phase("fwd"):
             level["bytes"] = 512 * MIB
-            time.sleep(0.02)
+            assert reader.seen.wait(10.0)
             level["bytes"] = 12 * MIB
 
-    reading = m.read_memory(iteration, "cpu", m.current_rss_mib(), nvml_reader=Live([0], [0]))
+    reading = m.read_memory(iteration, "cpu", m.current_rss_mib(), nvml_reader=reader)
     assert (reading.nvml_device_peak_mib, reading.nvml_process_peak_mib) == (512.0, 256.0)
     assert (reading.nvml_device_used_mib, reading.nvml_process_used_mib) == (12.0, 6.0)  # after: not a peak

@@ -225,11 +225,13 @@ def test_memory_watchdog_counts_the_workers_children(stub, tmp_path):
 
 
 def test_local_executor_one_server_fresh_workers_in_order(stub, tmp_path):
-    points = [stub_point("ok", tmp_path / "a"), stub_point("error", tmp_path / "b", seq_len=16)]
+    points = [stub_point("ok", tmp_path / "a"), stub_point("error", tmp_path / "b", seq_len=16),
+              stub_point("ok", tmp_path / "c", seq_len=32)]
     records = list(LocalExecutor(memory_limit_mib=0, processes=2, measure=stub).run(points))
     assert [r["point_id"] for r in records] == [p.point_id for p in points]
-    assert [r["status"] for r in records] == ["ok", "error"]
-    assert records[0]["effective"]["seen"] == 1  # nothing carried over between worker processes
+    assert [r["status"] for r in records] == ["ok", "error", "ok"]
+    assert records[0]["effective"]["seen"] == records[2]["effective"]["seen"] == 1  # no state carried over
+    assert records[0]["effective"]["server"] == records[2]["effective"]["server"]  # imported once per run
     assert records[0]["metrics"]["memory_processes"] == 2
 
 

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import signal
 from pathlib import Path
 from typing import Sequence
 
@@ -10,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from bench.runner import ReportFailed, RunError, RunOptions, run
+from bench.runner import ReportFailed, RunError, RunOptions, Terminated, raise_terminated, run
 from bench.reference import promote
 from bench.store import RUN_JSON, StoreError, is_reference, load_run_json
 from bench.suite import DEFAULT_MAX_POINTS, PROFILES, SUITES_DIR, SuiteError, load_suite, resolve_suite_path, suite_kind
@@ -42,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--time-budget-s", type=float, metavar="S",
                    help="stop launching points after S seconds (e.g. within a 10-minute GPU lease); rerun to resume")
     p.add_argument("--memory-limit-mib", type=float,
-                   help="local executor: kill a worker whose RSS exceeds this (default 75%% of free RAM; 0 = off)")
+                   help="local executor: kill a worker whose RSS exceeds this many MiB (> 0; default 75%% of free RAM)")
     p.add_argument("--max-points", type=_positive_int, default=DEFAULT_MAX_POINTS, metavar="N",
                    help=f"refuse a profile with more than N grid points, counted before expanding (default {DEFAULT_MAX_POINTS})")
 
@@ -92,6 +94,10 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     )
     if opts.fresh and opts.run_id:
         raise RunError("--fresh and --run-id are exclusive: --fresh makes a new timestamped run id")
+    limit = opts.memory_limit_mib
+    if limit is not None and (math.isnan(limit) or limit <= 0):
+        raise RunError(f"--memory-limit-mib {limit:g}: must be a positive number of MiB")
+    signal.signal(signal.SIGTERM, raise_terminated)  # handled like Ctrl-C: worker killed, exit 143
     try:
         run(args.suite, opts, console)
     except ReportFailed as exc:  # the records are complete; the command still fails
@@ -207,4 +213,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except Terminated:
+        return 143
 

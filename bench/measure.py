@@ -9,13 +9,16 @@ from __future__ import annotations
 import os
 import resource
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
+
+from bench import nvml
+from bench.metrics import METRIC_NAMES, PHASES  # noqa: F401  (the record's metric names)
 
 MIB = 2**20
 
@@ -207,32 +210,21 @@ def gpu_peaks_mib(device: str) -> dict[str, float | None]:
     }
 
 
-def nvml_used_mib(device: str) -> dict[str, float | None]:
-    """NVML's device-wide used memory and this process's used memory, sampled now (not a peak; both
-    include the CUDA context and the allocator's cache). None without a GPU, NVML or per-process data."""
-    out: dict[str, float | None] = {"nvml_device_used_mib": None, "nvml_process_used_mib": None}
+def open_nvml(device: str) -> "nvml.NvmlReader | None":
+    """An NVML reader for the GPU torch is using, or None on CPU or without NVML."""
     if not (is_cuda(device) and torch.cuda.is_available()):
-        return out
-    try:
-        import pynvml
+        return None
+    return nvml.open_reader(_nvml_index())
 
-        pynvml.nvmlInit()
-    except Exception:
-        return out
-    try:
-        handle = pynvml.nvmlDeviceGetHandleByIndex(_nvml_index())
-        out["nvml_device_used_mib"] = pynvml.nvmlDeviceGetMemoryInfo(handle).used / MIB
-        procs = pynvml.nvmlDeviceGetComputeRunningProcesses(handle)
-        mine = [p.usedGpuMemory for p in procs if p.pid == os.getpid() and p.usedGpuMemory is not None]
-        if mine:
-            out["nvml_process_used_mib"] = sum(mine) / MIB
-    except Exception:
-        pass
-    finally:
-        try:
-            pynvml.nvmlShutdown()
-        except Exception:
-            pass
+
+def nvml_used_mib(reader: "nvml.Reader | None") -> dict[str, float | None]:
+    """NVML's device-wide and this process's used memory, read once now (not a peak; both include
+    the CUDA context and the allocator's cache). None without a reader or per-process data."""
+    out: dict[str, float | None] = {"nvml_device_used_mib": None, "nvml_process_used_mib": None}
+    if reader is not None:
+        device, process = nvml.safe(reader.device_used_bytes), nvml.safe(reader.process_used_bytes)
+        out["nvml_device_used_mib"] = None if device is None else device / MIB
+        out["nvml_process_used_mib"] = None if process is None else process / MIB
     return out
 
 
@@ -303,6 +295,8 @@ class MemoryReading:
     peak_reserved_mib: float | None
     nvml_device_used_mib: float | None
     nvml_process_used_mib: float | None
+    nvml_device_peak_mib: float | None  # sampled every ~1 ms during the iteration (bench.nvml)
+    nvml_process_peak_mib: float | None
     peak_rss_mib: float
     rss_delta_mib: float
     rss_peak_scope: str  # 'iteration' when the high-water mark was reset before it, else 'process'
@@ -315,25 +309,33 @@ class MemoryReading:
         return d
 
 
-def read_memory(iteration: Iteration, device: str, baseline_rss_mib: float) -> MemoryReading:
+def read_memory(
+    iteration: Iteration, device: str, baseline_rss_mib: float, nvml_reader: "nvml.Reader | None" = None
+) -> MemoryReading:
     """Run one untimed iteration between peak resets and read every memory figure. Run it after the
     timed iterations: on CPU it switches glibc to mmap every large allocation (see
     mmap_large_allocations) and first trims the heap, so the RSS peak is that of live memory.
 
     `baseline_rss_mib` is the RSS taken before the workload was built, so `rss_delta_mib` (peak RSS
     during the iteration minus the baseline) holds weights, inputs, optimizer state and activations.
+    With an NVML reader, device and process used memory are sampled during the iteration (peaks).
     """
     synchronize(device)
     mmapped = mmap_large_allocations()
     trim_host_heap()
     reset_gpu_peak(device)
     scope = "iteration" if reset_peak_rss() else "process"
-    run_untimed(iteration, device, 1)
-    synchronize(device)
+    sampler = nvml.PeakSampler(nvml_reader) if nvml_reader is not None else None
+    with sampler if sampler is not None else nullcontext():
+        run_untimed(iteration, device, 1)
+        synchronize(device)
     peak_rss = peak_rss_mib()
+    peaks = sampler.peaks_mib() if sampler is not None else {
+        "nvml_device_peak_mib": None, "nvml_process_peak_mib": None}
     return MemoryReading(
         **gpu_peaks_mib(device),
-        **nvml_used_mib(device),
+        **nvml_used_mib(nvml_reader),
+        **peaks,
         peak_rss_mib=peak_rss,
         rss_delta_mib=max(0.0, peak_rss - baseline_rss_mib),
         rss_peak_scope=scope,

@@ -13,16 +13,13 @@ from typing import Any
 import torch
 
 from bench import measure as m
+from bench import nvml
 from bench.complexity import table3_terms
 from bench.point import GridPoint
 from bench.workloads import Workload, build_workload
 
 POINT_PARAMS = ("workload", "impl", "device", "dtype", "batch_size", "seq_len")
-ALL_PHASES = ("fwd", "bwd", "opt", "step")
-MEMORY_METRICS = (
-    "peak_alloc_mib", "peak_reserved_mib", "nvml_device_used_mib", "nvml_process_used_mib",
-    "peak_rss_mib", "rss_delta_mib", "saved_for_backward_mib",
-)
+ALL_PHASES = m.PHASES
 
 
 def flat_params(point: GridPoint) -> dict[str, Any]:
@@ -75,27 +72,40 @@ def prime(point: GridPoint) -> bool:
     return True
 
 
-def measure(point: GridPoint) -> dict[str, Any]:
-    """Measure one point: prime, baseline RSS, build, warm-up, `repeats` timed iterations, one forward
-    under saved-tensor hooks, then one untimed iteration between memory-peak resets (last, because
-    it changes how glibc allocates). Returns {params, effective, metrics}."""
+def measure(point: GridPoint, *, timing: bool = True) -> dict[str, Any]:
+    """Measure one point: prime, baseline RSS, build, warm-up, `repeats` timed iterations (GPU
+    state read before and after them), one forward under saved-tensor hooks, then one untimed
+    iteration between memory-peak resets with NVML sampled during it (last, because it changes how
+    glibc allocates). `timing=False` (the point's extra memory processes) skips the timed
+    iterations. Returns {params, effective, metrics}."""
     params = flat_params(point)
     primed = prime(point)
-    baseline_rss = m.current_rss_mib()
-    workload = build_workload(point)
-
-    stats = m.time_phases(workload.iteration, point.device, repeats=point.repeats, warmup=point.warmup)
-    saved = saved_for_backward_mib(workload)
-    memory = m.read_memory(workload.iteration, point.device, baseline_rss)  # last: it changes malloc
+    reader = m.open_nvml(point.device)  # after prime: NVML sees this process once it has a context
+    try:
+        baseline_rss = m.current_rss_mib()
+        workload = build_workload(point)
+        if timing:
+            state_start = reader.state() if reader is not None else None
+            stats = m.time_phases(workload.iteration, point.device, repeats=point.repeats, warmup=point.warmup)
+            state_end = reader.state() if reader is not None else None
+        else:
+            m.run_untimed(workload.iteration, point.device, point.warmup)
+        saved = saved_for_backward_mib(workload)
+        memory = m.read_memory(workload.iteration, point.device, baseline_rss, nvml_reader=reader)
+    finally:
+        if reader is not None:
+            reader.close()
 
     terms = predicted_terms(params)
     metrics: dict[str, Any] = {
-        **m.phase_metrics(stats, ALL_PHASES),
         **memory.as_metrics(),
         "saved_for_backward_mib": saved,
         "predicted_memory_term": terms["predicted_memory_term"],
         "predicted_time_term": terms["predicted_time_term"],
     }
+    if timing:
+        metrics.update(m.phase_metrics(stats, ALL_PHASES))
+        metrics.update(nvml.state_metrics(state_start, state_end))  # all null on CPU
     effective = {
         **workload.effective(),
         "table3_row": terms["table3_row"],

@@ -36,6 +36,14 @@ class ReportFailed(RuntimeError):
     """Every record was written, but the report could not be: the run is kept, the command fails."""
 
 
+class Terminated(BaseException):
+    """SIGTERM arrived (a scheduler's preemption, `timeout`, a lease ending): stop like Ctrl-C."""
+
+
+def raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
 @dataclass(frozen=True)
 class RunOptions:
     """What `python -m bench run` was asked for."""
@@ -111,7 +119,7 @@ def plan_run(suite: Suite, opts: RunOptions, has_cuda: bool) -> Plan:
     return Plan(profile=profile, device=devices[0] if len(devices) == 1 else "mixed", points=tuple(points))
 
 
-def make_executor(opts: RunOptions, plan: Plan, timeout_s: float) -> Executor:
+def make_executor(opts: RunOptions, plan: Plan, timeout_s: float, processes: int = 3) -> Executor:
     if opts.executor == "ray":
         from bench.executors.ray_executor import RayExecutor
 
@@ -122,7 +130,7 @@ def make_executor(opts: RunOptions, plan: Plan, timeout_s: float) -> Executor:
         raise RunError(f"--executor {opts.executor!r}: expected 'local' or 'ray'")
     from bench.executors.local import LocalExecutor
 
-    return LocalExecutor(timeout_s=None, memory_limit_mib=opts.memory_limit_mib)
+    return LocalExecutor(timeout_s=None, memory_limit_mib=opts.memory_limit_mib, processes=processes)
 
 
 def _run_meta(suite: Suite, plan: Plan, run_id: str, spec: dict[str, Any], key: str) -> dict[str, Any]:
@@ -175,7 +183,12 @@ def _run_in(run_dir: Path, suite: Suite, plan: Plan, spec: dict[str, Any], key: 
                       "(use --fresh for a run that describes the new one)", style="yellow", markup=False, soft_wrap=True)
 
     by_id = {p.point.point_id: p for p in plan.points}
-    todo = [by_id[pid] for pid in store.pending(list(by_id), retry_failed=opts.retry_failed)]
+    pending = set(store.pending(list(by_id), retry_failed=opts.retry_failed))
+    if opts.retry_failed:  # a watchdog kill at a limit the user set is not final either
+        from bench.executors.local import watchdog_retryable
+
+        pending |= {pid for pid, r in latest_by_point(store.records()).items() if watchdog_retryable(r)}
+    todo = [p for pid, p in by_id.items() if pid in pending]
     resumed = len(plan.points) - len(todo)
     console.print(f"[bold]{escape(suite.name)}[/] profile={plan.profile} device={plan.device} -> {escape(str(run_dir))}")
     console.print(f"{len(plan.points)} points: {resumed} already recorded, {len(todo)} to do")
@@ -187,12 +200,17 @@ def _run_in(run_dir: Path, suite: Suite, plan: Plan, spec: dict[str, Any], key: 
     if all(p.skip_reason is not None for p in todo):
         nothing_measured(console, f"every point left ({len(todo)}) is skipped by the suite's rules")
 
+    from bench.load import busy_reason
+
+    if todo and (busy := busy_reason()):
+        console.print(f"warning: {busy}; times measured now will be noisy", style="yellow", markup=False)
     logger = _live_logger(store.run_dir) if opts.wandb else None
     try:
         try:
             _execute(todo, store, run_id, opts, plan, suite, console, logger)
-        except KeyboardInterrupt:
-            console.print("[yellow]interrupted; run the same command again to resume[/]")
+        except (KeyboardInterrupt, Terminated) as exc:
+            what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+            console.print(f"[yellow]{what}; the running worker was killed; run the same command again to resume[/]")
             raise
         print_summary(console, plan.points, latest_by_point(store.records()))
         failed = _report_then_compare(store.run_dir, suite.name, plan.profile, plan.device, opts, console)
@@ -241,9 +259,10 @@ def _execute(todo: Sequence[PlannedPoint], store: RunStore, run_id: str, opts: R
         for p in skipped:
             keep(make_record(p.point, "skipped", p.skip_reason), progress, task)
         if to_run:
-            timeout_s = suite.measurement(plan.profile)["timeout_s"]
+            measurement = suite.measurement(plan.profile)
             started = time.monotonic()
-            for record in make_executor(opts, plan, timeout_s).run(to_run):
+            executor = make_executor(opts, plan, measurement["timeout_s"], measurement.get("processes", 3))
+            for record in executor.run(to_run):
                 keep(record, progress, task)
                 if opts.time_budget_s is not None and time.monotonic() - started > opts.time_budget_s:
                     # Leaving the loop closes the executor's generator: no further point starts.
@@ -276,7 +295,10 @@ def _one_line(record: Record) -> str:
     params = record.get("params") or {}
     what = " ".join(f"{k}={params[k]}" for k in ("workload", "attention", "seq_len", "batch_size") if k in params)
     figures = (f"time={_fmt(_first_metric(metrics, TIME_METRICS))} ms "
-               f"mem={_fmt(_first_metric(metrics, MEMORY_METRICS))} MiB") if status == "ok" else (record.get("reason") or "")
+               f"mem={_fmt(_first_metric(metrics, MEMORY_METRICS))} MiB"
+               + (f" ({record['reason']})" if record.get("reason") else "")) if status == "ok" else (record.get("reason") or "")
+    if (record.get("load") or {}).get("under_load"):
+        figures = "[under load] " + figures
     return f"[{STATUS_STYLE.get(status, 'white')}]{status:>7}[/] {record['point_id']} {escape(what)} {escape(figures[:120])}"
 
 
@@ -313,6 +335,10 @@ def print_summary(console: Console, points: Sequence[PlannedPoint], records: dic
         )
     console.print(table)
     console.print("  ".join(f"{k}: {v}" for k, v in sorted(counts.items())))
+    loaded = sum(bool(((records.get(p.point.point_id) or {}).get("load") or {}).get("under_load")) for p in points)
+    if loaded:
+        console.print(f"{loaded} of {len(points)} points were measured under load (other processes busy): "
+                      "their times are not comparable", style="yellow", markup=False)
 
 
 def _optional(module: str, attr: str, console: Console) -> Callable[..., Any] | None:

@@ -1,6 +1,7 @@
-"""One grid point in one fresh process: `python -m bench.worker` reads a GridPoint JSON on stdin,
-measures it and prints exactly one line `@@RECORD@@ {record}` on stdout. Any exception becomes
-a status row (oom, skipped, error), so the parent only has to handle crashes and timeouts.
+"""One worker process of a grid point: measure it and print exactly one line `@@RECORD@@ {record}`
+on stdout. Any exception becomes a status row (oom, skipped, error), so the parent only has to
+handle crashes, kills and timeouts. Runs in a child of the fork server (bench.forkserver), or
+standalone as `python -m bench.worker < request.json` for debugging.
 """
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from bench.store import Record, make_record
 RECORD_PREFIX = "@@RECORD@@ "
 TRACEBACK_TAIL = 4000  # characters of traceback kept in an error record
 
-Measure = Callable[[GridPoint], Mapping[str, Any]]
+# measure(point) times and reads memory; measure(point, timing=False) reads memory only.
+Measure = Callable[..., Mapping[str, Any]]
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -47,15 +49,17 @@ def classify(exc: BaseException) -> tuple[str, str]:
     return "error", message
 
 
-def run_point(point: GridPoint, measure: Measure) -> Record:
-    """Measure one point and return its record, whatever happens."""
+def run_point(point: GridPoint, measure: Measure, timing: bool = True) -> Record:
+    """Measure one point (memory only when not `timing`) and return its record, whatever happens."""
     start = time.perf_counter()
     try:
-        result = measure(point)
+        result = measure(point) if timing else measure(point, timing=False)
     except Exception as exc:  # every outcome is a row
         status, reason = classify(exc)
         trace = tb.format_exc()[-TRACEBACK_TAIL:] if status == "error" else None
-        return make_record(point, status, reason, wall_s=time.perf_counter() - start, traceback=trace)
+        effective = {"oom_detected_by": "exception"} if status == "oom" else None
+        return make_record(point, status, reason, effective=effective,
+                           wall_s=time.perf_counter() - start, traceback=trace)
     return make_record(
         point,
         "ok",
@@ -66,18 +70,24 @@ def run_point(point: GridPoint, measure: Measure) -> Record:
     )
 
 
-def _default_measure(point: GridPoint) -> Mapping[str, Any]:
+def serve(request: Mapping[str, Any], measure: Measure) -> None:
+    """Measure the request's point and print its record line."""
+    point = GridPoint.from_json(request["point"])
+    record = run_point(point, measure, timing=bool(request.get("timing", True)))
+    sys.stdout.write(RECORD_PREFIX + json.dumps(record, separators=(",", ":"), allow_nan=False) + "\n")
+    sys.stdout.flush()
+
+
+def _default_measure(point: GridPoint, **kwargs: Any) -> Mapping[str, Any]:
     from bench.measure_point import measure
 
-    return measure(point)
+    return measure(point, **kwargs)
 
 
 def main(measure: Measure | None = None) -> int:
-    """Read the point, measure it, print its record line. `measure` is replaceable for tests."""
-    point = GridPoint.from_json(json.loads(sys.stdin.read()))
-    record = run_point(point, measure or _default_measure)
-    sys.stdout.write(RECORD_PREFIX + json.dumps(record, separators=(",", ":"), allow_nan=False) + "\n")
-    sys.stdout.flush()
+    """Read a request ({"point": ..., "timing": bool}, or a bare point) on stdin, print its record."""
+    request = json.loads(sys.stdin.read())
+    serve(request if "point" in request else {"point": request}, measure or _default_measure)
     return 0
 
 

@@ -1,26 +1,30 @@
-"""Local executor: each point in a fresh `python -m bench.worker` process, with a wall-clock
-timeout and a host-memory watchdog; a kill, a crash or a missing record line becomes a row."""
+"""Local executor: each point in `processes` fresh worker processes forked one after another from a
+fork server (bench.forkserver), each with a wall-clock timeout and a host-memory watchdog over the
+worker and its children; a kill, a crash or a missing record line becomes a row. The first process
+times the point and reads its memory, the others read memory only; the record carries the median
+of each memory figure with its spread, and the machine's load during the point."""
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import IO, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator
 
 import psutil
 
+from bench import load
+from bench.forkserver import ForkServer, ServerDied
+from bench.metrics import combine_processes
 from bench.point import GridPoint
 from bench.store import Record, make_record
 from bench.worker import RECORD_PREFIX
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-WORKER_CMD: tuple[str, ...] = (sys.executable, "-m", "bench.worker")
 MEMORY_FRACTION = 0.75  # default watchdog limit: this share of the RAM available at start
+DEFAULT_PROCESSES = 3
 POLL_S = 0.1
 STDERR_TAIL = 2000  # characters of a crashed worker's stderr kept in the record
 
@@ -29,35 +33,34 @@ def default_memory_limit_mib() -> float:
     return MEMORY_FRACTION * psutil.virtual_memory().available / 2**20
 
 
-def _tree_rss_mib(proc: psutil.Process) -> float:
-    """Resident memory of a process and its descendants, in MiB (0 if it is gone)."""
-    total = 0
+def tree_rss_mib(pid: int) -> float:
+    """Resident memory of a process and all its descendants, in MiB (0 if it is gone)."""
     try:
-        for p in [proc, *proc.children(recursive=True)]:
-            try:
-                total += p.memory_info().rss
-            except (psutil.NoSuchProcess, psutil.AccessDenied):
-                pass
+        proc = psutil.Process(pid)
+        procs = [proc, *proc.children(recursive=True)]
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return 0.0
+    total = 0
+    for p in procs:
+        try:
+            total += p.memory_info().rss
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
     return total / 2**20
 
 
-def _kill_group(popen: subprocess.Popen) -> None:
-    """SIGKILL the worker and anything it started (it leads its own session)."""
+def kill_group(pid: int) -> None:
+    """SIGKILL a worker and everything it started (it leads its own session)."""
     try:
-        os.killpg(popen.pid, signal.SIGKILL)
+        os.killpg(pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
-        popen.kill()
-    popen.wait()
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
-def _tail(f: IO[bytes], limit: int) -> str:
-    f.seek(0)
-    return f.read().decode("utf-8", "replace")[-limit:].strip()
-
-
-def _find_record(stdout: str) -> Record | None:
+def find_record(stdout: str) -> Record | None:
     for line in reversed(stdout.splitlines()):
         if line.startswith(RECORD_PREFIX):
             try:
@@ -67,7 +70,7 @@ def _find_record(stdout: str) -> Record | None:
     return None
 
 
-def _describe_exit(code: int) -> str:
+def describe_exit(code: int) -> str:
     if code < 0:
         try:
             name = signal.Signals(-code).name
@@ -78,84 +81,165 @@ def _describe_exit(code: int) -> str:
     return f"worker exited with code {code}"
 
 
-def run_point_subprocess(
-    point: GridPoint,
-    timeout_s: float,
-    memory_limit_mib: float | None = None,
-    *,
-    worker_cmd: Sequence[str] | None = None,
-) -> Record:
-    """Run one point in a fresh worker process and return its record (any status).
+def watchdog_retryable(record: Record) -> bool:
+    """An `oom` that the RSS watchdog decided at a limit the user set: `--retry-failed` runs it
+    again (a limit the user chose is not the machine's, unlike an allocator's out-of-memory)."""
+    eff = record.get("effective") or {}
+    return (record.get("status") == "oom" and eff.get("oom_detected_by") == "rss_watchdog"
+            and eff.get("memory_limit_set_by") == "user")
 
-    Over `timeout_s` -> `timeout`; resident memory of the worker over `memory_limit_mib` (default
-    75% of the RAM available now) -> `oom`; a non-zero exit, a signal or no record line -> `error`
-    with the exit and the stderr tail. `worker_cmd` replaces `python -m bench.worker` (tests).
-    """
-    limit = default_memory_limit_mib() if memory_limit_mib is None else memory_limit_mib
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-    start = time.perf_counter()
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        popen = subprocess.Popen(
-            list(worker_cmd or WORKER_CMD),
-            stdin=subprocess.PIPE, stdout=out, stderr=err, env=env, start_new_session=True,
-        )
+
+def _read(path: Path, limit: int) -> str:
+    try:
+        return path.read_bytes().decode("utf-8", "replace")[-limit:].strip()
+    except OSError:
+        return ""
+
+
+def _note(record: Record, note: str) -> None:
+    record["reason"] = f"{record['reason']}; {note}" if record.get("reason") else note
+
+
+class PointRunner:
+    """Runs points through one fork server (started on first use; `close()` stops it)."""
+
+    def __init__(self, memory_limit_mib: float | None = None, processes: int = DEFAULT_PROCESSES,
+                 measure: str | None = None) -> None:
+        if processes < 1:
+            raise ValueError(f"processes={processes}: need at least one worker process per point")
+        self.memory_limit_mib = memory_limit_mib
+        self.processes = processes
+        self.server = ForkServer(measure)
+        self._tmp = Path(tempfile.mkdtemp(prefix="bench-worker-"))
+
+    def close(self) -> None:
+        self.server.close()
+        shutil.rmtree(self._tmp, ignore_errors=True)
+
+    def run(self, point: GridPoint, timeout_s: float) -> Record:
+        """All worker processes of one point, then one record with the load during them."""
+        before, own_before, server_before = load.snapshot(), load.process_cpu_s(), self.server.cpu_s()
+        readings: list[Record] = []
+        worker_cpu = wall = 0.0
+        final: Record | None = None
+        for i in range(self.processes):
+            record, cpu_s = self.run_process(point, timeout_s, timing=(i == 0))
+            worker_cpu += cpu_s
+            wall += record["wall_s"]
+            if record["status"] != "ok":
+                if i:
+                    record["reason"] = f"memory process {i + 1} of {self.processes}: {record['reason']}"
+                final = record
+                break
+            readings.append(record)
+        if final is None:
+            final = readings[0]
+            final["metrics"] = combine_processes([r["metrics"] for r in readings])
+            for i, r in enumerate(readings[1:], start=2):
+                if r.get("reason"):
+                    _note(final, f"memory process {i}: {r['reason']}")
+            if final["metrics"].get("throttled"):
+                _note(final, "the GPU ran throttled: " + ", ".join(
+                    final["metrics"].get("throttle_reasons_end") or final["metrics"].get("throttle_reasons_start") or []))
+        final["wall_s"] = wall
+        own = worker_cpu + (load.process_cpu_s() - own_before) + (self.server.cpu_s() - server_before)
+        final["load"] = load.load_record(before, load.snapshot(), own_cpu_s=own)
+        return final
+
+    def run_process(self, point: GridPoint, timeout_s: float, timing: bool) -> tuple[Record, float]:
+        """One worker process: its record (any status) and the CPU seconds it used."""
+        user_limit = self.memory_limit_mib is not None
+        limit = self.memory_limit_mib if user_limit else default_memory_limit_mib()
+        out, err = self._tmp / "stdout", self._tmp / "stderr"
+        start = time.perf_counter()
+        try:
+            pid = self.server.spawn({"point": point.to_json(), "timing": timing,
+                                     "stdout": str(out), "stderr": str(err)})
+        except ServerDied as exc:
+            self.server.close()
+            return make_record(point, "error", f"no worker started: {exc}", wall_s=time.perf_counter() - start), 0.0
         killed: tuple[str, str] | None = None
+        exited: dict[str, Any] | None = None
         try:
-            popen.stdin.write(json.dumps(point.to_json()).encode())
-            popen.stdin.close()
-        except BrokenPipeError:
-            pass  # the worker died at once; its exit code says why
-        try:
-            try:
-                proc: psutil.Process | None = psutil.Process(popen.pid)
-            except psutil.NoSuchProcess:
-                proc = None
-            while popen.poll() is None:
+            while exited is None:
+                exited = self.server.poll(POLL_S)
+                if exited is not None:
+                    break
                 elapsed = time.perf_counter() - start
                 if elapsed > timeout_s:
                     killed = ("timeout", f"exceeded timeout_s={timeout_s:g} after {elapsed:.1f} s; killed")
-                elif limit and proc is not None and (rss := _tree_rss_mib(proc)) > limit:
+                elif limit and (rss := tree_rss_mib(pid)) > limit:
                     killed = ("oom", f"host RSS {rss:.0f} MiB exceeded memory_limit_mib={limit:.0f}; killed")
                 if killed:
-                    _kill_group(popen)
-                    break
-                time.sleep(POLL_S)
+                    kill_group(pid)
+                    exited = self.server.read(60.0, expect="exited")
+        except ServerDied as exc:
+            kill_group(pid)
+            self.server.close()
+            return make_record(point, "error", f"fork server died while the worker ran: {exc}",
+                               wall_s=time.perf_counter() - start), 0.0
         finally:
-            if popen.poll() is None:  # interrupted (Ctrl-C): leave no orphan behind
-                _kill_group(popen)
+            if exited is None:  # interrupted (Ctrl-C, SIGTERM): leave no orphan behind
+                kill_group(pid)
         wall_s = time.perf_counter() - start
+        cpu_s = float(exited.get("cpu_s") or 0.0)
         if killed:
-            return make_record(point, killed[0], killed[1], wall_s=wall_s)
-        stdout = _tail(out, sys.maxsize)
-        stderr_tail = _tail(err, STDERR_TAIL)
-    record = _find_record(stdout)
-    code = popen.returncode
-    if record is None:
-        reason = f"{_describe_exit(code)} without a record line" if code else "worker printed no record line"
-        return make_record(point, "error", reason, wall_s=wall_s, traceback=stderr_tail or None)
-    if code:
-        note = f"{_describe_exit(code)} after writing its record"
-        record["reason"] = f"{record['reason']}; {note}" if record.get("reason") else note
-    record["wall_s"] = wall_s
-    return record
+            effective = None
+            if killed[0] == "oom":
+                effective = {"oom_detected_by": "rss_watchdog", "memory_limit_mib": limit,
+                             "memory_limit_set_by": "user" if user_limit else "default"}
+            return make_record(point, killed[0], killed[1], effective=effective, wall_s=wall_s), cpu_s
+        return self._finish(point, int(exited["code"]), _read(out, 2**31), _read(err, STDERR_TAIL), wall_s), cpu_s
+
+    @staticmethod
+    def _finish(point: GridPoint, code: int, stdout: str, stderr_tail: str, wall_s: float) -> Record:
+        record = find_record(stdout)
+        if record is None:
+            reason = f"{describe_exit(code)} without a record line" if code else "worker printed no record line"
+            return make_record(point, "error", reason, wall_s=wall_s, traceback=stderr_tail or None)
+        if code:  # the measurement finished, but the process did not end cleanly: say so
+            _note(record, f"{describe_exit(code)} after writing its record")
+        record["wall_s"] = wall_s
+        return record
+
+
+def run_point_subprocess(point: GridPoint, timeout_s: float, memory_limit_mib: float | None = None, *,
+                         processes: int = DEFAULT_PROCESSES, measure: str | None = None) -> Record:
+    """Run one point with a fork server of its own (for executors that hand out single points,
+    e.g. Ray) and return its record (any status).
+
+    Over `timeout_s` (per process) -> `timeout`; resident memory of a worker and its children over
+    `memory_limit_mib` (default 75% of the RAM available; 0 = off) -> `oom`; a non-zero exit, a
+    signal or no record line -> `error` with the exit and the stderr tail. `measure` replaces
+    `bench.measure_point:measure` ("module:function", tests).
+    """
+    runner = PointRunner(memory_limit_mib, processes, measure)
+    try:
+        return runner.run(point, timeout_s)
+    finally:
+        runner.close()
 
 
 class LocalExecutor:
-    """Runs points one after another, each in a fresh subprocess (see run_point_subprocess).
+    """Runs points one after another through one fork server (see PointRunner).
     `timeout_s=None` uses each point's own timeout_s."""
 
     def __init__(
         self,
         timeout_s: float | None = None,
         memory_limit_mib: float | None = None,
-        worker_cmd: Sequence[str] | None = None,
+        processes: int = DEFAULT_PROCESSES,
+        measure: str | None = None,
     ) -> None:
         self.timeout_s = timeout_s
         self.memory_limit_mib = memory_limit_mib
-        self.worker_cmd = worker_cmd
+        self.processes = processes
+        self.measure = measure
 
     def run(self, points: Iterable[GridPoint]) -> Iterator[Record]:
-        for point in points:
-            timeout = self.timeout_s if self.timeout_s is not None else point.timeout_s
-            yield run_point_subprocess(point, timeout, self.memory_limit_mib, worker_cmd=self.worker_cmd)
+        runner = PointRunner(self.memory_limit_mib, self.processes, self.measure)
+        try:
+            for point in points:
+                yield runner.run(point, self.timeout_s if self.timeout_s is not None else point.timeout_s)
+        finally:  # also when the runner stops early (time budget, Ctrl-C, SIGTERM)
+            runner.close()

@@ -129,13 +129,84 @@ def test_read_memory_on_cpu_sees_the_iteration_and_no_gpu():
     assert reading.peak_rss_mib >= baseline + 24
     assert set(reading.as_metrics()) == {
         "peak_alloc_mib", "peak_reserved_mib", "nvml_device_used_mib", "nvml_process_used_mib",
-        "peak_rss_mib", "rss_delta_mib",
+        "nvml_device_peak_mib", "nvml_process_peak_mib", "peak_rss_mib", "rss_delta_mib",
     }
 
 
 def test_gpu_readings_are_null_on_cpu():
     assert m.gpu_peaks_mib("cpu") == {"peak_alloc_mib": None, "peak_reserved_mib": None}
-    assert m.nvml_used_mib("cpu") == {"nvml_device_used_mib": None, "nvml_process_used_mib": None}
+    assert m.open_nvml("cpu") is None
+
+
+def test_rss_peak_is_reset_before_the_measured_iteration():
+    """A large allocation freed before the iteration must not appear in its reported peak."""
+    before = torch.ones(64 * 2**20)  # 256 MiB, touched, then freed: RSS peaked with it
+    freed_peak = m.peak_rss_mib()
+    del before
+
+    def iteration(clock: m.PhaseClock) -> None:
+        with clock.phase("fwd"):
+            torch.ones(2**20).sum()  # 4 MiB
+
+    reading = m.read_memory(iteration, "cpu", m.current_rss_mib())
+    if reading.rss_peak_scope != "iteration":
+        pytest.skip("/proc/self/clear_refs is not writable here")
+    assert reading.peak_rss_mib < freed_peak - 200
+    assert reading.rss_delta_mib < 50
+
+
+def test_one_mib_is_two_to_the_twentieth_bytes(monkeypatch):
+    """Exact figures on known sizes: every conversion divides by 2**20, none by 10**6 or 2**10."""
+    x = torch.ones(2**18, requires_grad=True)  # 2**18 float32 = exactly 1 MiB
+    y = torch.ones(2**18, dtype=torch.float64, requires_grad=True)  # exactly 2 MiB
+    with m.SavedTensorCounter() as counter:
+        out = x.double() * y  # saves x.double() (2 MiB) and y (2 MiB)
+    assert counter.nbytes == 4 * 2**20 and counter.mib == 4.0
+    del out
+
+    class Usage:
+        ru_maxrss = 3 * 1024  # KiB on Linux
+    monkeypatch.setattr(m.resource, "getrusage", lambda who: Usage())
+    monkeypatch.setattr(m.os, "uname", lambda: type("U", (), {"sysname": "Linux"})())
+    assert m.peak_rss_mib() == 3.0
+
+    class Reader:
+        def device_used_bytes(self):
+            return 5 * 2**20
+
+        def process_used_bytes(self):
+            return 3 * 2**19
+    assert m.nvml_used_mib(Reader()) == {"nvml_device_used_mib": 5.0, "nvml_process_used_mib": 1.5}
+
+
+def test_combine_processes_median_and_spread():
+    from bench.metrics import MEMORY_METRICS, combine_processes
+
+    runs = [{"fwd_ms_median": 2.0, "peak_rss_mib": 30.0, "peak_alloc_mib": None},
+            {"peak_rss_mib": 10.0, "peak_alloc_mib": None},
+            {"peak_rss_mib": 20.0, "peak_alloc_mib": None}]
+    out = combine_processes(runs)
+    assert out["fwd_ms_median"] == 2.0 and out["memory_processes"] == 3
+    assert (out["peak_rss_mib"], out["peak_rss_mib_min"], out["peak_rss_mib_max"]) == (20.0, 10.0, 30.0)
+    assert out["peak_alloc_mib"] is None and out["peak_alloc_mib_max"] is None
+    assert combine_processes(runs[:2])["peak_rss_mib"] == 20.0  # even count: mean of the middle two
+    assert set(out) <= set(m.METRIC_NAMES) and set(MEMORY_METRICS) <= set(out)
+    with pytest.raises(ValueError, match="no process readings"):
+        combine_processes([])
+
+
+def test_metric_names_cover_what_a_real_point_emits():
+    from bench.measure_point import measure
+    from bench.metrics import combine_processes
+    from bench.point import GridPoint
+
+    point = GridPoint(suite="t", workload="attention", device="cpu", dtype="float32", batch_size=1,
+                      seq_len=32, model={"attention": "full", "d_model": 16, "n_heads": 2}, repeats=1, warmup=0)
+    timed = measure(point)["metrics"]
+    memory_only = measure(point, timing=False)["metrics"]
+    assert "fwd_ms_median" not in memory_only and set(memory_only) < set(timed)
+    combined = combine_processes([timed, memory_only])
+    assert set(combined) == set(m.METRIC_NAMES), set(combined) ^ set(m.METRIC_NAMES)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -149,3 +220,32 @@ def test_gpu_peak_alloc_sees_a_tensor():
     with clock.phase("fwd"):
         torch.ones(1024, device="cuda").sum()
     assert set(clock.collect()) == {"fwd", "step"}
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_gpu_figures_are_exact_mib_and_nvml_samples_a_peak():
+    torch.cuda.synchronize()
+    m.reset_gpu_peak("cuda")
+    block = torch.empty(2**18, device="cuda")  # exactly 1 MiB (a multiple of the 512-byte rounding)
+    base = torch.cuda.memory_allocated()
+    m.reset_gpu_peak("cuda")
+    extra = torch.empty(3 * 2**18, device="cuda")  # 3 MiB more
+    assert m.gpu_peaks_mib("cuda")["peak_alloc_mib"] == (base + 3 * 2**20) / 2**20
+    del block, extra
+    reader = m.open_nvml("cuda")
+    assert reader is not None
+
+    def iteration(clock: m.PhaseClock) -> None:
+        with clock.phase("fwd"):
+            big = torch.ones(256 * 2**18, device="cuda")  # 256 MiB, freed at once
+            torch.cuda.synchronize()
+            del big
+            torch.cuda.empty_cache()
+
+    try:
+        reading = m.read_memory(iteration, "cuda", m.current_rss_mib(), nvml_reader=reader)
+        state = reader.state()
+    finally:
+        reader.close()
+    assert reading.nvml_device_peak_mib >= reading.nvml_device_used_mib + 200
+    assert state.sm_clock_mhz and state.throttle_reasons is not None

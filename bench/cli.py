@@ -1,4 +1,4 @@
-"""`python -m bench run|list|report|publish`: the command line the Makefile targets call."""
+"""`python -m bench run|list|report|compare|publish`: the command line the Makefile targets call."""
 from __future__ import annotations
 
 import argparse
@@ -46,6 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="write report.md, tables and plots for a run directory")
     p.add_argument("run_dir", type=Path)
+
+    p = sub.add_parser("compare", help="compare run B with run A point by point (time shape, memory)")
+    p.add_argument("run_a", type=Path, help="the baseline, e.g. results/<suite>/reference-cpu")
+    p.add_argument("run_b", type=Path, help="the run to check against it")
+    p.add_argument("--out", type=Path, help="also write the comparison as markdown here")
 
     p = sub.add_parser("publish", help="publish a run directory to Weights & Biases")
     p.add_argument("run_dir", type=Path)
@@ -125,6 +130,19 @@ def cmd_report(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace, console: Console) -> int:
+    from bench.compare import compare_runs, print_comparison, write_comparison
+
+    try:
+        cmp = compare_runs(args.run_a, args.run_b)
+    except ValueError as exc:
+        raise RunError(str(exc)) from None
+    print_comparison(cmp, console)
+    if args.out:
+        console.print(f"comparison: {write_comparison(cmp, args.out)}", markup=False, highlight=False)
+    return 0
+
+
 def cmd_publish(args: argparse.Namespace, console: Console) -> int:
     from bench.publish import publish_run
 
@@ -134,7 +152,7 @@ def cmd_publish(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "list": cmd_list, "report": cmd_report, "publish": cmd_publish}
+COMMANDS = {"run": cmd_run, "list": cmd_list, "report": cmd_report, "compare": cmd_compare, "publish": cmd_publish}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

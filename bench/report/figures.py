@@ -83,7 +83,8 @@ def caption_text(view: StudyView, metric: str, env: Mapping[str, Any], device: s
         pass  # a fixed-token study: the batch shrinks as the length grows
     elif "tokens_per_batch" in fixed:
         fixed.pop("tokens_per_batch")
-    parts = [f"{short(k)} {value_label(k, v) if k in ('attention', 'workload', 'impl', 'reversible') else v}"
+    parts = [value_label(k, v) if k == "reversible" else
+             f"{short(k)} {value_label(k, v) if k in ('attention', 'workload', 'impl') else v}"
              for k, v in fixed.items() if k not in ("device", "dtype")]
     dev = env.get("device_name") or device
     machine = f"{fixed.get('dtype', '')} on {dev}".strip()
@@ -106,7 +107,17 @@ def caption_text(view: StudyView, metric: str, env: Mapping[str, Any], device: s
 
 def plot_metric(view: StudyView, metric: str, path: Path, env: Mapping[str, Any] | None = None,
                 device: str = "cpu", exps: Optional[pd.DataFrame] = None) -> Figure:
-    """One PNG of metric against x, panels per view.col; bars when x is categorical."""
+    """One PNG of metric against x (see draw_metric)."""
+    fig, caption = draw_metric(view, metric, env, device, exps)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    return Figure(path=path, caption=caption)
+
+
+def draw_metric(view: StudyView, metric: str, env: Mapping[str, Any] | None = None, device: str = "cpu",
+                exps: Optional[pd.DataFrame] = None):
+    """The matplotlib Figure of metric against x, panels per view.col, bars when x is categorical,
+    and its caption (drawn under it)."""
     import seaborn as sns
     from matplotlib.figure import Figure as MplFigure  # object API: no pyplot state, renders with Agg
     from matplotlib.lines import Line2D
@@ -134,7 +145,8 @@ def plot_metric(view: StudyView, metric: str, path: Path, env: Mapping[str, Any]
             merged_notes += _lines(ax, sub, view, metric, colours, handles, exps)
             if view.logx:
                 ax.set_xscale("log", base=2)
-            ax.set_xticks(sorted(sub[view.x].unique()), [str(plain(v)) for v in sorted(sub[view.x].unique())])
+            ticks = sorted(sub[view.x].unique())
+            ax.set_xticks(ticks, [str(plain(v)) for v in ticks], rotation=45 if len(ticks) > 6 else 0)
             ax.minorticks_off() if view.logx else None
         else:
             _bars(ax, sub, view, metric, colours, handles)
@@ -162,9 +174,7 @@ def plot_metric(view: StudyView, metric: str, path: Path, env: Mapping[str, Any]
     merged_notes = list(dict.fromkeys(merged_notes))
     caption = caption_text(view, metric, env, device, merged_notes, exps, loaded)
     _caption_below(fig, caption)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    return Figure(path=path, caption=caption)
+    return fig, caption
 
 
 def _caption_below(fig, caption: str) -> None:
@@ -204,7 +214,7 @@ def _lines(ax, sub: pd.DataFrame, view: StudyView, metric: str, colours: Mapping
             ax.vlines(xs, curve[lo], curve[hi], color=colour, linewidth=1)
         elif metric.endswith("_median") and has_values(curve, q25) and has_values(curve, q75):
             ax.fill_between(xs, curve[q25], curve[q75], color=colour, alpha=0.2, linewidth=0)
-        legend = words
+        legend = words if words != "all points" or not view.col else str(curve["_panel"].iloc[0])
         fit = _fit_for(exps, view, metric, grp[0], sub)
         if fit is not None and is_growth_plot(view):
             measured, predicted = fit

@@ -10,7 +10,7 @@ LABELS: dict[str, str] = {
     # params
     "workload": "workload", "impl": "implementation", "device": "device", "dtype": "dtype",
     "batch_size": "batch size (sequences)", "seq_len": "sequence length (tokens)",
-    "tokens_per_batch": "tokens per batch", "attention": "attention", "n_layers": "layers",
+    "tokens_per_batch": "tokens per batch", "attention": "attention kind", "n_layers": "layers",
     "reversible": "reversible layers", "ff_chunks": "feed-forward chunks", "d_ff": "d_ff (feed-forward width)",
     "d_model": "d_model (model width)", "n_heads": "attention heads", "n_hashes": "hash rounds",
     "chunk_len": "LSH chunk length (tokens)", "n_buckets": "LSH buckets", "causal": "causal",
@@ -78,7 +78,9 @@ def label(column: str) -> str:
 
 
 def has_label(column: str) -> bool:
-    return label(column) != column
+    """Whether the table (or a spread suffix on a column it holds) labels `column`."""
+    return column in LABELS or any(column.endswith(sfx) and column.removesuffix(sfx) in LABELS
+                                   for sfx in SPREAD_SUFFIXES)
 
 
 def short(column: str) -> str:

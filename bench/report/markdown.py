@@ -12,7 +12,7 @@ from bench.report.figures import plot_metric
 from bench.report.frames import (
     Run, load_run, load_summary, ok_frame, status_counts, status_frame, study_names, study_table, study_view,
 )
-from bench.report.labels import label
+from bench.report.labels import has_label, label
 
 MEMORY_NOTE = (
     "**Memory figures.** On GPU the main figure is `peak_alloc_mib`, the torch allocator's peak over "
@@ -88,7 +88,7 @@ def load_line(loaded: int, known: int, total_ok: int) -> str:
 
 def readable_table(table: pd.DataFrame) -> pd.DataFrame:
     """Column headings in words, with units."""
-    return table.rename(columns={c: f"{label(c)} [`{c}`]" if label(c) != c else c for c in table.columns})
+    return table.rename(columns={c: f"{label(c)} [`{c}`]" if has_label(c) else c for c in table.columns})
 
 
 def write_report(run_dir: Path) -> Path:

@@ -49,11 +49,15 @@ def series_colours(frame: pd.DataFrame, cols: Sequence[str]) -> dict[str, Any]:
     ramp = dict(zip(values, sns.color_palette("viridis", len(values) + 1)[: len(values)][::-1]))
     others = list(CATEGORICAL_FIRST) + list(sns.color_palette("colorblind"))
     out: dict[str, Any] = {}
+    n_other = 0
     for key, (_, row) in zip(keys, frame.iterrows()):
         if key in out:
             continue
         v = plain(row[ordered])
-        out[key] = ramp[v] if v is not None else others[len([k for k in out if k not in ramp]) % len(others)]
+        if v is None:
+            out[key], n_other = others[n_other % len(others)], n_other + 1
+        else:
+            out[key] = ramp[v]
     return out
 
 
@@ -214,7 +218,8 @@ def _lines(ax, sub: pd.DataFrame, view: StudyView, metric: str, colours: Mapping
             ax.vlines(xs, curve[lo], curve[hi], color=colour, linewidth=1)
         elif metric.endswith("_median") and has_values(curve, q25) and has_values(curve, q75):
             ax.fill_between(xs, curve[q25], curve[q75], color=colour, alpha=0.2, linewidth=0)
-        legend = words if words != "all points" or not view.col else str(curve["_panel"].iloc[0])
+        panel = str(curve["_panel"].iloc[0])
+        legend = words if not view.col else (panel if words == "all points" else f"{panel}, {words}")
         fit = _fit_for(exps, view, metric, grp[0], sub)
         if fit is not None and is_growth_plot(view):
             measured, predicted = fit

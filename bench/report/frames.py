@@ -221,6 +221,13 @@ def _sort_key(series: pd.Series) -> pd.Series:
     return values.map(lambda v: "" if v is None else str(v))
 
 
+MAX_LINES = 5  # more series than this in one box, split by a column into panels
+
+
+def _n_series(frame: pd.DataFrame, cols: Sequence[str]) -> int:
+    return len(frame[list(cols)].map(lambda v: str(plain(v))).drop_duplicates())
+
+
 def study_view(df: pd.DataFrame, name: str, spec: Mapping[str, Any], device: str) -> Optional[StudyView]:
     """The view of one study, or None when it has no ok rows or no axis that varies."""
     frame = df[df["studies"].map(lambda s: name in s)] if "studies" in df.columns else df.iloc[0:0]
@@ -235,11 +242,17 @@ def study_view(df: pd.DataFrame, name: str, spec: Mapping[str, Any], device: str
     pool = [c for c in (*hinted, *(axes or PARAM_KEYS)) if c in frame.columns]
     splitting = series_columns(frame, x, pool)
     col = hint.col if hint.col in splitting else None
+    if col is None and len(splitting) >= 2 and _n_series(frame, splitting) > MAX_LINES:
+        col = next((c for c in splitting if c not in (hint.hue, x)), None)  # small multiples, not a tangle
     rest = [c for c in splitting if c != col]
     hue = hint.hue if hint.hue in rest else (rest[0] if rest else None)
     others = [c for c in rest if c != hue]
     style = hint.style if hint.style in others else (others[0] if others else None)
     series = tuple(c for c in (col, hue, style) if c) + tuple(c for c in others if c != style)
+    # A hinted column that varies but follows the others (attention next to n_hashes: null for full
+    # attention) still names its series in legends.
+    series += tuple(c for c in hinted if c not in series and c != x and c in frame.columns
+                    and frame[c].map(plain).nunique() > 1)
     log_default = x in ("seq_len", "batch_size")
     frame = frame.sort_values([*series, x], key=_sort_key).reset_index(drop=True)
     return StudyView(

@@ -92,6 +92,10 @@ def explain(row: Mapping[str, Any], params: Mapping[str, Any], n_loaded: int = 0
     elif metric in MEMORY_METRICS and below:
         reasons.append("measured memory also holds terms Table 3 leaves out (weights, inputs, "
                        "projections, allocator slack) that grow slower and still weigh at these sizes")
+    elif metric in MEMORY_METRICS and row["x"] == "n_hashes" and plain(params.get("dup_correction")) is not False:
+        reasons.append("LSH's duplicate-count correction (paper eq. 16) compares each round's windows with "
+                       "the other rounds: a transient of (n_r - 1) n_r l c booleans, quadratic in the "
+                       "rounds, that the peak sees and the saved bytes do not")
     elif metric in MEMORY_METRICS:
         reasons.append("memory grows faster than Table 3's leading term: allocator rounding or "
                        "buffers that scale with a second axis (e.g. LSH buckets with length)")

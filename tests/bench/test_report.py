@@ -153,12 +153,6 @@ def test_status_counts_lists_every_status():
 def test_measured_points_flow_into_a_report(tmp_path: Path):
     """measure() -> contract records -> write_report, on real tiny points: the device-independent
     saved bytes grow faster than linearly for full attention and linearly for LSH."""
-    import importlib
-
-    try:
-        importlib.import_module("reformer_impl.model")
-    except ImportError:
-        pytest.skip("reformer_impl.model cannot be imported yet")
     import torch
 
     from bench.measure_point import measure
@@ -309,3 +303,16 @@ def test_reversible_saved_bytes_gap_is_explained_by_recomputation():
     row = exps.loc["saved_for_backward_mib"]
     assert row["fit_range"] == "512-2048" and row["n"] == 3 and row["predicted_slope"] == pytest.approx(2.0)
     assert row["flag"] == "GAP" and "recompute" in row["explanation"]
+
+
+def test_peak_growing_faster_than_linear_in_rounds_is_put_down_to_duplicate_counts():
+    records = [_rec(2048, "lsh", h, 1.0, 1) for h in (1, 2, 4, 8, 16)]
+    for rec in records:
+        h = rec["params"]["n_hashes"]
+        rec["params"]["dup_correction"] = True
+        rec["metrics"].update(rss_delta_mib=10.0 * h**1.7, saved_for_backward_mib=1.0 + 2.0 * h)
+    view = r.study_view(r.ok_frame(records), "speed", {"grid": {"n_hashes": [1, 2, 4, 8, 16]}}, "cpu")
+    exps = r.exponent_table([view]).set_index("metric")
+    assert exps.loc["rss_delta_mib", "flag"] == "GAP" and "duplicate-count" in exps.loc["rss_delta_mib", "explanation"]
+    saved = exps.loc["saved_for_backward_mib"]
+    assert saved["fit_range"] == "4-16" and saved["flag"] == "" and saved["offset_fit_p"] == pytest.approx(1.0, abs=0.02)

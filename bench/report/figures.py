@@ -202,7 +202,8 @@ def _lines(ax, sub: pd.DataFrame, view: StudyView, metric: str, colours: Mapping
     styles = ["-", "--", ":", "-."]
     for i, grp in enumerate(coinciding(sub, view.x, metric)):
         curve = sub[sub["_series"] == grp[0]].sort_values(view.x)
-        words = " = ".join(dict.fromkeys(sub.loc[sub["_series"].isin(grp), "_words"]))
+        names = list(dict.fromkeys(sub.loc[sub["_series"].isin(grp), "_words"]))
+        words = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
         if len(grp) > 1:
             notes.append(words)
         colour = colours[grp[0]]
@@ -219,7 +220,11 @@ def _lines(ax, sub: pd.DataFrame, view: StudyView, metric: str, colours: Mapping
         elif metric.endswith("_median") and has_values(curve, q25) and has_values(curve, q75):
             ax.fill_between(xs, curve[q25], curve[q75], color=colour, alpha=0.2, linewidth=0)
         panel = str(curve["_panel"].iloc[0])
-        legend = words if not view.col else (panel if words == "all points" else f"{panel}, {words}")
+        if words == "all points":
+            words = panel if view.col else "measured"
+        elif view.col:
+            words = f"{panel}, {words}"
+        legend = words + (" (identical)" if len(names) > 1 else "")
         fit = _fit_for(exps, view, metric, grp[0], sub)
         if fit is not None and is_growth_plot(view):
             measured, predicted = fit

@@ -86,9 +86,17 @@ def load_line(loaded: int, known: int, total_ok: int) -> str:
             f"tables and hollow in the plots{unknown}.")
 
 
+SPREAD_HEADINGS = {"_q25": "25th pct", "_q75": "75th pct", "_min": "min", "_max": "max"}
+
+
 def readable_table(table: pd.DataFrame) -> pd.DataFrame:
-    """Column headings in words, with units."""
-    return table.rename(columns={c: f"{label(c)} [`{c}`]" if has_label(c) else c for c in table.columns})
+    """Column headings in words with units, the record column beside them; spreads as short tags."""
+    def heading(c: str) -> str:
+        for suffix, tag in SPREAD_HEADINGS.items():
+            if c.endswith(suffix) and c not in ("n_hashes",):
+                return tag
+        return f"{label(c)} `{c}`" if has_label(c) and label(c) != c else c
+    return table.rename(columns={c: heading(c) for c in table.columns})
 
 
 def write_report(run_dir: Path) -> Path:

@@ -245,7 +245,7 @@ def test_series_that_coincide_are_drawn_once_and_named_in_the_caption():
     fig, caption = draw_metric(view, "saved_for_backward_mib", {}, "cpu", r.exponent_table([view]))
     solid = [ln for ln in fig.axes[0].get_lines() if ln.get_linestyle() == "-"]
     assert len(solid) == 1
-    assert "full (naive) = LSH coincide" in caption and caption.endswith("Why.")
+    assert "full (naive) and LSH coincide" in caption and caption.endswith("Why.")
 
 
 def test_points_under_load_are_marked_counted_and_old_records_still_render(tmp_path: Path):

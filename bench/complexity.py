@@ -217,27 +217,26 @@ def fit_tail(x: Sequence[float], y: Sequence[float], min_points: int = MIN_TAIL_
 
 
 def fit_offset_power(x: Sequence[float], y: Sequence[float]) -> float | None:
-    """The exponent p of y = a + b * x**p (a >= 0, b > 0) by least squares on relative residuals,
-    over every point: the growth rate once a constant term (weights, buffers) is set apart. None
-    with fewer than four distinct x values (three parameters need a point to spare) or no fit."""
-    from scipy.optimize import curve_fit
-
+    """The exponent p of y = a + b * x**p (a >= 0, b > 0) over every point, least squares on relative
+    residuals: the growth rate once a constant term (weights, buffers) is set apart. For each p on a
+    fine grid a and b are a linear fit; the best p wins. None with fewer than four distinct x values
+    (three parameters need a point to spare)."""
     xs, ys = _positive(x, y)
     if np.unique(xs).size < 4:
         return None
-    scale = xs.max()
-    u = xs / scale
-
-    def model(u, a, b, p):
-        return a + b * u**p
-
-    start = fit_loglog(xs, ys).slope
-    try:
-        params, _ = curve_fit(model, u, ys, p0=(ys.min() / 2, ys.max(), max(start, 0.1)), sigma=ys,
-                              bounds=([0.0, 0.0, -1.0], [np.inf, np.inf, 4.0]), maxfev=20000)
-    except (RuntimeError, ValueError):
-        return None
-    return float(params[2])
+    u = xs / xs.max()
+    best, best_p = math.inf, None
+    for p in np.round(np.arange(-1.0, 4.0 + 1e-9, 0.005), 3):
+        design = np.stack([np.ones_like(u), u**p], axis=1) / ys[:, None]  # relative residuals
+        (a, b), *_ = np.linalg.lstsq(design, np.ones_like(ys), rcond=None)
+        if a < 0:  # the constant cannot be negative: fit b alone
+            a, b = 0.0, float(np.sum(u**p / ys) / np.sum((u**p / ys) ** 2))
+        if b <= 0:
+            continue
+        err = float(np.sum((1 - (a + b * u**p) / ys) ** 2))
+        if err < best - 1e-15:
+            best, best_p = err, float(p)
+    return best_p
 
 
 def predicted_exponent(params_rows: Sequence[Mapping[str, Any]], axis: str, term: str) -> float:

@@ -1,4 +1,4 @@
-"""`python -m bench run|list|report|reference|publish`: the command line the Makefile targets call."""
+"""`python -m bench run|list|report|compare|reference|publish`: the command line the Makefile targets call."""
 from __future__ import annotations
 
 import argparse
@@ -55,6 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", type=Path)
     p.add_argument("--update-reference", action="store_true",
                    help="allow rewriting the report of a committed reference folder")
+
+    p = sub.add_parser("compare", help="compare run B with run A point by point (time shape, memory)")
+    p.add_argument("run_a", type=Path, help="the baseline, e.g. results/<suite>/reference-cpu")
+    p.add_argument("run_b", type=Path, help="the run to check against it")
+    p.add_argument("--out", type=Path, help="also write the comparison as markdown here")
 
     p = sub.add_parser("reference", help="make a finished run the reference of its suite and profile")
     p.add_argument("run_dir", type=Path)
@@ -179,6 +184,19 @@ def cmd_reference(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace, console: Console) -> int:
+    from bench.compare import compare_runs, print_comparison, write_comparison
+
+    try:
+        cmp = compare_runs(args.run_a, args.run_b)
+    except ValueError as exc:
+        raise RunError(str(exc)) from None
+    print_comparison(cmp, console)
+    if args.out:
+        console.print(f"comparison: {write_comparison(cmp, args.out)}", markup=False, highlight=False)
+    return 0
+
+
 def cmd_publish(args: argparse.Namespace, console: Console) -> int:
     from bench.publish import PublishError, publish_report, publish_run
 
@@ -193,8 +211,8 @@ def cmd_publish(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "list": cmd_list, "report": cmd_report, "reference": cmd_reference,
-            "publish": cmd_publish}
+COMMANDS = {"run": cmd_run, "list": cmd_list, "report": cmd_report, "compare": cmd_compare,
+            "reference": cmd_reference, "publish": cmd_publish}
 
 
 def _error(message: str) -> None:

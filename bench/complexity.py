@@ -160,30 +160,83 @@ def table3_terms(params: Mapping[str, Any]) -> Terms:
 
 @dataclass(frozen=True)
 class Fit:
-    """y ~ exp(intercept) * x**slope by least squares on (log x, log y)."""
+    """y ~ exp(intercept) * x**slope by least squares on (log x, log y). r2 is None for two points,
+    where any line fits exactly and R^2 = 1 would say nothing."""
 
     slope: float
     intercept: float
-    r2: float
+    r2: float | None
     n: int
+    x_min: float = math.nan
+    x_max: float = math.nan
+
+
+MIN_TAIL_POINTS = 3
 
 
 def fit_loglog(x: Sequence[float], y: Sequence[float]) -> Fit:
     """Least-squares line through (log x, log y). Points with a non-positive or non-finite x or y are
     dropped; needs two distinct x values left. R^2 is 1.0 when y is constant (a flat fit is exact)."""
+    xs, ys = _positive(x, y)
+    lx, ly = np.log(xs), np.log(ys)
+    if np.unique(lx).size < 2:
+        raise ValueError(f"fit_loglog: need >= 2 distinct positive x values, got {np.unique(xs).tolist()}")
+    slope, intercept = np.polyfit(lx, ly, 1)
+    residual = float(np.sum((ly - (slope * lx + intercept)) ** 2))
+    total = float(np.sum((ly - ly.mean()) ** 2))
+    r2 = (1.0 - residual / total if total > 0 else 1.0) if np.unique(lx).size > 2 else None
+    return Fit(slope=float(slope), intercept=float(intercept), r2=None if r2 is None else float(r2),
+               n=int(xs.size), x_min=float(xs.min()), x_max=float(xs.max()))
+
+
+def _positive(x: Sequence[float], y: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
     xs = np.asarray(x, dtype=float)
     ys = np.asarray(y, dtype=float)
     if xs.shape != ys.shape:
         raise ValueError(f"fit_loglog: x has {xs.size} values, y has {ys.size}")
     keep = np.isfinite(xs) & np.isfinite(ys) & (xs > 0) & (ys > 0)
-    lx, ly = np.log(xs[keep]), np.log(ys[keep])
-    if np.unique(lx).size < 2:
-        raise ValueError(f"fit_loglog: need >= 2 distinct positive x values, got {np.unique(xs[keep]).tolist()}")
-    slope, intercept = np.polyfit(lx, ly, 1)
-    residual = float(np.sum((ly - (slope * lx + intercept)) ** 2))
-    total = float(np.sum((ly - ly.mean()) ** 2))
-    r2 = 1.0 - residual / total if total > 0 else 1.0
-    return Fit(slope=float(slope), intercept=float(intercept), r2=float(r2), n=int(keep.sum()))
+    return xs[keep], ys[keep]
+
+
+def tail_mask(x: Sequence[float], min_points: int = MIN_TAIL_POINTS) -> np.ndarray:
+    """Which points are the largest sizes: the upper half of the distinct x values, at least
+    `min_points` of them (all when there are fewer). Table 3's terms are leading terms, so their
+    exponent is the one of the largest sizes, where constant and lower-order terms fade."""
+    xs = np.asarray(x, dtype=float)
+    distinct = np.unique(xs[np.isfinite(xs)])
+    k = max(min_points, math.ceil(distinct.size / 2))
+    cut = distinct[-k:].min() if distinct.size else math.inf
+    return xs >= cut
+
+
+def fit_tail(x: Sequence[float], y: Sequence[float], min_points: int = MIN_TAIL_POINTS) -> Fit:
+    """fit_loglog over the largest sizes (see tail_mask)."""
+    xs, ys = _positive(x, y)
+    mask = tail_mask(xs, min_points)
+    return fit_loglog(xs[mask], ys[mask])
+
+
+def fit_offset_power(x: Sequence[float], y: Sequence[float]) -> float | None:
+    """The exponent p of y = a + b * x**p (a >= 0, b > 0) over every point, least squares on relative
+    residuals: the growth rate once a constant term (weights, buffers) is set apart. For each p on a
+    fine grid a and b are a linear fit; the best p wins. None with fewer than four distinct x values
+    (three parameters need a point to spare)."""
+    xs, ys = _positive(x, y)
+    if np.unique(xs).size < 4:
+        return None
+    u = xs / xs.max()
+    best, best_p = math.inf, None
+    for p in np.round(np.arange(-1.0, 4.0 + 1e-9, 0.005), 3):
+        design = np.stack([np.ones_like(u), u**p], axis=1) / ys[:, None]  # relative residuals
+        (a, b), *_ = np.linalg.lstsq(design, np.ones_like(ys), rcond=None)
+        if a < 0:  # the constant cannot be negative: fit b alone
+            a, b = 0.0, float(np.sum(u**p / ys) / np.sum((u**p / ys) ** 2))
+        if b <= 0:
+            continue
+        err = float(np.sum((1 - (a + b * u**p) / ys) ** 2))
+        if err < best - 1e-15:
+            best, best_p = err, float(p)
+    return best_p
 
 
 def predicted_exponent(params_rows: Sequence[Mapping[str, Any]], axis: str, term: str) -> float:

@@ -166,10 +166,12 @@ class PlotHint(BaseModel):
     y: Annotated[list[str], Field(min_length=1)]
     hue: Optional[str] = None
     style: Optional[str] = None
+    col: Optional[str] = None  # one panel per value (small multiples) instead of overlapping series
     logx: bool = False
     logy: bool = False
+    note: str = ""  # a sentence for the caption, e.g. why some series coincide
 
-    @field_validator("x", "hue", "style")
+    @field_validator("x", "hue", "style", "col")
     @classmethod
     def _known_axis(cls, name: Optional[str]) -> Optional[str]:
         if name is not None and name not in settings_model().model_fields:

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from bench.complexity import (
-    Dims, ROWS, dims_for, fit_loglog, is_power_law_axis, pick_row, predicted_exponent, table3_terms,
+    Dims, ROWS, dims_for, fit_loglog, fit_offset_power, fit_tail, is_power_law_axis, pick_row, predicted_exponent,
+    table3_terms, tail_mask,
 )
 
 MODEL = {"workload": "model", "batch_size": 2, "seq_len": 1024, "d_model": 64, "d_ff": 256,
@@ -44,17 +45,40 @@ def test_unknown_attention_is_refused_by_name():
         pick_row("local", False, False)
 
 
-def test_terms_by_hand():
-    b, l, d_model, d_ff, n_h, n_l, n_r, c = 2, 1024, 64, 256, 4, 6, 4, 64  # c = 2 * chunk_len
-    lsh = b * n_h * n_r * l * c
-    full = b * n_h * l**2
-    assert table3_terms(params()).memory == max(b * l * d_ff, lsh) * n_l
-    assert table3_terms(params()).time == (b * l * d_ff + lsh) * n_l
-    reformer = table3_terms(params(reversible=True, ff_chunks=4))
-    assert (reformer.row, reformer.memory) == ("Reformer", max(b * l * d_model, lsh))
-    rev = table3_terms(params(attention="full", reversible=True, n_hashes=None, chunk_len=None))
-    assert rev.memory == max(b * l * d_ff, full)
-    assert rev.time == (b * n_h * l * d_ff + full) * n_l  # the paper's n_h factor, as printed
+B, L, D_MODEL, D_FF, N_H, N_L, N_R, C = 2, 1024, 64, 256, 4, 6, 4, 64  # c = 2 * chunk_len
+LSH_TERM = B * N_H * N_R * L * C
+FULL_TERM = B * N_H * L**2
+FULL = {"n_hashes": None, "chunk_len": None}
+
+
+@pytest.mark.parametrize(
+    "changes, row, memory, time",
+    [
+        ({"attention": "full", **FULL}, "Transformer",
+         max(B * L * D_FF, FULL_TERM) * N_L, (B * L * D_FF + FULL_TERM) * N_L),
+        ({"attention": "full", "reversible": True, **FULL}, "Reversible Transformer",
+         max(B * L * D_FF, FULL_TERM), (B * N_H * L * D_FF + FULL_TERM) * N_L),  # the paper's n_h, as printed
+        ({"attention": "full", "reversible": True, "ff_chunks": 4, **FULL}, "Chunked Reversible Transformer",
+         max(B * L * D_MODEL, FULL_TERM), (B * N_H * L * D_FF + FULL_TERM) * N_L),
+        ({}, "LSH Transformer", max(B * L * D_FF, LSH_TERM) * N_L, (B * L * D_FF + LSH_TERM) * N_L),
+        ({"reversible": True, "ff_chunks": 4}, "Reformer",
+         max(B * L * D_MODEL, LSH_TERM), (B * L * D_FF + LSH_TERM) * N_L),
+        ({"reversible": True}, "Reversible LSH Transformer",
+         max(B * L * D_FF, LSH_TERM), (B * L * D_FF + LSH_TERM) * N_L),
+    ],
+)
+def test_terms_by_hand(changes, row, memory, time):
+    """Every row's memory and time term, written out from Table 3 (the chunked reversible one too)."""
+    terms = table3_terms(params(**changes))
+    assert (terms.row, terms.memory, terms.time) == (row, memory, time)
+
+
+def test_chunked_rows_drop_d_ff_from_memory():
+    """With d_ff far above the attention term, only the chunked rows lose it."""
+    wide = {"d_ff": 2**20, "seq_len": 256}
+    chunked = table3_terms(params(attention="full", reversible=True, ff_chunks=4, **FULL, **wide))
+    plain = table3_terms(params(attention="full", reversible=True, **FULL, **wide))
+    assert plain.memory == B * 256 * 2**20 and chunked.memory == max(B * 256 * D_MODEL, B * N_H * 256**2)
 
 
 def test_attention_workload_is_one_layer_without_feed_forward():
@@ -93,6 +117,31 @@ def test_fit_r2_drops_with_noise_and_flat_series_fit_zero():
     assert 0 < noisy.r2 < 1
     flat = fit_loglog(x, np.full(x.size, 7.0))
     assert flat.slope == pytest.approx(0.0, abs=1e-12) and flat.r2 == 1.0
+
+
+def test_two_points_have_no_r2():
+    fit = fit_loglog([2, 4], [3, 7])
+    assert fit.n == 2 and fit.r2 is None
+
+
+def test_tail_fit_uses_the_largest_sizes_where_the_leading_term_dominates():
+    """a + b*x^2: the all-points slope is dragged down by the constant, the tail's is close to 2."""
+    x = [256, 512, 1024, 2048, 4096, 8192]
+    y = [5e5 + v**2 for v in x]
+    assert fit_loglog(x, y).slope < 1.6
+    tail = fit_tail(x, y)
+    assert tail.n == 3 and (tail.x_min, tail.x_max) == (2048, 8192)
+    assert tail.slope == pytest.approx(2.0, abs=0.15) and tail.r2 > 0.99
+    assert list(tail_mask(x)) == [False, False, False, True, True, True]
+    assert list(tail_mask(list(range(1, 10)))) == [False] * 4 + [True] * 5  # upper half, rounded up
+    assert fit_tail([1, 2], [1, 4]).n == 2  # fewer than three: all of them
+
+
+def test_offset_power_fit_recovers_the_exponent_past_a_constant():
+    x = [1, 2, 4, 8, 16]
+    assert fit_offset_power(x, [8 + 4 * v for v in x]) == pytest.approx(1.0, abs=0.02)
+    assert fit_offset_power(x, [100 + 0.5 * v**2 for v in x]) == pytest.approx(2.0, abs=0.05)
+    assert fit_offset_power([1, 2, 4], [1, 2, 4]) is None  # three parameters need four sizes
 
 
 def test_fit_drops_non_positive_points_and_needs_two_x():

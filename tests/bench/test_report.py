@@ -153,9 +153,6 @@ def test_status_counts_lists_every_status():
 def test_measured_points_flow_into_a_report(tmp_path: Path):
     """measure() -> contract records -> write_report, on real tiny points: the device-independent
     saved bytes grow faster than linearly for full attention and linearly for LSH."""
-    import importlib
-
-    importlib.import_module("reformer_impl.model")  # a broken model import fails this test, never skips it
     import torch
 
     from bench.measure_point import measure
@@ -185,3 +182,137 @@ def test_measured_points_flow_into_a_report(tmp_path: Path):
     assert full["measured_slope"] > 1.3 and full["predicted_slope"] == pytest.approx(2.0, abs=0.2)
     assert lsh["measured_slope"] == pytest.approx(1.0, abs=0.1)
     assert full["table3_row"] == "Transformer" and lsh["table3_row"] == "LSH Transformer"
+
+
+# --------------------------------------------------------------------------- readers' plots and load
+
+
+def _fixture_records() -> list[dict]:
+    return r.read_records(FIXTURE / "records.jsonl")
+
+
+def _view(records, study: str = "vs_seq_len"):
+    meta = json.loads((FIXTURE / "run.json").read_text())
+    return r.study_view(r.ok_frame(records), study, meta["suite_spec"]["studies"][study], "cpu")
+
+
+def test_growth_plot_has_a_table3_guide_per_series_and_exponents_in_the_legend():
+    from bench.report.figures import draw_metric
+
+    view = _view(_fixture_records())
+    exps = r.exponent_table([view])
+    fig, caption = draw_metric(view, "rss_delta_mib", {"torch": "2.13.0+cpu", "device_name": "Synthetic CPU"},
+                               "cpu", exps)
+    ax = fig.axes[0]
+    guides = [ln for ln in ax.get_lines() if ln.get_linestyle() == "--"]
+    assert len(guides) == 2  # one per series (full, LSH)
+    legend = [t.get_text().replace("\n", " ") for t in ax.get_legend().get_texts()]
+    assert "full (naive): fit 2.00, Table 3 2.00" in legend and "LSH: fit 1.00, Table 3 1.00" in legend
+    assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
+    assert ax.get_xlabel() == "sequence length (tokens)"
+    assert ax.get_ylabel() == "peak resident memory above the pre-build baseline (MiB)"
+    assert "batch size 1" in caption and "d_model 64" in caption and "torch 2.13.0+cpu" in caption
+    assert "float32 on Synthetic CPU" in caption
+
+
+def test_ordered_series_get_a_sequential_palette_in_numeric_order():
+    from bench.report.figures import series_colours
+
+    records = [_rec(l, "lsh", h, float(h), 1) for l in (256, 512) for h in (16, 1, 4)]
+    records += [_rec(l, "full", None, 9.0, 1) for l in (256, 512)]
+    view = r.study_view(r.ok_frame(records), "speed", {"plot": {"x": "seq_len", "hue": "n_hashes"}}, "cpu")
+    hashes = [h for h in view.frame["n_hashes"].dropna().drop_duplicates()]
+    assert hashes == [1, 4, 16]  # numeric order, not text order (1, 16, 4)
+    colours = series_colours(view.frame, view.series)
+    from bench.report.frames import series_label
+
+    key = {h: series_label({"attention": "lsh" if h else "full", "n_hashes": h}, view.series) for h in (None, 1, 4, 16)}
+    lsh = [colours[key[h]] for h in (1, 4, 16)]
+    assert len({tuple(c) for c in lsh}) == 3
+    brightness = [sum(c) for c in lsh]
+    assert brightness == sorted(brightness, reverse=True)  # a ramp: more rounds, darker
+    assert colours[key[None]] not in lsh
+
+
+def test_series_that_coincide_are_drawn_once_and_named_in_the_caption():
+    from bench.report.figures import draw_metric
+
+    records = [_rec(l, a, 2 if a == "lsh" else None, 1.0, 1) for l in (256, 512, 1024) for a in ("full", "lsh")]
+    for rec in records:
+        rec["metrics"]["saved_for_backward_mib"] = rec["params"]["seq_len"] / 100
+    view = r.study_view(r.ok_frame(records), "speed", {"plot": {"x": "seq_len", "y": ["saved_for_backward_mib"],
+                                                                 "logx": True, "logy": True, "note": "Why."}}, "cpu")
+    fig, caption = draw_metric(view, "saved_for_backward_mib", {}, "cpu", r.exponent_table([view]))
+    solid = [ln for ln in fig.axes[0].get_lines() if ln.get_linestyle() == "-"]
+    assert len(solid) == 1
+    assert "full (naive) and LSH coincide" in caption and caption.endswith("Why.")
+
+
+def test_points_under_load_are_marked_counted_and_old_records_still_render(tmp_path: Path):
+    from bench.report.figures import draw_metric
+
+    records = _fixture_records()
+    ok = [rec for rec in records if rec["status"] == "ok"]
+    for i, rec in enumerate(ok):
+        rec["load"] = {"loadavg_1m": 2.5, "other_cpu_frac": 0.6 if i < 3 else 0.0, "steal_frac": None,
+                       "under_load": i < 3}
+        rec["metrics"]["rss_delta_mib_min"] = rec["metrics"]["rss_delta_mib"] * 0.9
+        rec["metrics"]["rss_delta_mib_max"] = rec["metrics"]["rss_delta_mib"] * 1.1
+        rec["metrics"]["memory_processes"] = 3
+    shutil.copy(FIXTURE / "run.json", tmp_path / "run.json")
+    (tmp_path / "records.jsonl").write_text("".join(json.dumps(rec) + "\n" for rec in records))
+    text = r.write_report(tmp_path).read_text()
+    assert "**3 of 16 ok points were measured under load**" in text
+    table = pd.read_csv(tmp_path / "tables" / "vs_seq_len.csv")
+    assert {"rss_delta_mib_min", "rss_delta_mib_max", "under_load"} <= set(table.columns)
+    assert table["under_load"].sum() == 3
+    view = _view(records)
+    fig, caption = draw_metric(view, "rss_delta_mib", {}, "cpu", None)
+    assert "Hollow markers: 3 point(s)" in caption and "lowest to highest reading" in caption
+    from matplotlib.collections import PathCollection
+
+    markers = [c for c in fig.axes[0].collections if isinstance(c, PathCollection)]
+    hollow = [c for c in markers if c.get_facecolors().size == 0 or c.get_facecolors()[0][3] == 0]
+    assert sum(len(c.get_offsets()) for c in hollow) == 3
+    # the fixture itself predates the load field: it renders and says so
+    old = r.write_report(_copy(tmp_path / "old")).read_text()
+    assert "do not say whether the machine was busy" in old
+
+
+def _copy(dest: Path) -> Path:
+    shutil.copytree(FIXTURE, dest)
+    return dest
+
+
+def test_exponents_say_too_few_points_and_explain_every_gap():
+    records = [_rec(l, "full", None, 1.0, 1) for l in (256, 512)]
+    for rec in records:
+        rec["metrics"]["rss_delta_mib"] = float(rec["params"]["seq_len"])  # slope 1 against Table 3's 2
+    exps = r.exponent_table([r.study_view(r.ok_frame(records), "speed", {}, "cpu")]).set_index("metric")
+    row = exps.loc["rss_delta_mib"]
+    assert row["r2"] == "too few points" and row["n"] == 2
+    assert row["flag"] == "GAP" and "only two sizes" in row["explanation"]
+    assert "terms Table 3 leaves out" in row["explanation"]
+
+
+def test_reversible_saved_bytes_gap_is_explained_by_recomputation():
+    records = [_rec(l, "full", None, 1.0, 1) for l in (256, 512, 1024, 2048)]
+    for rec in records:
+        rec["metrics"]["saved_for_backward_mib"] = rec["params"]["seq_len"] / 100
+    exps = r.exponent_table([r.study_view(r.ok_frame(records), "speed", {}, "cpu")]).set_index("metric")
+    row = exps.loc["saved_for_backward_mib"]
+    assert row["fit_range"] == "512-2048" and row["n"] == 3 and row["predicted_slope"] == pytest.approx(2.0)
+    assert row["flag"] == "GAP" and "recompute" in row["explanation"]
+
+
+def test_peak_growing_faster_than_linear_in_rounds_is_put_down_to_duplicate_counts():
+    records = [_rec(2048, "lsh", h, 1.0, 1) for h in (1, 2, 4, 8, 16)]
+    for rec in records:
+        h = rec["params"]["n_hashes"]
+        rec["params"]["dup_correction"] = True
+        rec["metrics"].update(rss_delta_mib=10.0 * h**1.7, saved_for_backward_mib=1.0 + 2.0 * h)
+    view = r.study_view(r.ok_frame(records), "speed", {"grid": {"n_hashes": [1, 2, 4, 8, 16]}}, "cpu")
+    exps = r.exponent_table([view]).set_index("metric")
+    assert exps.loc["rss_delta_mib", "flag"] == "GAP" and "duplicate-count" in exps.loc["rss_delta_mib", "explanation"]
+    saved = exps.loc["saved_for_backward_mib"]
+    assert saved["fit_range"] == "4-16" and saved["flag"] == "" and saved["offset_fit_p"] == pytest.approx(1.0, abs=0.02)

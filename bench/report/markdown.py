@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from bench.environment import portable_path
 from bench.report.exponents import GAP_LIMIT, exponent_table
 from bench.report.figures import plot_metric
 from bench.report.frames import (
@@ -61,11 +62,9 @@ def header_markdown(run: Run, run_dir: Path) -> str:
         ("date", env.get("date") or meta.get("created_at")), ("profile", profile),
     ]
     table = pd.DataFrame(facts, columns=["", "value"])
-    from bench.environment import portable_path
-
     rel = portable_path(run_dir)
     checkout = f"git checkout {commit}\n" if commit else ""
-    reference = run_id.startswith("reference-")
+    reference = Path(run_dir).name.startswith("reference-")
     again = (f"python -m bench run {suite} --profile {profile} --device {run.device}   # a new run on this machine\n"
              f"python -m bench compare {rel} results/runs/{suite}/<new run id>" if reference else
              f"python -m bench run {suite} --profile {profile} --device {run.device} --fresh\n"

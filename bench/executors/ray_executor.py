@@ -241,17 +241,17 @@ class RayExecutor:
                         running[ref] = (point, node.node_id)
                 if not running:
                     raise self._lost("no alive node can run the remaining points "
-                                     f"({', '.join(sorted({p.device for p in queue}))})", died, [], queue)
+                                     f"({', '.join(sorted({p.device for p in queue}))})", died, {}, queue)
                 done, _ = ray.wait(list(running), num_returns=1, timeout=POLL_S)
                 if not done:
-                    if self._cluster_alive():
+                    if not self._cluster_alive():
+                        unreachable_since = unreachable_since or time.monotonic()
+                        if time.monotonic() - unreachable_since > LOSS_GRACE_S:
+                            raise self._lost("lost the cluster (its head stopped answering)", died, running, queue)
+                    else:
                         unreachable_since = None
-                    elif unreachable_since is None:
-                        unreachable_since = time.monotonic()
-                    elif time.monotonic() - unreachable_since > LOSS_GRACE_S:
-                        raise self._lost("lost the cluster (its head stopped answering)", died, running, queue)
-                    if time.monotonic() - refreshed > NODE_REFRESH_S and len(running) < len(nodes) + 1:
-                        nodes, refreshed = cluster_nodes(ray), time.monotonic()
+                        if time.monotonic() - refreshed > NODE_REFRESH_S:  # nodes that joined since
+                            nodes, refreshed = cluster_nodes(ray), time.monotonic()
                     continue
                 point, _node_id = running.pop(done[0])
                 try:

@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from bench.executors.base import ClusterLost, ExecutorError
 from bench.runner import ReportFailed, RunError, RunOptions, Terminated, raise_terminated, run
 from bench.reference import promote
 from bench.store import RUN_JSON, StoreError, is_reference, load_run_json
@@ -19,6 +20,29 @@ from bench.suite import DEFAULT_MAX_POINTS, PROFILES, SUITES_DIR, SuiteError, lo
 
 
 WIDE = 160
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be > 0")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a whole number >= 1")
+    return int(text)
+
+
+def _key_value(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip() or not value.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE")
+    return key.strip(), value.strip()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,8 +60,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fresh", action="store_true", help="always start a new, timestamped run")
     p.add_argument("--retry-failed", action="store_true", help="run error/timeout points again")
     p.add_argument("--results-root", type=Path, default=Path("results"))
-    p.add_argument("--executor", choices=("local", "ray"), default="local")
-    p.add_argument("--ray-address", help="Ray cluster address (default: start or join a local one)")
+    p.add_argument("--executor", choices=("local", "ray", "submitit"), default="local",
+                   help="ray / submitit: one point per node at a time on a Ray cluster / as Slurm jobs")
+    p.add_argument("--ray-address", help="HOST:PORT of a Ray cluster's head, ray://HOST:PORT or auto "
+                   "(default: RAY_ADDRESS, else a `ray start` cluster on this machine, else a new local instance)")
+    p.add_argument("--ray-connect-timeout-s", type=_positive_float, default=30.0, metavar="S",
+                   help="give up connecting to the Ray cluster after S seconds (default 30)")
+    p.add_argument("--submitit-cluster", choices=("auto", "slurm", "local"), default="auto",
+                   help="submitit: auto = Slurm when sbatch exists, else local processes")
+    p.add_argument("--slurm-partition", help="submitit: Slurm partition")
+    p.add_argument("--slurm-time-min", type=_positive_int, metavar="MIN",
+                   help="submitit: job time limit (default: the suite's timeout_s plus 5 minutes)")
+    p.add_argument("--slurm-gpus-per-task", type=_positive_int, default=1, metavar="N",
+                   help="submitit: GPUs for each CUDA point (CPU points ask for none; default 1)")
+    p.add_argument("--slurm-cpus-per-task", type=_positive_int, metavar="N",
+                   help="submitit: CPUs per point, also its torch thread count (default: the job's CPUs)")
+    p.add_argument("--slurm-arg", action="append", default=[], type=_key_value, metavar="KEY=VALUE",
+                   help="submitit: any other sbatch option, e.g. account=proj or constraint=a100 (repeatable)")
     p.add_argument("--wandb", action="store_true", help="log each record to Weights & Biases as it lands")
     p.add_argument("--only", action="append", default=[], metavar="STUDY",
                    help="run only this study (repeatable)")
@@ -94,8 +133,12 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     opts = RunOptions(
         profile=args.profile, device=args.device, run_id=args.run_id, fresh=args.fresh,
         retry_failed=args.retry_failed, results_root=args.results_root, executor=args.executor,
-        ray_address=args.ray_address, wandb=args.wandb, only=tuple(args.only),
-        memory_limit_mib=args.memory_limit_mib, time_budget_s=args.time_budget_s, max_points=args.max_points,
+        ray_address=args.ray_address, ray_connect_timeout_s=args.ray_connect_timeout_s,
+        submitit_cluster=args.submitit_cluster, slurm_partition=args.slurm_partition,
+        slurm_time_min=args.slurm_time_min, slurm_gpus_per_task=args.slurm_gpus_per_task,
+        slurm_cpus_per_task=args.slurm_cpus_per_task, slurm_args=tuple(args.slurm_arg), wandb=args.wandb,
+        only=tuple(args.only), memory_limit_mib=args.memory_limit_mib, time_budget_s=args.time_budget_s,
+        max_points=args.max_points,
     )
     if opts.fresh and opts.run_id:
         raise RunError("--fresh and --run-id are exclusive: --fresh makes a new timestamped run id")
@@ -226,9 +269,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         console = Console(width=max(console.width, WIDE))
     try:
         return COMMANDS[args.command](args, console)
-    except (SuiteError, RunError, StoreError) as exc:
+    except (SuiteError, RunError, StoreError, ExecutorError) as exc:
         _error(str(exc))
         return 2
+    except ClusterLost as exc:  # what finished is recorded; rerunning the command runs the rest
+        _error(str(exc))
+        return 3
     except KeyboardInterrupt:
         return 130
     except Terminated:

@@ -54,8 +54,15 @@ class RunOptions:
     fresh: bool = False  # always a new run
     retry_failed: bool = False
     results_root: Path = Path("results")
-    executor: str = "local"  # local | ray
+    executor: str = "local"  # local | ray | submitit
     ray_address: str | None = None
+    ray_connect_timeout_s: float = 30.0
+    submitit_cluster: str = "auto"  # auto (Slurm when sbatch exists, else local) | slurm | local
+    slurm_partition: str | None = None
+    slurm_time_min: int | None = None  # default: the point timeout plus a grace
+    slurm_gpus_per_task: int = 1  # for CUDA points; CPU points ask for none
+    slurm_cpus_per_task: int | None = None
+    slurm_args: tuple[tuple[str, str], ...] = ()  # extra sbatch options (KEY, VALUE)
     wandb: bool = False
     only: tuple[str, ...] = ()
     memory_limit_mib: float | None = None  # local executor's watchdog; None = 75% of free RAM
@@ -119,15 +126,26 @@ def plan_run(suite: Suite, opts: RunOptions, has_cuda: bool) -> Plan:
     return Plan(profile=profile, device=devices[0] if len(devices) == 1 else "mixed", points=tuple(points))
 
 
-def make_executor(opts: RunOptions, plan: Plan, timeout_s: float, processes: int = 3) -> Executor:
+def make_executor(opts: RunOptions, plan: Plan, timeout_s: float, run_dir: Path | None = None,
+                  log: Callable[[str], None] | None = None, processes: int = 3) -> Executor:
+    extra = {} if opts.memory_limit_mib is None else {"memory_limit_mib": int(opts.memory_limit_mib)}
     if opts.executor == "ray":
         from bench.executors.ray_executor import RayExecutor
 
-        num_gpus = 1.0 if plan.device in ("cuda", "mixed") else 0.0
-        extra = {} if opts.memory_limit_mib is None else {"memory_limit_mib": int(opts.memory_limit_mib)}
-        return RayExecutor(address=opts.ray_address, num_gpus=num_gpus, timeout_s=timeout_s, **extra)
+        return RayExecutor(address=opts.ray_address, timeout_s=timeout_s,
+                           connect_timeout_s=opts.ray_connect_timeout_s, log=log, **extra)
+    if opts.executor == "submitit":
+        from bench.executors.submitit_executor import SubmititExecutor, slurm_options
+
+        return SubmititExecutor(
+            Path(run_dir or opts.results_root) / "submitit", timeout_s,
+            cluster=None if opts.submitit_cluster == "auto" else opts.submitit_cluster,
+            slurm=slurm_options(opts.slurm_partition, opts.slurm_time_min, opts.slurm_cpus_per_task,
+                                opts.slurm_args),
+            num_gpus=opts.slurm_gpus_per_task, **extra,
+        )
     if opts.executor != "local":
-        raise RunError(f"--executor {opts.executor!r}: expected 'local' or 'ray'")
+        raise RunError(f"--executor {opts.executor!r}: expected 'local', 'ray' or 'submitit'")
     from bench.executors.local import LocalExecutor
 
     return LocalExecutor(timeout_s=None, memory_limit_mib=opts.memory_limit_mib, processes=processes)
@@ -261,7 +279,9 @@ def _execute(todo: Sequence[PlannedPoint], store: RunStore, run_id: str, opts: R
         if to_run:
             measurement = suite.measurement(plan.profile)
             started = time.monotonic()
-            executor = make_executor(opts, plan, measurement["timeout_s"], measurement.get("processes", 3))
+            log = lambda message: progress.console.print(message, markup=False, highlight=False)  # noqa: E731
+            executor = make_executor(opts, plan, measurement["timeout_s"], store.run_dir, log,
+                                     measurement.get("processes", 3))
             for record in executor.run(to_run):
                 keep(record, progress, task)
                 if opts.time_budget_s is not None and time.monotonic() - started > opts.time_budget_s:
@@ -385,7 +405,8 @@ def _run_duplication(path: Path, opts: RunOptions, console: Console) -> Path:
     from bench.duplication.runner import NothingToMeasure, run_suite
 
     ignored = [flag for flag, on in (("--retry-failed", opts.retry_failed), ("--only", bool(opts.only)),
-                                     ("--wandb", opts.wandb), ("--executor ray", opts.executor != "local")) if on]
+                                     ("--wandb", opts.wandb),
+                                     (f"--executor {opts.executor}", opts.executor != "local")) if on]
     if ignored:
         console.print(f"{path}: duplication suites ignore {', '.join(ignored)}", style="yellow", markup=False, soft_wrap=True)
     has_cuda = cuda_available()

@@ -6,6 +6,8 @@ standalone as `python -m bench.worker < request.json` for debugging.
 from __future__ import annotations
 
 import json
+import os
+import platform
 import sys
 import time
 import traceback as tb
@@ -17,6 +19,8 @@ from bench.store import Record, make_record
 # Marks the record line, so stray prints from libraries cannot be mistaken for it.
 RECORD_PREFIX = "@@RECORD@@ "
 TRACEBACK_TAIL = 4000  # characters of traceback kept in an error record
+# Set by the cluster executors: the torch thread count, so it never comes from Ray's OMP_NUM_THREADS.
+THREADS_ENV = "BENCH_TORCH_THREADS"
 
 # measure(point) times and reads memory; measure(point, timing=False) reads memory only.
 Measure = Callable[..., Mapping[str, Any]]
@@ -71,11 +75,41 @@ def run_point(point: GridPoint, measure: Measure, timing: bool = True) -> Record
 
 
 def serve(request: Mapping[str, Any], measure: Measure) -> None:
-    """Measure the request's point and print its record line."""
+    """Measure the request's point and print its record line, with the node it ran on."""
     point = GridPoint.from_json(request["point"])
+    apply_thread_count()
     record = run_point(point, measure, timing=bool(request.get("timing", True)))
+    record["node"] = node_info(point.device)
     sys.stdout.write(RECORD_PREFIX + json.dumps(record, separators=(",", ":"), allow_nan=False) + "\n")
     sys.stdout.flush()
+
+
+def apply_thread_count() -> int | None:
+    """torch.set_num_threads(BENCH_TORCH_THREADS) when a cluster executor set it; else torch's default."""
+    value = os.environ.get(THREADS_ENV)
+    if not value:
+        return None
+    import torch
+
+    torch.set_num_threads(int(value))
+    return int(value)
+
+
+def node_info(device: str) -> dict[str, Any]:
+    """Where a point ran: host, CPU, CPU count, torch threads and GPU (cuda points), for `record["node"]`."""
+    from bench.environment import _cpu_name
+
+    torch = sys.modules.get("torch")  # only read if the measurement imported it
+    gpu = None
+    if torch is not None and device.startswith("cuda") and torch.cuda.is_available():
+        gpu = torch.cuda.get_device_name()
+    return {
+        "host": platform.node(),
+        "cpu": _cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads() if torch is not None else None,
+        "gpu": gpu,
+    }
 
 
 def _default_measure(point: GridPoint, **kwargs: Any) -> Mapping[str, Any]:

@@ -1,35 +1,118 @@
-"""RayExecutor: one Ray task per grid point on an existing cluster (or a local instance), each task
-in a fresh worker process running the same subprocess-per-point code as the local executor, so the
-records, statuses and resume behave exactly as in a local run."""
+"""RayExecutor: one Ray task per grid point, each holding a whole node (all its CPUs and GPUs) so a
+timed point never shares its machine, as under the local executor. The task runs the point in a
+subprocess exactly as the local executor does, with an explicit torch thread count, and its record
+says which node it ran on (`record["node"]`)."""
 from __future__ import annotations
 
 import os
+import socket
+import sys
+import threading
+import time
+from collections import deque
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from bench.executors.base import Record
+from bench.executors.base import ClusterLost, ExecutorError, Record
+from bench.executors.remote_task import RunPoint, failure_record, run_point_remote
 from bench.point import GridPoint
 
+__all__ = ["RayExecutor", "failure_record", "run_point_task", "enable_token_auth"]
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
-RunPoint = Callable[..., Record]  # run_point_subprocess(point, timeout_s, memory_limit_mib=None)
-TRACEBACK_CHARS = 2000  # as much of Ray's error text as a record keeps (the local executor's budget)
+POLL_S = 1.0  # how often the driver looks at the cluster while points run
+LOSS_GRACE_S = 3.0  # the head unreachable this long means the cluster is gone
+NODE_REFRESH_S = 10.0  # how often idle capacity looks for nodes that joined
+TOKEN_HELP = ("for a cluster with token authentication (`ray start` in Ray >= 2.59), make its token "
+              "available here: RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token")
 
 
-def failure_record(point: GridPoint, reason: str, traceback: str | None = None) -> Record:
-    """The `error` record of a point whose task returned none, shaped exactly as the local
-    executor's failures are (bench.store.make_record); the runner fills in run_id."""
-    from bench.store import make_record
+@dataclass(frozen=True)
+class Node:
+    """An alive node and what a point reserves on it: all of its CPUs and GPUs."""
 
-    return make_record(point, "error", reason, traceback=traceback[-TRACEBACK_CHARS:] if traceback else None)
+    node_id: str
+    host: str
+    cpus: float
+    gpus: float
 
 
-def run_point_task(point: GridPoint, timeout_s: float, memory_limit_mib: int | None, run_point: RunPoint | None) -> Record:
-    """The body of one Ray task: run the point as the local executor would and return its record."""
-    if run_point is None:
-        from bench.executors.local import run_point_subprocess as run_point
-    if memory_limit_mib is None:
-        return run_point(point, timeout_s)
-    return run_point(point, timeout_s, memory_limit_mib=memory_limit_mib)
+def cluster_nodes(ray: Any) -> dict[str, Node]:
+    """The alive nodes that can run a point (at least one CPU), by node id."""
+    nodes = {}
+    for n in ray.nodes():
+        res = n.get("Resources") or {}
+        if n.get("Alive") and res.get("CPU", 0) >= 1:
+            nodes[n["NodeID"]] = Node(n["NodeID"], n.get("NodeManagerHostname") or n.get("NodeManagerAddress", "?"),
+                                      res["CPU"], res.get("GPU", 0.0))
+    return nodes
+
+
+def host_port(address: str | None) -> tuple[str, int] | None:
+    """(host, port) of `host:port` or `ray://host:port`; None for None, `auto`, `local`."""
+    if not address or address in ("auto", "local"):
+        return None
+    rest = address.split("://", 1)[-1]
+    host, sep, port = rest.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ExecutorError(f"--ray-address {address!r}: expected HOST:PORT, ray://HOST:PORT or auto")
+    return host.strip("[]"), int(port)
+
+
+def reachable(hp: tuple[str, int], timeout_s: float) -> str | None:
+    """None if a TCP connection to hp opens within timeout_s, else why not."""
+    try:
+        with socket.create_connection(hp, timeout=timeout_s):
+            return None
+    except OSError as exc:
+        return str(exc) or type(exc).__name__
+
+
+def token_available(env: dict[str, str] | os._Environ = os.environ) -> bool:
+    return bool(env.get("RAY_AUTH_TOKEN") or env.get("RAY_AUTH_TOKEN_PATH")
+                or (Path.home() / ".ray" / "auth_token").is_file())
+
+
+def enable_token_auth(ray: Any) -> bool:
+    """Turn on Ray's token authentication (RAY_AUTH_MODE=token) when a token is available and the
+    mode is unset: Ray does this itself only for `auto`, not for an explicit address."""
+    if "RAY_AUTH_MODE" in os.environ or not token_available():
+        return os.environ.get("RAY_AUTH_MODE", "").lower() == "token"
+    os.environ["RAY_AUTH_MODE"] = "token"
+    config = getattr(getattr(ray, "_raylet", None), "Config", None)
+    if config is not None:  # Ray caches its config at import; re-read it (as Ray's own `auto` does)
+        config.initialize("")
+    return True
+
+
+@contextmanager
+def _deadline(seconds: float, message: str) -> Iterator[None]:
+    """Ray's connect retries in C++ and cannot be interrupted: past `seconds`, say why and exit 2."""
+    def give_up() -> None:
+        sys.stderr.write(f"error: {message}\n")
+        sys.stderr.flush()
+        os._exit(2)
+
+    timer = threading.Timer(seconds, give_up)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+
+
+def run_point_task(point: GridPoint, timeout_s: float, memory_limit_mib: int | None,
+                   run_point: RunPoint | None, threads: int | None = None) -> Record:
+    """The body of one Ray task: as many torch threads as CPUs the task holds (the whole node's)."""
+    import ray
+
+    ctx = ray.get_runtime_context()
+    cpus = int(ctx.get_assigned_resources().get("CPU", 1))
+    return run_point_remote(point, timeout_s, memory_limit_mib, run_point, threads or max(cpus, 1),
+                            {"ray_node_id": ctx.get_node_id()})
 
 
 def _reason(error: BaseException) -> str:
@@ -42,84 +125,181 @@ def _reason(error: BaseException) -> str:
 
 
 class RayExecutor:
-    """Runs points as Ray tasks and yields their records as they finish, in any order.
+    """Runs points as Ray tasks, one per node at a time, and yields their records as they finish.
 
-    address: a cluster (`ray://head:10001`, `auto`) or None for a local instance. num_gpus: GPUs
-    per point for CUDA points (CPU points ask for none). Each task is retried never (a crash is a
-    result) and gets a fresh worker (`max_calls=1`), so no CUDA context or allocator state leaks
-    from one point to the next. A task that fails becomes an `error` record; the grid goes on.
+    address: `HOST:PORT` (GCS), `ray://HOST:PORT` (Ray Client), `auto`, or None (Ray's own choice:
+    RAY_ADDRESS, else a cluster started on this machine with `ray start`, else a new local instance,
+    stopped at the end). A task is never retried (a crash is a result) and gets a fresh worker
+    (`max_calls=1`). A task that fails becomes an `error` record. A node that dies under a point
+    leaves that point unrecorded; losing the whole cluster ends the run with ClusterLost.
     """
 
     def __init__(
         self,
         address: str | None = None,
-        num_gpus: float = 0.0,
         timeout_s: float = 600.0,
         *,
-        num_cpus: float = 1.0,
+        connect_timeout_s: float = 30.0,
+        torch_threads: int | None = None,
         memory_limit_mib: int | None = None,
         run_point: RunPoint | None = None,
         init_kwargs: dict[str, Any] | None = None,
+        log: Callable[[str], None] | None = None,
     ) -> None:
-        if num_gpus < 0:
-            raise ValueError(f"RayExecutor: num_gpus must be >= 0, got {num_gpus!r}")
-        if num_cpus <= 0:
-            raise ValueError(f"RayExecutor: num_cpus must be > 0, got {num_cpus!r}")
-        if timeout_s <= 0:
-            raise ValueError(f"RayExecutor: timeout_s must be > 0, got {timeout_s!r}")
+        for name, value in (("timeout_s", timeout_s), ("connect_timeout_s", connect_timeout_s)):
+            if value <= 0:
+                raise ValueError(f"RayExecutor: {name} must be > 0, got {value!r}")
+        if torch_threads is not None and torch_threads < 1:
+            raise ValueError(f"RayExecutor: torch_threads must be >= 1, got {torch_threads!r}")
         self.address = address
-        self.num_gpus = num_gpus
         self.timeout_s = timeout_s
-        self.num_cpus = num_cpus
+        self.connect_timeout_s = connect_timeout_s
+        self.torch_threads = torch_threads
         self.memory_limit_mib = memory_limit_mib
         self.run_point = run_point
         self.init_kwargs = dict(init_kwargs or {})
+        self.log = log or (lambda message: None)
+        self._head: tuple[str, int] | None = None
 
-    def _init(self, ray: Any) -> bool:
-        """Connect (or start a local instance) unless Ray is already up; True when we started it."""
+    # ---- connecting -------------------------------------------------------------------------
+
+    def _connect(self, ray: Any) -> bool:
+        """Connect (or start a local instance) unless Ray is already up; True when we connected."""
         if ray.is_initialized():
             return False
-        kwargs: dict[str, Any] = {"include_dashboard": False, **self.init_kwargs}
-        if self.address is None and "runtime_env" not in kwargs:
-            # A local instance's workers must import `bench` even when run from another directory.
+        where = self.address or "the default Ray address"
+        hp = host_port(self.address)
+        if hp is not None and (why := reachable(hp, self.connect_timeout_s)) is not None:
+            raise ExecutorError(f"ray: cannot reach {self.address} within {self.connect_timeout_s:g} s ({why}); "
+                                "check the address (`ray status` on the head prints it), that the cluster "
+                                "is running, and that this machine can reach that port")
+        token = enable_token_auth(ray)
+        kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, **self.init_kwargs}
+        if "runtime_env" not in kwargs:
+            # Workers of a local instance must import `bench` even when run from another directory.
             path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)
-            kwargs["runtime_env"] = {"env_vars": {"PYTHONPATH": path}}
-        ray.init(address=self.address, **kwargs)
+            kwargs["runtime_env"] = {"env_vars": {"PYTHONPATH": path}} if self.address is None else None
+        failed = (f"ray: could not connect to {where} within {self.connect_timeout_s:g} s; check that the "
+                  f"cluster is running and, {TOKEN_HELP}")
+        try:
+            with _deadline(self.connect_timeout_s, failed):
+                ray.init(address=self.address, **{k: v for k, v in kwargs.items() if v is not None})
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            hint = TOKEN_HELP if not token else "check that its token matches the cluster's"
+            raise ExecutorError(f"ray: could not connect to {where}: {first}; {hint}") from exc
+        self._head = hp or host_port(ray.get_runtime_context().gcs_address)
+        node = getattr(getattr(ray, "_private", None), "worker", None)
+        started = getattr(getattr(node, "_global_node", None), "head", False)
+        self.log(f"ray: {'started a local instance' if started else 'connected to'} {self._head[0]}:{self._head[1]}")
         return True
 
-    def _gpus_for(self, point: GridPoint) -> float:
-        return self.num_gpus if point.device.startswith("cuda") else 0.0
+    def _cluster_alive(self) -> bool:
+        return self._head is None or reachable(self._head, 1.0) is None
+
+    # ---- running ----------------------------------------------------------------------------
 
     def run(self, points: Iterable[GridPoint]) -> Iterator[Record]:
         import ray
 
-        started = self._init(ray)
-        task = ray.remote(max_calls=1, max_retries=0)(run_point_task)
-        pending: dict[Any, GridPoint] = {}
+        connected = self._connect(ray)
+        lost = False
         try:
-            for point in points:
-                ref = task.options(num_cpus=self.num_cpus, num_gpus=self._gpus_for(point)).remote(
-                    point, self.timeout_s, self.memory_limit_mib, self.run_point
-                )
-                pending[ref] = point
-            while pending:
-                done, _ = ray.wait(list(pending), num_returns=1)
-                for ref in done:
-                    point = pending.pop(ref)
-                    yield self._collect(ray, ref, point)
+            yield from self._dispatch(ray, deque(points))
+        except ClusterLost:
+            lost = True
+            raise
         finally:
-            for ref in pending:  # the consumer stopped early: leave nothing running on the cluster
-                ray.cancel(ref)
-            if started:
+            if connected and not lost:  # a dead cluster cannot be disconnected from cleanly
                 ray.shutdown()
 
-    @staticmethod
-    def _collect(ray: Any, ref: Any, point: GridPoint) -> Record:
+    def _dispatch(self, ray: Any, queue: deque[GridPoint]) -> Iterator[Record]:
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        node_died = getattr(ray.exceptions, "NodeDiedError", ())
+        task = ray.remote(max_calls=1, max_retries=0)(run_point_task)
+        nodes = cluster_nodes(ray)
+        if queue and not any(_fits(p, n) for p in queue for n in nodes.values()):
+            raise ExecutorError(f"ray: no node of the cluster can run these points: {len(nodes)} alive node(s) "
+                                f"with a CPU, devices needed: {', '.join(sorted({p.device for p in queue}))}")
+        self.log(f"ray: {len(nodes)} node(s), one point per node at a time: "
+                 + ", ".join(f"{n.host} ({n.cpus:g} CPU, {n.gpus:g} GPU)" for n in nodes.values()))
+        running: dict[Any, tuple[GridPoint, str]] = {}
+        died: list[GridPoint] = []
+        unreachable_since: float | None = None
+        refreshed = time.monotonic()
         try:
-            record = ray.get(ref)
-        except Exception as e:  # noqa: BLE001 -- RayTaskError, WorkerCrashedError, ...: a row, not a crash
-            return failure_record(point, _reason(e), traceback=str(e))
-        if not isinstance(record, dict) or record.get("point_id") != point.point_id:
-            got = record.get("point_id") if isinstance(record, dict) else type(record).__name__
-            return failure_record(point, f"ray task returned a record for {got!r}, not point {point.point_id!r}")
-        return record
+            while queue or running:
+                busy = {node_id for _, node_id in running.values()}
+                for node in nodes.values():
+                    point = None if node.node_id in busy else _take(queue, node)
+                    if point is not None:
+                        ref = task.options(
+                            num_cpus=node.cpus, num_gpus=node.gpus,
+                            scheduling_strategy=NodeAffinitySchedulingStrategy(node.node_id, soft=False),
+                        ).remote(point, self.timeout_s, self.memory_limit_mib, self.run_point, self.torch_threads)
+                        running[ref] = (point, node.node_id)
+                if not running:
+                    raise self._lost("no alive node can run the remaining points "
+                                     f"({', '.join(sorted({p.device for p in queue}))})", died, {}, queue)
+                done, _ = ray.wait(list(running), num_returns=1, timeout=POLL_S)
+                if not done:
+                    if not self._cluster_alive():
+                        unreachable_since = unreachable_since or time.monotonic()
+                        if time.monotonic() - unreachable_since > LOSS_GRACE_S:
+                            raise self._lost("lost the cluster (its head stopped answering)", died, running, queue)
+                    else:
+                        unreachable_since = None
+                        if time.monotonic() - refreshed > NODE_REFRESH_S:  # nodes that joined since
+                            nodes, refreshed = cluster_nodes(ray), time.monotonic()
+                    continue
+                point, _node_id = running.pop(done[0])
+                try:
+                    record = ray.get(done[0])
+                except node_died:
+                    died.append(point)  # the point did not finish: not recorded, the next run retries it
+                    if not self._cluster_alive():
+                        raise self._lost("lost the cluster", died, running, queue) from None
+                    nodes = cluster_nodes(ray)
+                    continue
+                except Exception as e:  # noqa: BLE001 -- RayTaskError, WorkerCrashedError, ...: a row, not a crash
+                    yield failure_record(point, _reason(e), traceback=str(e))
+                    continue
+                yield _checked(record, point)
+            if died:
+                raise self._lost("node(s) died", died, {}, deque())
+        except GeneratorExit:  # the consumer stopped early (time budget): leave nothing running
+            for ref in running:
+                ray.cancel(ref)  # not forced: the task's own cleanup kills the point's worker
+            raise
+
+    def _lost(self, what: str, died: list[GridPoint], running: dict[Any, tuple[GridPoint, str]],
+              queue: Iterable[GridPoint]) -> ClusterLost:
+        unfinished = [*died, *(p for p, _ in running.values())]
+        never = list(queue)
+        where = f"{self._head[0]}:{self._head[1]}" if self._head else "the cluster"
+        return ClusterLost(
+            f"ray: {what} at {where}; {len(unfinished)} point(s) were running and {len(never)} never "
+            "started: none of them is recorded, run the same command again to run them",
+            tuple(p.point_id for p in [*unfinished, *never]),
+        )
+
+
+def _take(queue: deque[GridPoint], node: Node) -> GridPoint | None:
+    """The first queued point this node can run (a CUDA point needs a GPU), removed from the queue."""
+    for point in queue:
+        if _fits(point, node):
+            queue.remove(point)
+            return point
+    return None
+
+
+def _fits(point: GridPoint, node: Node) -> bool:
+    return node.gpus >= 1 or not point.device.startswith("cuda")
+
+
+def _checked(record: Any, point: GridPoint) -> Record:
+    if not isinstance(record, dict) or record.get("point_id") != point.point_id:
+        got = record.get("point_id") if isinstance(record, dict) else type(record).__name__
+        return failure_record(point, f"ray task returned a record for {got!r}, not point {point.point_id!r}")
+    return record

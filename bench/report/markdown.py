@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.environment import portable_path
+from bench.environment import REPO_ROOT, portable_path
 from bench.report.exponents import GAP_LIMIT, exponent_table
 from bench.report.figures import plot_metric
 from bench.report.frames import (
@@ -62,7 +62,9 @@ def header_markdown(run: Run, run_dir: Path) -> str:
         ("date", env.get("date") or meta.get("created_at")), ("profile", profile),
     ]
     table = pd.DataFrame(facts, columns=["", "value"])
-    rel = portable_path(run_dir)
+    resolved = Path(run_dir).resolve()
+    # Relative inside the repo (committed references carry no machine's folders); a run elsewhere names its folder.
+    rel = portable_path(resolved) if resolved.is_relative_to(REPO_ROOT) else str(resolved)
     checkout = f"git checkout {commit}\n" if commit else ""
     reference = Path(run_dir).name.startswith("reference-")
     again = (f"python -m bench run {suite} --profile {profile} --device {run.device}   # a new run on this machine\n"

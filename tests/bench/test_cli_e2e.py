@@ -113,9 +113,9 @@ def test_ray_executor_is_built_from_options(monkeypatch):
     made = {}
     monkeypatch.setattr(ray_mod, "RayExecutor", lambda **kw: made.update(kw) or "ray")
     plan = runner.Plan(profile="gpu", device="cuda", points=())
-    opts = runner.RunOptions(executor="ray", ray_address="ray://head:10001")
-    assert runner.make_executor(opts, plan, 60.0) == "ray"
-    assert made == {"address": "ray://head:10001", "num_gpus": 1.0, "timeout_s": 60.0}
+    opts = runner.RunOptions(executor="ray", ray_address="ray://head:10001", ray_connect_timeout_s=7.0)
+    assert runner.make_executor(opts, plan, 60.0) == "ray"  # the real path: tests/bench/test_ray_executor.py
+    assert made == {"address": "ray://head:10001", "timeout_s": 60.0, "connect_timeout_s": 7.0, "log": None}
 
 
 def test_cli_list_and_refusal(write_suite, capsys):

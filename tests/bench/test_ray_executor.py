@@ -1,17 +1,36 @@
-"""RayExecutor on a local 2-CPU Ray instance, with the per-point runner replaced by a stub: every
-point yields one record, each task runs in a fresh worker, failures become `error` rows."""
+"""RayExecutor against a real Ray cluster that this module starts itself (`ray start --head` on free
+ports, its own temp dir, token authentication with its own token), whatever else runs on the
+machine: a whole node per point, explicit torch threads, the node in each record, an explicit
+address on a token cluster, an unreachable address, and losing the cluster mid-run (last)."""
 from __future__ import annotations
 
 import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
 import sys
-import types
+import tempfile
+import textwrap
+import time
+from dataclasses import dataclass
+from pathlib import Path
 
+import psutil
 import pytest
 
 from bench.executors.ray_executor import RayExecutor, failure_record
 from bench.point import GridPoint
+from bench.store import RunStore, read_records
 
+pytest.importorskip("ray")
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+RAY = str(Path(sys.executable).parent / "ray")
 RAISES, CRASHES = 13, 17  # seq_len values that make the stub raise / kill its worker
+CPUS = 2
+MARK = "REFORMER_BENCH_TEST_RAY"  # in the environment of the test cluster's processes only
 
 
 def point(seq_len: int, device: str = "cpu") -> GridPoint:
@@ -20,52 +39,186 @@ def point(seq_len: int, device: str = "cpu") -> GridPoint:
 
 
 def stub_run_point(point, timeout_s, memory_limit_mib=None):
-    """Stands in for run_point_subprocess: a synthetic record saying where and how it ran."""
+    """Stands in for run_point_subprocess inside the Ray task: says when, where and how it ran."""
+    import ray
+
+    start = time.time()
     if point.seq_len == RAISES:
         raise ValueError(f"stub failed on seq_len={point.seq_len}")
     if point.seq_len == CRASHES:
         os._exit(3)  # the worker process dies without a word
+    time.sleep(0.3)
     return {
         "point_id": point.point_id, "run_id": None, "suite": point.suite, "studies": list(point.studies),
         "status": "ok", "reason": None, "point": point.to_json(), "params": {"seq_len": point.seq_len},
-        "effective": {"worker_pid": os.getpid(), "timeout_s": timeout_s, "memory_limit_mib": memory_limit_mib},
+        "effective": {"worker_pid": os.getpid(), "timeout_s": timeout_s, "memory_limit_mib": memory_limit_mib,
+                      "cpus_held": ray.get_runtime_context().get_assigned_resources().get("CPU"),
+                      "env_threads": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "BENCH_TORCH_THREADS")},
+                      "start": start, "end": time.time()},
         "metrics": {}, "wall_s": 0.0, "finished_at": "2026-01-01T00:00:00+00:00",
     }
 
 
+# ---- an isolated cluster -----------------------------------------------------------------------
+
+@dataclass
+class Cluster:
+    address: str
+    token_path: Path
+    proc: subprocess.Popen
+    temp_dir: Path
+
+    def env(self, **extra: str) -> dict[str, str]:
+        """A client's environment: this cluster's token file, but no RAY_AUTH_MODE or RAY_ADDRESS."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+        return {**env, "RAY_AUTH_TOKEN_PATH": str(self.token_path), "PYTHONPATH": str(REPO_ROOT), **extra}
+
+    def ours(self) -> list[psutil.Process]:
+        """Every process of this cluster (its workers too): they inherit MARK from `ray start`."""
+        found = []
+        for p in psutil.process_iter():
+            try:
+                if p.environ().get(MARK) == str(self.temp_dir):
+                    found.append(p)
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                pass
+        return found
+
+    def stop(self) -> None:
+        """Stop this cluster only (never `ray stop`, which stops every Ray on the machine)."""
+        for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+            if self.proc.poll() is None:
+                try:
+                    os.killpg(self.proc.pid, sig)
+                    self.proc.wait(timeout=wait)
+                except (ProcessLookupError, subprocess.TimeoutExpired):
+                    pass
+            left = [p for p in self.ours() if p.pid != os.getpid()]
+            for p in left:
+                try:
+                    p.send_signal(sig)
+                except psutil.NoSuchProcess:
+                    pass
+            psutil.wait_procs(left, timeout=wait)
+
+
+def free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
 @pytest.fixture(scope="module")
-def ray_local():
-    ray = pytest.importorskip("ray")
+def cluster(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ray")
+    token = tmp / "token"
+    token.write_text(secrets.token_hex(16))
+    temp_dir = Path(tempfile.mkdtemp(prefix="rb-ray-", dir="/tmp"))  # Ray's socket paths must stay short
+    port, client, dash, agent, agent_grpc, metrics, runtime_env = free_ports(7)
+    log = open(tmp / "ray-start.log", "w")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token), PYTHONPATH=str(REPO_ROOT), **{MARK: str(temp_dir)})
+    proc = subprocess.Popen(
+        [RAY, "start", "--head", "--block", f"--port={port}", f"--temp-dir={temp_dir}", f"--num-cpus={CPUS}",
+         "--num-gpus=0", "--include-dashboard=false", "--disable-usage-stats",
+         f"--ray-client-server-port={client}", f"--dashboard-port={dash}", f"--dashboard-agent-listen-port={agent}",
+         f"--dashboard-agent-grpc-port={agent_grpc}", f"--metrics-export-port={metrics}",
+         f"--runtime-env-agent-port={runtime_env}"],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    c = Cluster(f"127.0.0.1:{port}", token, proc, temp_dir)
+    try:
+        deadline = time.monotonic() + 120
+        while "Ray runtime started" not in (tmp / "ray-start.log").read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, (tmp / "ray-start.log").read_text()
+            time.sleep(0.2)
+        yield c
+    finally:
+        c.stop()
+        log.close()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def bench_cli(*args: str, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "bench", *args], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+# ---- on the cluster ------------------------------------------------------------------------------
+
+def test_each_point_holds_the_whole_node_with_its_threads(cluster, monkeypatch):
+    import ray
     import ray.cloudpickle
 
-    # Workers cannot import this test module by name: ship the stub by value.
-    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import this module
+    for key, value in cluster.env().items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("RAY_AUTH_MODE", "x")
+    monkeypatch.delenv("RAY_AUTH_MODE")  # the executor turns token auth on by itself; undone after
+    ok = [point(n) for n in (32, 64, 128)]
+    ex = RayExecutor(cluster.address, timeout_s=42.0, memory_limit_mib=512, run_point=stub_run_point)
+    records = {r["point_id"]: r for r in ex.run(ok + [point(RAISES), point(CRASHES)])}
+    assert not ray.is_initialized()  # it connected, so it disconnected
 
-
-def test_every_point_gives_one_record_from_a_fresh_worker(ray_local):
-    ok = [point(n) for n in (32, 64, 128, 256)]
-    ex = RayExecutor(address=None, num_gpus=0, timeout_s=42.0, run_point=stub_run_point)
-    records = list(ex.run(ok + [point(RAISES), point(CRASHES)]))
-    by_id = {r["point_id"]: r for r in records}
-    assert len(records) == 6 and set(by_id) == {p.point_id for p in ok} | {point(RAISES).point_id, point(CRASHES).point_id}
-    good = [by_id[p.point_id] for p in ok]
+    good = [records[p.point_id] for p in ok]
     assert all(r["status"] == "ok" and r["effective"]["timeout_s"] == 42.0 for r in good)
+    assert all(r["effective"]["memory_limit_mib"] == 512 for r in good)
     assert len({r["effective"]["worker_pid"] for r in good}) == len(ok)  # max_calls=1: never reused
-    raised = by_id[point(RAISES).point_id]
+    assert all(r["effective"]["cpus_held"] == CPUS for r in good)  # the whole node, not 1 CPU
+    assert all(r["effective"]["env_threads"] == {"OMP_NUM_THREADS": "2", "BENCH_TORCH_THREADS": "2"} for r in good)
+    spans = sorted((r["effective"]["start"], r["effective"]["end"]) for r in good)
+    assert all(end <= next_start for (_, end), (next_start, _) in zip(spans, spans[1:]))  # one at a time
+    assert all(r["node"]["ray_node_id"] and r["node"]["torch_threads"] == CPUS for r in good)
+
+    raised = records[point(RAISES).point_id]
     assert raised["status"] == "error" and "ValueError" in raised["reason"] and "seq_len=13" in raised["reason"]
-    crashed = by_id[point(CRASHES).point_id]
+    crashed = records[point(CRASHES).point_id]
     assert crashed["status"] == "error" and crashed["reason"].startswith("ray")
     assert crashed["params"]["seq_len"] == CRASHES and GridPoint.from_json(crashed["point"]) == point(CRASHES)
-    assert ray_local.is_initialized()  # an instance the caller started is left running
 
 
-def test_memory_limit_reaches_the_runner(ray_local):
-    ex = RayExecutor(None, 0, 5.0, memory_limit_mib=512, run_point=stub_run_point)
-    [record] = ex.run([point(8)])
-    assert record["effective"]["memory_limit_mib"] == 512
+def test_cli_on_an_authenticated_cluster_by_address(cluster, tmp_path, write_suite):
+    """`ray start` clusters use token auth: an explicit --ray-address must find the token by itself,
+    and the real worker must run with the node's CPUs as torch threads, not Ray's OMP_NUM_THREADS=1."""
+    from tests.bench.conftest import small_suite
+
+    suite = write_suite(small_suite(studies={"kinds": {"grid": {"seq_len": [64]}}}))  # one real point
+    out = bench_cli("run", str(suite), "--profile", "cpu", "--results-root", str(tmp_path), "--executor", "ray",
+                    "--ray-address", cluster.address, "--run-id", "r", env=cluster.env())
+    assert out.returncode == 0, out.stdout + out.stderr
+    [record] = read_records(tmp_path / "small" / "r" / "records.jsonl")
+    assert record["status"] == "ok", record
+    assert record["effective"]["torch_threads"] == CPUS and record["node"]["torch_threads"] == CPUS
+    assert record["node"]["host"] and record["node"]["cpu_count"] and record["node"]["ray_node_id"]
+    assert "1 node(s), one point per node at a time" in out.stdout
+
+
+def test_wrong_token_is_one_error_line(cluster, tmp_path):
+    start = time.monotonic()
+    out = bench_cli("run", "tiny", "--profile", "cpu", "--results-root", str(tmp_path), "--executor", "ray",
+                    "--ray-address", cluster.address, "--ray-connect-timeout-s", "3",
+                    env=cluster.env(RAY_AUTH_TOKEN="not-the-token"), timeout=120)
+    assert out.returncode == 2, out.stdout + out.stderr
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and cluster.address in errors[0] and "RAY_AUTH_TOKEN" in errors[0]
+    assert "Traceback" not in out.stderr and time.monotonic() - start < 60
+
+
+def test_unreachable_address_fails_within_the_timeout(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    start = time.monotonic()
+    out = bench_cli("run", "tiny", "--profile", "cpu", "--results-root", str(tmp_path), "--executor", "ray",
+                    "--ray-address", "127.0.0.1:1", "--ray-connect-timeout-s", "5", env=env, timeout=90)
+    assert out.returncode == 2, out.stdout + out.stderr
+    [error] = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert "cannot reach 127.0.0.1:1" in error and "Traceback" not in out.stderr
+    assert time.monotonic() - start < 60  # python, torch and the suite included; Ray alone retried > 120 s
+    records = read_records(tmp_path / "tiny" / "cpu-cpu" / "records.jsonl")
+    assert [r["status"] for r in records] == ["skipped"]  # the suite's skip row only: nothing ran
 
 
 def test_failure_record_follows_the_contract():
@@ -79,134 +232,66 @@ def test_failure_record_follows_the_contract():
     assert 0 < len(rec["traceback"]) < 5000
 
 
-class FakeRef:
-    """An ObjectRef stand-in: hashable by identity, holding the task's arguments."""
-
-    def __init__(self, args):
-        self.args = args
-
-
-class FakeRay:
-    """Just enough of `ray` to see how the executor starts, asks for resources and stops."""
-
-    def __init__(self):
-        self.inits, self.options, self.shutdowns, self.up = [], [], 0, False
-
-    def is_initialized(self):
-        return self.up
-
-    def init(self, address=None, **kwargs):
-        self.up = True
-        self.inits.append((address, kwargs))
-
-    def shutdown(self):
-        self.up = False
-        self.shutdowns += 1
-
-    def remote(self, **decorator):
-        fake = self
-
-        class Task:
-            def options(self, **opts):
-                fake.options.append({**decorator, **opts})
-                return self
-
-            def remote(self, *args):
-                return FakeRef(args)
-
-        return lambda fn: Task()
-
-    def wait(self, refs, num_returns):
-        return refs[:num_returns], refs[num_returns:]
-
-    def get(self, ref):
-        p, timeout_s, limit, run = ref.args
-        return run(p, timeout_s)
-
-    def cancel(self, ref):
-        pass
-
-
-def test_resources_and_lifecycle_without_a_cluster(monkeypatch):
-    fake = FakeRay()
-    monkeypatch.setitem(sys.modules, "ray", types.SimpleNamespace(**{k: getattr(fake, k) for k in dir(fake) if not k.startswith("_")}))
-    run = lambda p, t: {"point_id": p.point_id, "status": "ok"}  # noqa: E731
-    ex = RayExecutor("ray://head:10001", num_gpus=1, timeout_s=9.0, run_point=run)
-    records = list(ex.run([point(8, "cuda"), point(16, "cpu")]))
-    assert [r["status"] for r in records] == ["ok", "ok"]
-    [(address, kwargs)] = fake.inits
-    assert address == "ray://head:10001" and kwargs == {"include_dashboard": False}
-    assert [(o["num_gpus"], o["num_cpus"], o["max_calls"], o["max_retries"]) for o in fake.options] == [
-        (1, 1.0, 1, 0), (0.0, 1.0, 1, 0)]  # a CPU point asks for no GPU
-    assert fake.shutdowns == 1  # the executor started Ray, so it stops it
-
-
-def test_a_wrong_record_becomes_an_error(monkeypatch):
-    fake = FakeRay()
-    monkeypatch.setitem(sys.modules, "ray", types.SimpleNamespace(**{k: getattr(fake, k) for k in dir(fake) if not k.startswith("_")}))
-    ex = RayExecutor(None, 0, 1.0, run_point=lambda p, t: {"point_id": "someone-else"})
-    [record] = ex.run([point(8)])
-    assert record["status"] == "error" and "someone-else" in record["reason"]
-    assert "PYTHONPATH" in fake.inits[0][1]["runtime_env"]["env_vars"]  # local workers can import bench
-
-
-@pytest.mark.parametrize("kwargs, field", [({"num_gpus": -1}, "num_gpus"), ({"timeout_s": 0}, "timeout_s"),
-                                           ({"num_cpus": 0}, "num_cpus")])
+@pytest.mark.parametrize("kwargs, field", [({"timeout_s": 0}, "timeout_s"), ({"connect_timeout_s": -1}, "connect_timeout_s"),
+                                           ({"torch_threads": 0}, "torch_threads")])
 def test_bad_arguments_name_the_field(kwargs, field):
     with pytest.raises(ValueError, match=field):
-        RayExecutor(None, **{"num_gpus": 0, "timeout_s": 1.0, **kwargs})
+        RayExecutor(None, **kwargs)
 
 
-# ---- the Slurm sibling: SubmititExecutor, on submitit's local cluster ---------------------------
+# A driver whose first point finishes at once and whose second sleeps until the test kills the cluster.
+LOSS_DRIVER = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    import bench.runner as runner
+    from bench.cli import main
+    from bench.executors.ray_executor import RayExecutor
+    from bench.store import make_record
 
-def test_submitit_local_jobs_give_the_same_records(tmp_path):
-    pytest.importorskip("submitit")
-    import cloudpickle
+    address, first, running, argv = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4:]
 
-    from bench.executors.submitit_executor import SubmititExecutor
+    def run_point(point, timeout_s, memory_limit_mib=None):
+        if not first.exists():
+            first.write_text(point.point_id)
+            return make_record(point, "ok")
+        running.write_text(point.point_id)
+        time.sleep(120)
 
-    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # job processes cannot import this module
-    ex = SubmititExecutor(tmp_path / "jobs", 7.0, cluster="local", run_point=stub_run_point, poll_s=0.1)
-    records = {r["point_id"]: r for r in ex.run([point(64), point(RAISES)])}
-    good, bad = records[point(64).point_id], records[point(RAISES).point_id]
-    assert good["status"] == "ok" and good["effective"]["timeout_s"] == 7.0 and good["effective"]["worker_pid"] != os.getpid()
-    assert bad["status"] == "error" and bad["reason"].endswith("ValueError: stub failed on seq_len=13")
-    assert "Traceback" in bad["traceback"]
+    runner.make_executor = lambda opts, plan, timeout_s, run_dir=None, log=None: RayExecutor(
+        address, timeout_s, run_point=run_point, log=log)
+    sys.exit(main(argv))
+    """
+)
 
 
-def test_submitit_asks_slurm_for_gpus_only_for_cuda_points(tmp_path, monkeypatch):
-    submitit = pytest.importorskip("submitit")
-    from bench.executors.submitit_executor import JOB_GRACE_S, SubmititExecutor
+def test_losing_the_cluster_records_only_finished_points(cluster, tmp_path, write_suite):
+    """Runs last: it kills the module's cluster."""
+    from tests.bench.conftest import small_suite
 
-    class FakeJob:
-        job_id = "1"
-
-        def __init__(self, args):
-            self.args = args
-
-        def done(self):
-            return True
-
-        def result(self):
-            p, timeout_s, limit, run = self.args
-            return {"point_id": p.point_id, "status": "ok"}
-
-    class FakeAuto:
-        def __init__(self, folder, cluster=None):
-            self.params, self.submitted = {}, []
-
-        def update_parameters(self, **kw):
-            self.params.update(kw)
-
-        def submit(self, fn, *args):
-            self.submitted.append(dict(self.params))
-            return FakeJob(args)
-
-    monkeypatch.setattr(submitit, "AutoExecutor", FakeAuto)
-    ex = SubmititExecutor(tmp_path, 600.0, num_gpus=1, slurm={"slurm_partition": "gpu"}, poll_s=0)
-    created = []
-    monkeypatch.setattr(ex, "_executor", lambda orig=ex._executor: created.append(orig()) or created[-1])
-    assert [r["status"] for r in ex.run([point(8, "cuda"), point(8, "cpu")])] == ["ok", "ok"]
-    first, second = created[0].submitted
-    assert first["gpus_per_node"] == 1 and second["gpus_per_node"] == 0
-    assert first["slurm_partition"] == "gpu" and first["timeout_min"] * 60 >= 600 + JOB_GRACE_S
+    suite = write_suite(small_suite(studies={"kinds": {"grid": {"attention": ["full", "lsh"], "seq_len": [64, 128]}}}))
+    driver = tmp_path / "driver.py"
+    driver.write_text(LOSS_DRIVER)
+    first, running = tmp_path / "first", tmp_path / "running"
+    results = tmp_path / "results"
+    proc = subprocess.Popen(
+        [sys.executable, str(driver), cluster.address, str(first), str(running),
+         "run", str(suite), "--profile", "cpu", "--results-root", str(results), "--run-id", "r"],
+        cwd=REPO_ROOT, env=cluster.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not running.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.2)
+        cluster.stop()  # as `ray stop` would, for this cluster only
+        stdout, stderr = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 3, stdout + stderr
+    assert "lost the cluster" in stderr and "1 point(s) were running and 2 never started" in stderr
+    records = read_records(results / "small" / "r" / "records.jsonl")
+    assert [(r["point_id"], r["status"]) for r in records] == [(first.read_text(), "ok")]
+    store = RunStore(results / "small" / "r")
+    assert store.pending([first.read_text(), running.read_text()]) == [running.read_text()]  # a rerun runs it

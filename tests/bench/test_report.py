@@ -35,8 +35,8 @@ def test_write_report_writes_markdown_csv_and_png(built: Path):
     text = (run_dir / "report.md").read_text()
     # header: environment and the commands that reproduce the run
     assert "2.13.0+cpu" in text and "0123456789abcdef" in text and "Synthetic CPU" in text
-    assert "python -m bench run memory --profile cpu --device cpu --run-id cpu-cpu" in text
-    assert "python -m bench report results/memory/cpu-cpu" in text
+    assert "python -m bench run memory --profile cpu --device cpu --fresh" in text
+    assert f"python -m bench report {run_dir.resolve()}" in text  # outside the repo: its own folder
     assert "rss_delta_mib" in text and "peak_alloc_mib" in text  # the memory note
     records = pd.read_csv(run_dir / "tables" / "records.csv")
     assert len(records) == 16 and records["point_id"].is_unique

@@ -141,7 +141,9 @@ def resolve_settings(
 def canonical_model(settings: Mapping[str, Any], model_fields: Sequence[str]) -> dict[str, Any]:
     """The model fields that can matter for this point (see LSH_ONLY, MODEL_ONLY)."""
     drop: set[str] = set()
-    if settings.get("attention") != "lsh":
+    if settings.get("attention") == "local":  # LSH's windows without hashing: only chunk_len matters
+        drop.update(name for name in LSH_ONLY if name != "chunk_len")
+    elif settings.get("attention") != "lsh":
         drop.update(LSH_ONLY)
     if settings.get("workload") == "attention":
         drop.update(MODEL_ONLY)

@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Optional
 
-ATTENTION_KINDS = ("full", "sdpa", "lsh")
+ATTENTION_KINDS = ("full", "sdpa", "lsh", "local")
 POS_EMB_KINDS = ("axial", "absolute")
 
 
@@ -18,7 +18,7 @@ class ReformerConfig:
     n_layers: int = 2
     vocab_size: int = 256
     max_seq_len: int = 4096
-    attention: str = "lsh"  # 'full' (naive L x L) | 'sdpa' (torch fused) | 'lsh'
+    attention: str = "lsh"  # 'full' (naive L x L) | 'sdpa' (torch fused) | 'lsh' | 'local' (LSH's chunks by position)
     shared_qk: bool = True
     n_hashes: int = 2
     chunk_len: int = 64
@@ -91,3 +91,5 @@ def validate(cfg: ReformerConfig) -> None:
         _refuse("hash_seed", cfg.hash_seed, "must be None or an integer in [0, 2**63)")
     if cfg.attention == "lsh" and not cfg.shared_qk:
         _refuse("shared_qk", cfg.shared_qk, "LSH attention hashes one shared query/key projection; set shared_qk=True")
+    if cfg.attention == "local" and not cfg.shared_qk:
+        _refuse("shared_qk", cfg.shared_qk, "local attention is LSH's windows sorted by position, shared QK; set shared_qk=True")

@@ -90,4 +90,7 @@ def describe(cfg: ReformerConfig, seq_len: int) -> dict:
     if cfg.attention == "lsh":
         info.update(lsh_layout(cfg, seq_len))
         info["same_bucket"], info["dup_correction"] = cfg.same_bucket, cfg.dup_correction
+    elif cfg.attention == "local":  # LSH's chunk layout, one position-sorted round, no buckets
+        layout = lsh_layout(cfg, seq_len)
+        info.update(padded_len=layout["padded_len"], n_chunks=layout["n_chunks"], chunk_len=cfg.chunk_len)
     return info

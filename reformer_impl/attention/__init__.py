@@ -3,11 +3,12 @@ from __future__ import annotations
 
 from reformer_impl.attention.base import Attention
 from reformer_impl.attention.full import FullAttention
+from reformer_impl.attention.local import LocalAttention
 from reformer_impl.attention.lsh import LSHAttention
 from reformer_impl.attention.sdpa import SDPAAttention
 from reformer_impl.config import ReformerConfig
 
-_KINDS = {"full": FullAttention, "sdpa": SDPAAttention, "lsh": LSHAttention}
+_KINDS = {"full": FullAttention, "sdpa": SDPAAttention, "lsh": LSHAttention, "local": LocalAttention}
 
 
 def build_attention(cfg: ReformerConfig) -> Attention:
@@ -15,4 +16,4 @@ def build_attention(cfg: ReformerConfig) -> Attention:
     return _KINDS[cfg.attention](cfg)
 
 
-__all__ = ["Attention", "FullAttention", "LSHAttention", "SDPAAttention", "build_attention"]
+__all__ = ["Attention", "FullAttention", "LSHAttention", "LocalAttention", "SDPAAttention", "build_attention"]

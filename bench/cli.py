@@ -5,6 +5,7 @@ import argparse
 import json
 import math
 import signal
+import threading
 from pathlib import Path
 from typing import Sequence
 
@@ -145,7 +146,8 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     limit = opts.memory_limit_mib
     if limit is not None and (math.isnan(limit) or limit <= 0):
         raise RunError(f"--memory-limit-mib {limit:g}: must be a positive number of MiB")
-    signal.signal(signal.SIGTERM, raise_terminated)  # handled like Ctrl-C: worker killed, exit 143
+    if threading.current_thread() is threading.main_thread():  # signals reach the main thread only
+        signal.signal(signal.SIGTERM, raise_terminated)  # handled like Ctrl-C: worker killed, exit 143
     try:
         run(args.suite, opts, console)
     except ReportFailed as exc:  # the records are complete; the command still fails

@@ -190,7 +190,7 @@ def test_cli_on_an_authenticated_cluster_by_address(cluster, tmp_path, write_sui
     out = bench_cli("run", str(suite), "--profile", "cpu", "--results-root", str(tmp_path), "--executor", "ray",
                     "--ray-address", cluster.address, "--run-id", "r", env=cluster.env())
     assert out.returncode == 0, out.stdout + out.stderr
-    [record] = read_records(tmp_path / "small" / "r" / "records.jsonl")
+    [record] = read_records(tmp_path / "runs" / "small" / "r" / "records.jsonl")
     assert record["status"] == "ok", record
     assert record["effective"]["torch_threads"] == CPUS and record["node"]["torch_threads"] == CPUS
     assert record["node"]["host"] and record["node"]["cpu_count"] and record["node"]["ray_node_id"]
@@ -217,7 +217,8 @@ def test_unreachable_address_fails_within_the_timeout(tmp_path):
     [error] = [line for line in out.stderr.splitlines() if line.startswith("error:")]
     assert "cannot reach 127.0.0.1:1" in error and "Traceback" not in out.stderr
     assert time.monotonic() - start < 60  # python, torch and the suite included; Ray alone retried > 120 s
-    records = read_records(tmp_path / "tiny" / "cpu-cpu" / "records.jsonl")
+    [records_path] = (tmp_path / "runs" / "tiny").glob("*/records.jsonl")  # the new run of this command
+    records = read_records(records_path)
     assert [r["status"] for r in records] == ["skipped"]  # the suite's skip row only: nothing ran
 
 
@@ -258,7 +259,7 @@ LOSS_DRIVER = textwrap.dedent(
         running.write_text(point.point_id)
         time.sleep(120)
 
-    runner.make_executor = lambda opts, plan, timeout_s, run_dir=None, log=None: RayExecutor(
+    runner.make_executor = lambda opts, plan, timeout_s, run_dir=None, log=None, processes=3: RayExecutor(
         address, timeout_s, run_point=run_point, log=log)
     sys.exit(main(argv))
     """
@@ -291,7 +292,7 @@ def test_losing_the_cluster_records_only_finished_points(cluster, tmp_path, writ
             proc.kill()
     assert proc.returncode == 3, stdout + stderr
     assert "lost the cluster" in stderr and "1 point(s) were running and 2 never started" in stderr
-    records = read_records(results / "small" / "r" / "records.jsonl")
+    records = read_records(results / "runs" / "small" / "r" / "records.jsonl")
     assert [(r["point_id"], r["status"]) for r in records] == [(first.read_text(), "ok")]
-    store = RunStore(results / "small" / "r")
+    store = RunStore(results / "runs" / "small" / "r")
     assert store.pending([first.read_text(), running.read_text()]) == [running.read_text()]  # a rerun runs it

@@ -35,7 +35,7 @@ def test_retry_failed_reruns_a_watchdog_kill_at_the_users_limit(monkeypatch, wri
     monkeypatch.setattr(runner, "cuda_available", lambda: False)
     monkeypatch.setattr(runner, "write_report", lambda *a, **k: None)
     monkeypatch.setattr("bench.load.busy_reason", lambda: None)
-    store = RunStore(tmp_path / "results" / suite.name / "cpu-cpu")
+    store = RunStore(tmp_path / "results" / "runs" / suite.name / "r")  # a run of this host, named
     user = {"oom_detected_by": "rss_watchdog", "memory_limit_mib": 100, "memory_limit_set_by": "user"}
     store.append(make_record(points[0], "oom", "host RSS over the limit", effective=user))
     store.append(make_record(points[1], "oom", "CUDA out of memory", effective={"oom_detected_by": "exception"}))
@@ -50,11 +50,11 @@ def test_retry_failed_reruns_a_watchdog_kill_at_the_users_limit(monkeypatch, wri
                 yield make_record(p, "ok")
 
     monkeypatch.setattr(runner, "make_executor", lambda *a, **k: Fake())
-    options = runner.RunOptions(profile="cpu", results_root=tmp_path / "results")
+    options = runner.RunOptions(profile="cpu", results_root=tmp_path / "results", run_id="r")
     runner.run_grid_suite(suite, options, Console(file=io.StringIO()))
     assert seen == []  # without --retry-failed an oom is final
     runner.run_grid_suite(suite, runner.RunOptions(profile="cpu", results_root=tmp_path / "results",
-                                                   retry_failed=True), Console(file=io.StringIO()))
+                                                   run_id="r", retry_failed=True), Console(file=io.StringIO()))
     assert seen == [points[0].point_id]  # the allocator's oom stays final
 
 

@@ -46,11 +46,11 @@ def test_cli_runs_a_suite_as_local_submitit_jobs(tmp_path, write_suite):
     out = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
                          env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
     assert out.returncode == 0, out.stdout + out.stderr
-    [record] = read_records(tmp_path / "small" / "r" / "records.jsonl")
+    [record] = read_records(tmp_path / "runs" / "small" / "r" / "records.jsonl")
     assert record["status"] == "ok" and record["metrics"]["fwd_ms_median"] > 0, record
     assert record["node"]["slurm_job_id"] and record["node"]["host"]
     assert record["node"]["torch_threads"] == record["effective"]["torch_threads"] == len(os.sched_getaffinity(0))
-    assert list((tmp_path / "small" / "r" / "submitit").glob("*_result.pkl"))  # the job's own files
+    assert list((tmp_path / "runs" / "small" / "r" / "submitit").glob("*_result.pkl"))  # the job's own files
 
 
 def test_local_jobs_run_one_at_a_time_and_failures_are_rows(tmp_path):

@@ -41,6 +41,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--memory-limit-mib", type=float,
                    help="local executor: kill a worker whose RSS exceeds this (default 75%% of free RAM; 0 = off)")
 
+    p = sub.add_parser("campaign", help="every suite's profile in resumable slices (make bench-gpu)")
+    p.add_argument("--profile", choices=PROFILES, default="gpu")
+    p.add_argument("--dry-run", action="store_true", help="list the slices and points it would run; run nothing")
+    p.add_argument("--slice-s", type=float, default=480.0, metavar="S",
+                   help="stop launching work after S seconds (default 480: the slice ends within 9 minutes)")
+    p.add_argument("--suite", action="append", default=[], metavar="NAME",
+                   help="only these suites, in this order (default: memory speed lsh_vs_full peers capacity duplication)")
+    p.add_argument("--results-root", type=Path, default=Path("results"))
+
     p = sub.add_parser("list", help="suites, their studies and point counts per profile")
     p.add_argument("suite", nargs="?", help="one suite (default: all in suites/)")
 
@@ -67,6 +76,20 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     if opts.fresh and opts.run_id:
         raise RunError("--fresh and --run-id are exclusive: --fresh makes a new timestamped run id")
     run(args.suite, opts, console)
+    return 0
+
+
+def cmd_campaign(args: argparse.Namespace, console: Console) -> int:
+    from bench.campaign import SUITES, dry_run, run_campaign
+
+    if not 0 < args.slice_s <= 540:
+        raise RunError(f"--slice-s {args.slice_s:g}: must be in (0, 540] (a slice ends within 9 minutes)")
+    suites = tuple(args.suite) or SUITES
+    for name in suites:
+        resolve_suite_path(name)
+    if args.dry_run:
+        return dry_run(suites, args.profile, args.results_root, args.slice_s, console)
+    run_campaign(suites, args.profile, args.results_root, args.slice_s, console)
     return 0
 
 
@@ -113,11 +136,20 @@ def _is_duplication_run(run_dir: Path) -> bool:
         return False
 
 
+def _run_kind(run_dir: Path) -> str | None:
+    try:
+        return json.loads((run_dir / RUN_JSON).read_text()).get("kind")
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
 def cmd_report(args: argparse.Namespace, console: Console) -> int:
     run_dir = args.run_dir
     if not (run_dir / RUN_JSON).is_file():
         raise RunError(f"{run_dir}: no {RUN_JSON}; not a run directory")
-    if _is_duplication_run(run_dir):
+    if _run_kind(run_dir) == "capacity":
+        from bench.capacity.report import write_report as write
+    elif _is_duplication_run(run_dir):
         from bench.duplication.report import write_report as write
     else:
         from bench.report import write_report as write
@@ -134,7 +166,7 @@ def cmd_publish(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "list": cmd_list, "report": cmd_report, "publish": cmd_publish}
+COMMANDS = {"run": cmd_run, "campaign": cmd_campaign, "list": cmd_list, "report": cmd_report, "publish": cmd_publish}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -29,7 +29,7 @@ def plan_from_meta(meta: Mapping[str, Any]) -> CapacityPlan:
         suite=spec["name"], profile=spec["profile"], device=spec["device"], over=over,
         search=SearchSpec(over=over, **search), memory_budget_gib=float(spec["memory_budget_gib"]),
         timeout_s=float(spec["timeout_s"]), description=spec.get("description", ""),
-        configs=tuple(CapacityConfig(c["label"], c["settings"]) for c in spec["configs"]),
+        configs=tuple(CapacityConfig(c["label"], c["settings"], c.get("search") or {}) for c in spec["configs"]),
     )
 
 
@@ -139,7 +139,9 @@ def caption(meta: Mapping[str, Any], plan: CapacityPlan) -> str:
     return (f"Longest {plan.over} whose full training step (forward, backward, AdamW step) ran within "
             f"{plan.memory_budget_gib:g} GiB ({enforced}) on {env.get('device_name') or plan.device}; "
             f"held fixed: {fixed}. Search: doubling from {plan.search.start}, bisection to "
-            f"{plan.search.resolution:g} of the length, cap {plan.search.max_value}.")
+            f"{plan.search.resolution:g} of the length, cap {plan.search.max_value}"
+            + "".join(f"; {c.label}: " + ", ".join(f"{k} {v}" for k, v in c.search.items())
+                      for c in plan.configs if c.search) + ".")
 
 
 def plot(df: pd.DataFrame, plan: CapacityPlan, path: Path, title_caption: str) -> Path:

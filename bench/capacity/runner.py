@@ -155,6 +155,10 @@ def run_capacity_suite(path: Path | str, opts: Any, console: Console | None = No
     from bench.runner import _device_name, cuda_available, write_report
 
     console = console or Console()
+    ignored = [flag for flag, on in (("--only", bool(opts.only)), ("--wandb", opts.wandb),
+                                     ("--executor ray", opts.executor != "local")) if on]
+    if ignored:
+        console.print(f"[yellow]capacity suites ignore {', '.join(ignored)} (probes run one at a time, locally)[/]")
     plan = plan_for(path, opts, cuda_available())
     run_dir = choose_run_dir(plan.suite, plan.profile, plan.device, opts, console)
     run_id = run_dir.name

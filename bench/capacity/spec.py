@@ -14,7 +14,7 @@ configurations to search, each refused up front with a message naming the field.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, Mapping, Optional
 
@@ -98,6 +98,9 @@ class ProfileSpec(_WithSettings):
     search: SearchSpec = SearchSpec()
     timeout_s: Optional[Annotated[float, Field(gt=0)]] = None
     configs: Optional[list[str]] = None  # a subset of the suite's configs, by name; default all
+    # Per config name, changes to this profile's search (e.g. a lower max_value where a step grows
+    # too slow long before the memory runs out).
+    config_search: dict[str, SearchSpec] = Field(default_factory=dict)
 
 
 class CapacitySpec(_WithSettings):
@@ -118,9 +121,10 @@ class CapacitySpec(_WithSettings):
         if len(set(names)) != len(names):
             raise ValueError(f"configs: names must be unique, got {names}")
         for pname, prof in self.profiles.items():
-            unknown = sorted(set(prof.configs or ()) - set(names))
-            if unknown:
-                raise ValueError(f"profiles.{pname}.configs: no such config {unknown}; known: {names}")
+            for key, given in (("configs", prof.configs or ()), ("config_search", prof.config_search)):
+                unknown = sorted(set(given) - set(names))
+                if unknown:
+                    raise ValueError(f"profiles.{pname}.{key}: no such config {unknown}; known: {names}")
         return self
 
 
@@ -130,6 +134,7 @@ class CapacityConfig:
 
     label: str
     settings: Mapping[str, Any]
+    search: Mapping[str, Any] = field(default_factory=dict)  # this config's changes to the search
 
 
 @dataclass(frozen=True)
@@ -148,11 +153,12 @@ class CapacityPlan:
 
     def search_for(self, config: CapacityConfig) -> Search:
         """The planner's search for one configuration: LSH lengths are multiples of chunk_len too."""
-        multiple = int(self.search.multiple)
+        spec = {**self.search.model_dump(), **config.search}
+        multiple = int(spec["multiple"] or 1)
         if self.over == "seq_len" and config.settings.get("attention") == "lsh":
             multiple = math.lcm(multiple, int(config.settings["chunk_len"]))
-        return Search(start=int(self.search.start), max_value=int(self.search.max_value),
-                      resolution=float(self.search.resolution), multiple=multiple)
+        return Search(start=int(spec["start"]), max_value=int(spec["max_value"]),
+                      resolution=float(spec["resolution"]), multiple=multiple)
 
     def point(self, config: CapacityConfig, value: int) -> GridPoint:
         """The GridPoint of one probe: the configuration with the searched axis set to `value`."""
@@ -171,7 +177,8 @@ class CapacityPlan:
             "kind": "capacity", "name": self.suite, "profile": self.profile, "device": self.device,
             "description": self.description, "memory_budget_gib": self.memory_budget_gib,
             "timeout_s": self.timeout_s, "search": {"over": self.over, **self.search.model_dump()},
-            "configs": [{"label": c.label, "settings": dict(c.settings)} for c in self.configs],
+            "configs": [{"label": c.label, "settings": dict(c.settings), "search": dict(c.search)}
+                        for c in self.configs],
         }
 
 
@@ -209,7 +216,12 @@ def resolve(spec: CapacitySpec, profile: str, device: str, path: Path | str = ""
                 raise SuiteError(f"{path}: configs.{label}: seq_len: not set (a batch_size search holds it fixed)")
             settings.pop(search.over, None)
             _check(settings, search, label, path)
-            configs.append(CapacityConfig(label=label, settings=settings))
+            own = prof.config_search.get(cspec.name)
+            own_search = own.model_dump(exclude_none=True) if own is not None else {}
+            if "over" in own_search:
+                raise SuiteError(f"{path}: profiles.{profile}.config_search.{cspec.name}.over: "
+                                 "one search axis per profile")
+            configs.append(CapacityConfig(label=label, settings=settings, search=own_search))
     plan = CapacityPlan(suite=spec.name, profile=profile, device=device, over=search.over, search=search,
                         memory_budget_gib=prof.memory_budget_gib,
                         timeout_s=prof.timeout_s if prof.timeout_s is not None else spec.timeout_s,

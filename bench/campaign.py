@@ -38,10 +38,6 @@ class Work:
     note: str = ""
 
 
-def _device_for(profile: str, has_cuda: bool) -> str:
-    return "cuda" if profile == "gpu" else "cpu"
-
-
 def _quiet() -> Console:
     return Console(file=io.StringIO())
 
@@ -52,42 +48,43 @@ def _estimate(records: Sequence[dict[str, Any]]) -> float:
 
 
 def survey_suite(name: str, profile: str, results_root: Path) -> Work:
-    """The remaining work of one suite for a profile, read from its run directory (nothing runs)."""
+    """The remaining work of one suite for a profile, read from the run directory a run would use
+    (the gpu profile's points on cuda, the cpu profile's on cpu); nothing runs, no CUDA needed."""
     from bench.capacity.runner import choose_run_dir
     from bench.runner import RunOptions
-    from bench.store import read_records, RECORDS
+    from bench.store import FINISHED, RECORDS, latest_by_point, read_records
     from bench.suite import load_suite, resolve_suite_path, suite_kind
 
     path = resolve_suite_path(name)
     kind = suite_kind(path)
-    device = _device_for(profile, True)
-    opts = RunOptions(profile=profile, results_root=results_root)
+    device = "cuda" if profile == "gpu" else "cpu"
+    opts = RunOptions(profile=profile, results_root=Path(results_root))
     if kind == "duplication":
-        return _survey_duplication(path, profile, device, results_root)
-    run_dir = choose_run_dir(name if kind == "grid" else name, profile, device, opts, _quiet())
-    records = read_records(run_dir / RECORDS)
+        return _survey_duplication(path, profile, device, opts)
     if kind == "capacity":
-        return _survey_capacity(path, profile, device, run_dir, records)
+        return _survey_capacity(path, profile, device, opts)
     suite = load_suite(path)
     run_dir = choose_run_dir(suite.name, profile, device, opts, _quiet())
     records = read_records(run_dir / RECORDS)
     points = suite.expand(profile, auto_device=device)
-    from bench.store import FINISHED, latest_by_point
-
     latest = latest_by_point(records)
     todo = [p for p in points if (latest.get(p.point.point_id) or {}).get("status") not in FINISHED]
     items = tuple(f"{p.point.point_id} {p.point.workload} {p.point.model.get('attention')} "
-                  f"seq_len={p.point.seq_len} batch={p.point.batch_size}" for p in todo)
-    return Work(name, kind, run_dir, items, len(points) - len(todo), _estimate(records))
+                  f"seq_len={p.point.seq_len} batch={p.point.batch_size}"
+                  + (" (recorded as skipped)" if p.skip_reason else "") for p in todo)
+    return Work(suite.name, kind, run_dir, items, len(points) - len(todo), _estimate(records))
 
 
-def _survey_capacity(path: Path, profile: str, device: str, run_dir: Path, records: list) -> Work:
+def _survey_capacity(path: Path, profile: str, device: str, opts: Any) -> Work:
     from bench.capacity.planner import Done, next_probe
-    from bench.capacity.runner import config_outcomes
+    from bench.capacity.runner import choose_run_dir, config_outcomes
     from bench.capacity.spec import load_capacity_suite, resolve
+    from bench.store import RECORDS, read_records
 
     path, spec = load_capacity_suite(path)
     plan = resolve(spec, profile, device, path)
+    run_dir = choose_run_dir(plan.suite, profile, device, opts, _quiet())
+    records = read_records(run_dir / RECORDS)
     items, done = [], 0
     for config in plan.configs:
         search = plan.search_for(config)
@@ -101,13 +98,13 @@ def _survey_capacity(path: Path, profile: str, device: str, run_dir: Path, recor
                 note="one item = one configuration's search; estimate ~6 probes each")
 
 
-def _survey_duplication(path: Path, profile: str, device: str, results_root: Path) -> Work:
+def _survey_duplication(path: Path, profile: str, device: str, opts: Any) -> Work:
+    from bench.capacity.runner import choose_run_dir
     from bench.duplication.runner import eval_point_id, load_suite, resolve_profile, train_point_id
-    from bench.store import RECORDS, latest_by_point, machine_run_id, read_records
+    from bench.store import RECORDS, latest_by_point, read_records
 
     run = resolve_profile(load_suite(path), profile)
-    run_id = machine_run_id(Path(results_root) / run.suite, f"{run.profile}-{device}", None)
-    run_dir = Path(results_root) / run.suite / run_id
+    run_dir = choose_run_dir(run.suite, run.profile, device, opts, _quiet())
     ok = {pid for pid, r in latest_by_point(read_records(run_dir / RECORDS)).items() if r["status"] == "ok"}
     items = [f"train {m.name} ({run.train.steps} steps, checkpointed)" for m in run.train_models
              if train_point_id(m) not in ok]

@@ -206,6 +206,10 @@ def markdown(df: pd.DataFrame, plan: CapacityPlan, meta: Mapping[str, Any], ref:
         shown[col] = shown[col].map(lambda v: "-" if v is None or v != v else f"{v:.0f}")
     for col in ("predicted_over_measured", "ratio_to_full"):
         shown[col] = shown[col].map(lambda v: "-" if v is None or v != v else f"{v:.2f}")
+    capped = df.limited_by == "search max_value"  # a lower bound: memory did not stop it
+    for col in (f"longest_{plan.over}", "tokens", "ratio_to_full"):
+        shown.loc[capped, col] = ">= " + shown.loc[capped, col]
+    shown.loc[capped, "predicted_over_measured"] = "<= " + shown.loc[capped, "predicted_over_measured"]
     shown = shown.rename(columns=COLUMN_LABELS)
     peak = "allocator peak" if str(plan.device).startswith("cuda") else "peak RSS of the worker"
     lines = [
@@ -219,6 +223,17 @@ def markdown(df: pd.DataFrame, plan: CapacityPlan, meta: Mapping[str, Any], ref:
         shown.to_markdown(index=False), "",
         "![capacity](capacity.png)", "",
     ]
+    gaps = [f"`{row.configuration}` ({row.predicted_over_measured:.2f})" for row in df.itertuples()
+            if row.predicted_over_measured is not None and row.predicted_over_measured == row.predicted_over_measured
+            and not 0.5 <= row.predicted_over_measured <= 2]
+    if gaps:
+        lines += [
+            f"**Prediction off by more than 2x:** {', '.join(gaps)}. Table 3 counts one copy of the largest "
+            "activation; a step keeps several (scores, probabilities and their gradients per layer, the LM "
+            "head's logits), so for linear-memory configurations the constant it leaves out moves the length "
+            "in proportion. SDPA's fused kernel never stores the L x L matrix its Table 3 row assumes, and a "
+            "configuration stopped by the search cap or a timeout was not stopped by memory.", "",
+        ]
     return "\n".join(lines)
 
 

@@ -61,7 +61,7 @@ def measure_probe(point: GridPoint, budget_mib: float) -> dict[str, Any]:
     workload.iteration(clock)
     m.synchronize(point.device)
     phases = clock.collect()
-    peak_rss = m.peak_rss_mib()
+    peak_rss = max(m.peak_rss_mib(), m.current_rss_mib())  # the kernel updates ru_maxrss lazily
     gpu = m.gpu_peaks_mib(point.device)
     if not cuda and peak_rss > budget_mib:
         raise BudgetExceeded(f"peak RSS {peak_rss:.0f} MiB exceeded the budget of {budget_mib:.0f} MiB "

@@ -154,7 +154,7 @@ def plot(df: pd.DataFrame, plan: CapacityPlan, path: Path, title_caption: str) -
 
     col = f"longest_{plan.over}"
     kinds = {"full": "#7f7f7f", "sdpa": "#1f77b4", "lsh": "#d95f02"}
-    fig, ax = plt.subplots(figsize=(9, 0.42 * len(df) + 2.0))
+    fig, ax = plt.subplots(figsize=(11, 0.42 * len(df) + 2.0))
     y = range(len(df))
     values = [v if v == v and v is not None else 0 for v in df[col]]
     ax.barh(list(y), values, color=[kinds.get(a, "#999999") for a in df.attention], alpha=0.85)

@@ -152,7 +152,7 @@ def _check_same_plan(kept: Mapping[str, Any], plan: CapacityPlan, run_dir: Path)
 def run_capacity_suite(path: Path | str, opts: Any, console: Console | None = None) -> Path:
     """Search every configuration of the suite's profile; returns the run directory."""
     from bench.executors.local import run_point_subprocess
-    from bench.runner import _device_name, cuda_available, write_report
+    from bench.runner import cuda_available, write_report
 
     console = console or Console()
     ignored = [flag for flag, on in (("--only", bool(opts.only)), ("--wandb", opts.wandb),

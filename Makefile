@@ -10,7 +10,7 @@ PROFILE ?= auto
 RUN      = $(PY) -m bench run
 
 .PHONY: install test bench-memory bench-speed bench-lsh-vs-full bench-peers bench-duplication \
-        bench-micro bench-all report publish clean-venv
+        bench-capacity bench-gpu bench-micro bench-all report publish clean-venv
 
 install: $(CORE)
 
@@ -45,6 +45,16 @@ bench-peers: $(CORE)
 
 bench-duplication: $(CORE)
 	$(RUN) duplication --profile $(PROFILE)
+
+# The longest sequence each configuration trains on under the profile's memory budget.
+bench-capacity: $(CORE)
+	$(RUN) capacity --profile $(PROFILE)
+
+# Every suite's gpu profile in one slice of at most 9 minutes; run it again until it says complete.
+# CAMPAIGN_ARGS=--dry-run lists the slices and points instead (works on CPU).
+bench-gpu: $(CORE)
+	@$(PIP) install -q -e ".[peers]" 2>/dev/null || echo "peers not installable (offline?): their points are recorded as skipped"
+	$(PY) -m bench campaign --profile gpu $(CAMPAIGN_ARGS)
 
 bench-all: bench-memory bench-speed bench-lsh-vs-full bench-duplication
 

@@ -88,6 +88,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-points", type=_positive_int, default=DEFAULT_MAX_POINTS, metavar="N",
                    help=f"refuse a profile with more than N grid points, counted before expanding (default {DEFAULT_MAX_POINTS})")
 
+    p = sub.add_parser("campaign", help="every suite's profile in resumable slices (make bench-gpu)")
+    p.add_argument("--profile", choices=PROFILES, default="gpu")
+    p.add_argument("--dry-run", action="store_true", help="list the slices and points it would run; run nothing")
+    p.add_argument("--slice-s", type=float, default=480.0, metavar="S",
+                   help="stop launching work after S seconds (default 480: the slice ends within 9 minutes)")
+    p.add_argument("--suite", action="append", default=[], metavar="NAME",
+                   help="only these suites, in this order (default: memory speed lsh_vs_full peers capacity duplication)")
+    p.add_argument("--results-root", type=Path, default=Path("results"))
+
     p = sub.add_parser("list", help="suites, their studies and point counts per profile")
     p.add_argument("suite", nargs="?", help="one suite (default: all in suites/)")
 
@@ -156,6 +165,20 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def cmd_campaign(args: argparse.Namespace, console: Console) -> int:
+    from bench.campaign import SUITES, dry_run, run_campaign
+
+    if not 0 < args.slice_s <= 540:
+        raise RunError(f"--slice-s {args.slice_s:g}: must be in (0, 540] (a slice ends within 9 minutes)")
+    suites = tuple(args.suite) or SUITES
+    for name in suites:
+        resolve_suite_path(name)
+    if args.dry_run:
+        return dry_run(suites, args.profile, args.results_root, args.slice_s, console)
+    run_campaign(suites, args.profile, args.results_root, args.slice_s, console)
+    return 0
+
+
 def cmd_list(args: argparse.Namespace, console: Console) -> int:
     paths = [resolve_suite_path(args.suite)] if args.suite else sorted(SUITES_DIR.glob("*.yaml"))
     table = Table(title="suites")
@@ -200,6 +223,13 @@ def _is_duplication_run(run_dir: Path) -> bool:
         return False
 
 
+def _run_kind(run_dir: Path) -> str | None:
+    try:
+        return json.loads((run_dir / RUN_JSON).read_text()).get("kind")
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
 def cmd_report(args: argparse.Namespace, console: Console) -> int:
     run_dir = args.run_dir
     load_run_json(run_dir)  # a clear error for a missing or damaged run.json
@@ -210,7 +240,9 @@ def cmd_report(args: argparse.Namespace, console: Console) -> int:
 
 
 def _write_report(run_dir: Path) -> Path:
-    if _is_duplication_run(run_dir):
+    if _run_kind(run_dir) == "capacity":
+        from bench.capacity.report import write_report as write
+    elif _is_duplication_run(run_dir):
         from bench.duplication.report import write_report as write
     else:
         from bench.report import write_report as write
@@ -256,8 +288,8 @@ def cmd_publish(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "list": cmd_list, "report": cmd_report, "compare": cmd_compare,
-            "reference": cmd_reference, "publish": cmd_publish}
+COMMANDS = {"run": cmd_run, "campaign": cmd_campaign, "list": cmd_list, "report": cmd_report,
+            "compare": cmd_compare, "reference": cmd_reference, "publish": cmd_publish}
 
 
 def _error(message: str) -> None:

@@ -4,6 +4,7 @@ reference. One function, `choose_run_dir`, that every kind of suite calls.
 """
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from platform import node
 from typing import TYPE_CHECKING, Any
@@ -60,6 +61,17 @@ def choose_run_dir(suite_name: str, profile: str, device: str, opts: "RunOptions
             console.print(f"new run {run_dir}", style="bold", markup=False, soft_wrap=True)
             return run_dir
     raise StoreError(f"{base}: could not make a new run folder named {stem}[-N]")
+
+
+def continuing_run(suite_name: str, profile: str, device: str, results_root: Path,
+                   plan_key: str | None = None) -> Path | None:
+    """The run a default command would continue (this host's newest unfinished one), or None when it
+    would start a new run; creates nothing (for surveys such as `bench campaign --dry-run`)."""
+    from bench.environment import host_id
+
+    base = runs_dir(Path(results_root), check_name("suite", suite_name))
+    found = _unfinished_run(base, suite_name, profile, device, host_id(), plan_key, False, Console(file=io.StringIO()))
+    return None if found is None else found[0]
 
 
 def _mkdir(run_dir: Path, root: Path, exist_ok: bool = True) -> bool:

@@ -389,14 +389,18 @@ def write_report(run_dir: Path, console: Console, module: str = "bench.report") 
 
 
 def run(suite_ref: str | Path, opts: RunOptions, console: Console | None = None) -> Path:
-    """Run a suite by name or path, dispatching `kind: duplication` suites to their own runner."""
+    """Run a suite by name or path, dispatching `kind: duplication` and `kind: capacity` suites to their own runners."""
     console = console or Console()
     path = resolve_suite_path(suite_ref)
     kind = suite_kind(path)
     if kind == "duplication":
         return _run_duplication(path, opts, console)
+    if kind == "capacity":
+        from bench.capacity.runner import run_capacity_suite
+
+        return run_capacity_suite(path, opts, console)
     if kind != "grid":
-        raise SuiteError(f"{path}: kind: unknown suite kind {kind!r}; expected 'grid' or 'duplication'")
+        raise SuiteError(f"{path}: kind: unknown suite kind {kind!r}; expected 'grid', 'duplication' or 'capacity'")
     # Not trial-expanded here: plan_run expands the chosen profile once, after counting its points.
     return run_grid_suite(load_suite(path, trial_expand=False), opts, console)
 

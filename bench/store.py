@@ -164,6 +164,10 @@ def progress(run_dir: Path, meta: Mapping[str, Any], retry_failed: bool = False)
     planned = meta.get("planned")
     if not isinstance(planned, list):
         return None
+    if meta.get("kind") == "capacity":  # its probes are planned as it goes: done = searches finished
+        from bench.capacity.runner import capacity_progress
+
+        return capacity_progress(read_records(Path(run_dir) / RECORDS), meta["suite_spec"], retry_failed)
     todo = pending_ids(read_records(Path(run_dir) / RECORDS), planned, retry_failed)
     return len(planned) - len(todo), len(planned)
 

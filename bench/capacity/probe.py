@@ -1,0 +1,104 @@
+"""One capacity probe in one fresh process: `python -m bench.capacity.probe --budget-mib N` reads a
+GridPoint (workload train_step) on stdin, runs one warm step on a short prefix and then one full
+training step under the budget, and prints the worker's record line (bench.worker).
+
+The budget: on a GPU, torch.cuda.set_per_process_memory_fraction(budget / device total), so the
+caching allocator raises OutOfMemoryError past it (an `oom` row, message parsed by the parent); the
+CUDA context is outside it. On CPU, the worker's resident memory (RSS): the parent's watchdog kills
+a worker over it while it runs, and this process checks its own peak RSS (ru_maxrss) after the step,
+catching a peak between two watchdog polls. RLIMIT_AS is not used: torch and its thread pools
+reserve address space they never touch, so an address-space limit fails far below the same RSS.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from bench.point import GridPoint
+
+BUDGET_ENV = "BENCH_CAPACITY_BUDGET_MIB"  # set by the capacity runner before its fork server starts
+ENFORCE_CUDA = "torch.cuda.set_per_process_memory_fraction"
+ENFORCE_CPU = "rss_watchdog+peak_rss"
+
+
+class BudgetExceeded(MemoryError):
+    """The step finished but its peak RSS was over the budget (the worker records it as `oom`)."""
+
+
+def enforcement(device: str) -> str:
+    """How a budget is enforced on a device (the record's `budget_enforcement`)."""
+    return ENFORCE_CUDA if str(device).startswith("cuda") else ENFORCE_CPU
+
+
+def set_cuda_budget(budget_mib: float) -> float:
+    """Cap this process's caching allocator at budget_mib; returns the fraction of the device set."""
+    import torch
+
+    total = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+    fraction = min(1.0, budget_mib * 2**20 / total)
+    torch.cuda.set_per_process_memory_fraction(fraction)
+    return fraction
+
+
+def measure_probe(point: GridPoint, budget_mib: float) -> dict[str, Any]:
+    """Run the probe; raises on OOM (the worker turns it into a row), else params, effective, metrics."""
+    import torch
+
+    from bench import measure as m
+    from bench.measure_point import flat_params
+    from bench.workloads import build_workload
+
+    cuda = m.is_cuda(point.device)
+    fraction = set_cuda_budget(budget_mib) if cuda else None
+    baseline_rss = m.current_rss_mib()
+    workload = build_workload(point)
+    n_params = sum(p.numel() for p in workload.module.parameters())
+    assert workload.warm is not None, "a capacity probe needs the train_step workload"
+    workload.warm()
+    m.synchronize(point.device)
+    m.reset_gpu_peak(point.device)
+    clock = m.PhaseClock(point.device)
+    workload.iteration(clock)
+    m.synchronize(point.device)
+    phases = clock.collect()
+    peak_rss = max(m.peak_rss_mib(), m.current_rss_mib())  # the kernel updates ru_maxrss lazily
+    gpu = m.gpu_peaks_mib(point.device)
+    if not cuda and peak_rss > budget_mib:
+        raise BudgetExceeded(f"peak RSS {peak_rss:.0f} MiB exceeded the budget of {budget_mib:.0f} MiB "
+                             f"(read after the step)")
+    metrics = {
+        **{f"{name}_ms": ms for name, ms in phases.items()},  # fwd_ms, bwd_ms, opt_ms, step_ms
+        "peak_alloc_mib": gpu["peak_alloc_mib"],
+        "peak_reserved_mib": gpu["peak_reserved_mib"],
+        "peak_rss_mib": peak_rss,
+        "baseline_rss_mib": baseline_rss,
+        "n_params": n_params,
+    }
+    effective = {**workload.effective(), "cuda_memory_fraction": fraction,
+                 "torch_threads": torch.get_num_threads()}
+    return {"params": flat_params(point), "effective": effective, "metrics": metrics}
+
+
+def measure(point: GridPoint, timing: bool = True) -> dict[str, Any]:
+    """The fork server's entry point for probes: the budget comes from BENCH_CAPACITY_BUDGET_MIB."""
+    import os
+
+    return measure_probe(point, float(os.environ[BUDGET_ENV]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """One probe by hand: a GridPoint JSON on stdin, its record line on stdout."""
+    import os
+
+    parser = argparse.ArgumentParser(prog="python -m bench.capacity.probe")
+    parser.add_argument("--budget-mib", type=float, required=True)
+    args = parser.parse_args(argv)
+    os.environ[BUDGET_ENV] = f"{args.budget_mib:g}"
+    from bench.worker import main as worker_main
+
+    return worker_main(measure)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

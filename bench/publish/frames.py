@@ -116,7 +116,9 @@ def study_axes(suite_spec: Mapping[str, Any]) -> dict[str, StudyAxes]:
                    and all(isinstance(i, (int, float)) and not isinstance(i, bool) for i in v)]
         x = plot.get("x") if isinstance(plot.get("x"), str) else None
         x = x or ("seq_len" if "seq_len" in grid or not numeric else numeric[0])
-        hue = _names(plot.get("hue")) + _names(plot.get("style")) or [k for k in grid if k != x]
+        # W&B line plots have no facets: our plots' panels (col/row) become lines too
+        hue = (_names(plot.get("hue")) + _names(plot.get("style")) + _names(plot.get("col"))
+               + _names(plot.get("row"))) or [k for k in grid if k != x]
         log_default = x in LOG_AXES
         axes[str(name)] = StudyAxes(
             x=x, hue=tuple(h for h in hue if h != x), y=tuple(_names(plot.get("y"))),

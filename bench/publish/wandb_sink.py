@@ -129,7 +129,7 @@ def wandb_settings() -> Any:
 
 def wandb_table_frame(df: pd.DataFrame) -> pd.DataFrame:
     """A copy W&B accepts as a Table: NaN -> None, and a column mixing kinds (str and number) as str."""
-    out = pd.DataFrame(index=df.index)
+    columns = {}
     for col in df.columns:
         values = [None if isinstance(v, float) and math.isnan(v) else v for v in df[col].tolist()]
         present = [v for v in values if v is not None]
@@ -137,8 +137,8 @@ def wandb_table_frame(df: pd.DataFrame) -> pd.DataFrame:
         boolean = all(isinstance(v, bool) for v in present)
         if not (numeric or boolean):
             values = [None if v is None else str(v) for v in values]
-        out[col] = pd.Series(values, index=df.index, dtype=object)
-    return out
+        columns[col] = pd.Series(values, index=df.index, dtype=object)
+    return pd.DataFrame(columns, index=df.index)  # built at once: no fragmented frame
 
 
 def wandb_dir(run_dir: Path, env: Mapping[str, str]) -> Path:

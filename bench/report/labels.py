@@ -47,6 +47,15 @@ LABELS: dict[str, str] = {
     # machine load around the point
     "loadavg_1m": "load average, 1 min", "other_cpu_frac": "CPU share used by other processes",
     "steal_frac": "CPU steal share", "under_load": "measured under load",
+    # capacity probes (one training step each)
+    "step_ms": "time of the training step (ms)", "fwd_ms": "forward time of the step (ms)",
+    "bwd_ms": "backward time of the step (ms)", "opt_ms": "optimizer step time (ms)",
+    "baseline_rss_mib": "resident memory before the model is built (MiB)", "n_params": "parameters",
+    "oom_tried_mib": "allocation that failed (MiB)", "oom_allowed_mib": "memory allowed by the budget (MiB)",
+    "oom_allocated_mib": "allocated when the allocation failed (MiB)",
+    "oom_reserved_unallocated_mib": "reserved but unallocated when it failed (MiB)",
+    "oom_device_total_mib": "GPU memory, total (MiB)", "oom_device_free_mib": "GPU memory free when it failed (MiB)",
+    "oom_process_in_use_mib": "GPU memory of the process when it failed (MiB)",
     # duplication task
     "accuracy": "accuracy on the second half", "train_accuracy": "training accuracy",
     "eval_loss": "evaluation loss", "final_loss": "final training loss", "eval_s": "evaluation time (s)",

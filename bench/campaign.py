@@ -7,7 +7,6 @@ directories and lists the slices and points it would run, on any machine (no CUD
 """
 from __future__ import annotations
 
-import io
 import math
 import statistics
 import time

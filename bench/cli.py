@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import signal
 import threading
@@ -16,7 +15,7 @@ from rich.text import Text
 from bench.executors.base import ClusterLost, ExecutorError
 from bench.runner import ReportFailed, RunError, RunOptions, Terminated, raise_terminated, run
 from bench.reference import promote
-from bench.store import RUN_JSON, StoreError, is_reference, load_run_json
+from bench.store import StoreError, is_reference, load_run_json
 from bench.suite import DEFAULT_MAX_POINTS, PROFILES, SUITES_DIR, SuiteError, load_suite, resolve_suite_path, suite_kind
 
 
@@ -34,9 +33,13 @@ def _positive_float(text: str) -> float:
 
 
 def _positive_int(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be a whole number >= 1")
-    return int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive integer")
+    return value
 
 
 def _key_value(text: str) -> tuple[str, str]:
@@ -129,16 +132,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not a positive integer")
-    return value
-
-
 def cmd_run(args: argparse.Namespace, console: Console) -> int:
     opts = RunOptions(
         profile=args.profile, device=args.device, run_id=args.run_id, fresh=args.fresh,
@@ -209,25 +202,17 @@ def _counts(points) -> str:
     return f"{len(points) - skipped}/{skipped}"
 
 
-def _is_duplication_run(run_dir: Path) -> bool:
-    """Duplication runs come from their own runner; recognise them by run.json or suite file."""
+def _run_kind(run_dir: Path) -> str:
+    """What made a run folder (grid, duplication or capacity): run.json's kind, its suite_spec's, else
+    its suite file's; grid when none says."""
+    meta = load_run_json(run_dir)
+    kind = meta.get("kind") or (meta.get("suite_spec") or {}).get("kind")
+    if kind:
+        return str(kind)
     try:
-        meta = json.loads((run_dir / RUN_JSON).read_text())
-    except (OSError, json.JSONDecodeError):
-        return False
-    if meta.get("kind") == "duplication" or (meta.get("suite_spec") or {}).get("kind") == "duplication":
-        return True
-    try:
-        return suite_kind(resolve_suite_path(str(meta.get("suite")))) == "duplication"
+        return suite_kind(resolve_suite_path(str(meta.get("suite"))))
     except SuiteError:
-        return False
-
-
-def _run_kind(run_dir: Path) -> str | None:
-    try:
-        return json.loads((run_dir / RUN_JSON).read_text()).get("kind")
-    except (OSError, json.JSONDecodeError):
-        return None
+        return "grid"
 
 
 def cmd_report(args: argparse.Namespace, console: Console) -> int:
@@ -240,9 +225,10 @@ def cmd_report(args: argparse.Namespace, console: Console) -> int:
 
 
 def _write_report(run_dir: Path) -> Path:
-    if _run_kind(run_dir) == "capacity":
+    kind = _run_kind(run_dir)
+    if kind == "capacity":
         from bench.capacity.report import write_report as write
-    elif _is_duplication_run(run_dir):
+    elif kind == "duplication":
         from bench.duplication.report import write_report as write
     else:
         from bench.report import write_report as write

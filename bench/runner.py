@@ -201,12 +201,7 @@ def _run_in(run_dir: Path, suite: Suite, plan: Plan, spec: dict[str, Any], key: 
                       "(use --fresh for a run that describes the new one)", style="yellow", markup=False, soft_wrap=True)
 
     by_id = {p.point.point_id: p for p in plan.points}
-    pending = set(store.pending(list(by_id), retry_failed=opts.retry_failed))
-    if opts.retry_failed:  # a watchdog kill at a limit the user set is not final either
-        from bench.executors.local import watchdog_retryable
-
-        pending |= {pid for pid, r in latest_by_point(store.records()).items() if watchdog_retryable(r)}
-    todo = [p for pid, p in by_id.items() if pid in pending]
+    todo = [by_id[pid] for pid in store.pending(list(by_id), retry_failed=opts.retry_failed)]
     resumed = len(plan.points) - len(todo)
     console.print(f"[bold]{escape(suite.name)}[/] profile={plan.profile} device={plan.device} -> {escape(str(run_dir))}")
     console.print(f"{len(plan.points)} points: {resumed} already recorded, {len(todo)} to do")
@@ -220,7 +215,7 @@ def _run_in(run_dir: Path, suite: Suite, plan: Plan, spec: dict[str, Any], key: 
 
     from bench.load import busy_reason
 
-    if todo and (busy := busy_reason()):
+    if busy := busy_reason():
         console.print(f"warning: {busy}; times measured now will be noisy", style="yellow", markup=False)
     logger = _live_logger(store.run_dir) if opts.wandb else None
     try:
@@ -281,7 +276,7 @@ def _execute(todo: Sequence[PlannedPoint], store: RunStore, run_id: str, opts: R
             started = time.monotonic()
             log = lambda message: progress.console.print(message, markup=False, highlight=False)  # noqa: E731
             executor = make_executor(opts, plan, measurement["timeout_s"], store.run_dir, log,
-                                     measurement.get("processes", 3))
+                                     measurement["processes"])
             for record in executor.run(to_run):
                 keep(record, progress, task)
                 if opts.time_budget_s is not None and time.monotonic() - started > opts.time_budget_s:

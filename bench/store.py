@@ -172,12 +172,22 @@ def progress(run_dir: Path, meta: Mapping[str, Any], retry_failed: bool = False)
     return len(planned) - len(todo), len(planned)
 
 
+def watchdog_retryable(record: Record) -> bool:
+    """An `oom` that the RSS watchdog decided at a limit the user set: `--retry-failed` runs it
+    again (a limit the user chose is not the machine's, unlike an allocator's out-of-memory)."""
+    eff = record.get("effective") or {}
+    return (record.get("status") == "oom" and eff.get("oom_detected_by") == "rss_watchdog"
+            and eff.get("memory_limit_set_by") == "user")
+
+
 def pending_ids(records: Iterable[Record], point_ids: Sequence[str], retry_failed: bool = False) -> list[str]:
     """The point_ids that still need a run: never recorded, or (with retry_failed) last recorded as
-    error/timeout. Finished points (ok/oom/skipped) never run twice."""
+    error/timeout or killed by the watchdog at the user's limit. Other finished points (ok, oom,
+    skipped) never run twice."""
     done = latest_by_point(records)
     return [pid for pid in point_ids
-            if (r := done.get(pid)) is None or (retry_failed and r.get("status") not in FINISHED)]
+            if (r := done.get(pid)) is None
+            or (retry_failed and (r.get("status") not in FINISHED or watchdog_retryable(r)))]
 
 
 class RunLock:

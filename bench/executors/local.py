@@ -81,14 +81,6 @@ def describe_exit(code: int) -> str:
     return f"worker exited with code {code}"
 
 
-def watchdog_retryable(record: Record) -> bool:
-    """An `oom` that the RSS watchdog decided at a limit the user set: `--retry-failed` runs it
-    again (a limit the user chose is not the machine's, unlike an allocator's out-of-memory)."""
-    eff = record.get("effective") or {}
-    return (record.get("status") == "oom" and eff.get("oom_detected_by") == "rss_watchdog"
-            and eff.get("memory_limit_set_by") == "user")
-
-
 def _read(path: Path, limit: int) -> str:
     try:
         return path.read_bytes().decode("utf-8", "replace")[-limit:].strip()

@@ -3,7 +3,6 @@ numeric order for ordered axes), Table 3's slope as a dashed guide through each 
 on growth plots, hollow markers for points measured under load, and a caption of what was fixed."""
 from __future__ import annotations
 
-import math
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path

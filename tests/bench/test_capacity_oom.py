@@ -7,7 +7,6 @@ from bench.capacity.oom import oom_source, parse_oom_message
 from bench.capacity.planner import ERROR, FIT, NO_FIT
 from bench.capacity.runner import finish_record, outcome_of
 from bench.capacity.spec import CapacityConfig, CapacityPlan, SearchSpec
-from bench.point import GridPoint
 from bench.store import make_record
 
 CUDA_OOM = (

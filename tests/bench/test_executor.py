@@ -13,7 +13,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from bench.executors.local import LocalExecutor, run_point_subprocess, watchdog_retryable
+from bench.executors.local import LocalExecutor, run_point_subprocess
+from bench.store import watchdog_retryable
 from bench.point import GridPoint
 from bench.worker import classify, run_point
 

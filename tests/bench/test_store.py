@@ -9,7 +9,7 @@ import pytest
 from bench.point import GridPoint
 from bench.store import (
     RunLock, RunStore, StoreError, check_name, fresh_run_id, inside, jsonable, latest_by_point, load_run_json, locked,
-    make_record, plan_key, read_records, reference_dir, same_spec,
+    make_record, plan_key, progress, read_records, reference_dir, same_spec,
 )
 
 
@@ -83,6 +83,23 @@ def test_resume_skips_finished_points(tmp_path):
     store.append(make_record(points[512], "ok"))
     assert store.pending(ids, retry_failed=True) == [points[n].point_id for n in (1024, 2048)]
     assert latest_by_point(store.records())[points[512].point_id]["status"] == "ok"
+
+
+def test_a_watchdog_kill_at_the_users_limit_is_pending_on_retry_and_keeps_a_run_unfinished(tmp_path):
+    """One rule for the runner and for choosing the run that --retry-failed continues."""
+    store = RunStore(tmp_path / "run")
+    user = {"oom_detected_by": "rss_watchdog", "memory_limit_mib": 100, "memory_limit_set_by": "user"}
+    default = {**user, "memory_limit_set_by": "default"}
+    a, b, c = point(64), point(128), point(256)
+    store.append(make_record(a, "oom", "host RSS over the limit", effective=user))
+    store.append(make_record(b, "oom", "host RSS over the limit", effective=default))
+    store.append(make_record(c, "oom", "CUDA out of memory", effective={"oom_detected_by": "exception"}))
+    ids = [a.point_id, b.point_id, c.point_id]
+    assert store.pending(ids) == []
+    assert store.pending(ids, retry_failed=True) == [a.point_id]
+    meta = {"planned": ids}
+    assert progress(store.run_dir, meta) == (3, 3)
+    assert progress(store.run_dir, meta, retry_failed=True) == (2, 3)
 
 
 def test_run_json_written_once_and_checked(tmp_path):

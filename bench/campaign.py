@@ -42,32 +42,30 @@ def _estimate(records: Sequence[dict[str, Any]]) -> float:
     return statistics.median(walls) if walls else DEFAULT_ITEM_S
 
 
-def _run_dir(suite: str, profile: str, device: str, opts: Any) -> Path:
+def _run_dir(suite: str, profile: str, device: str, results_root: Path) -> Path:
     """The run a slice would continue, or where a new one would go (nothing is created here)."""
     from bench.rundir import continuing_run
     from bench.store import runs_dir
 
-    found = continuing_run(suite, profile, device, opts.results_root)
-    return found if found is not None else runs_dir(Path(opts.results_root), suite) / "(new run)"
+    found = continuing_run(suite, profile, device, results_root)
+    return found if found is not None else runs_dir(Path(results_root), suite) / "(new run)"
 
 
 def survey_suite(name: str, profile: str, results_root: Path) -> Work:
     """The remaining work of one suite for a profile, read from the run directory a run would use
     (the gpu profile's points on cuda, the cpu profile's on cpu); nothing runs, no CUDA needed."""
-    from bench.runner import RunOptions
     from bench.store import FINISHED, RECORDS, latest_by_point, read_records
     from bench.suite import load_suite, resolve_suite_path, suite_kind
 
     path = resolve_suite_path(name)
     kind = suite_kind(path)
     device = "cuda" if profile == "gpu" else "cpu"
-    opts = RunOptions(profile=profile, results_root=Path(results_root))
     if kind == "duplication":
-        return _survey_duplication(path, profile, device, opts)
+        return _survey_duplication(path, profile, device, results_root)
     if kind == "capacity":
-        return _survey_capacity(path, profile, device, opts)
-    suite = load_suite(path)
-    run_dir = _run_dir(suite.name, profile, device, opts)
+        return _survey_capacity(path, profile, device, results_root)
+    suite = load_suite(path, trial_expand=False)  # expanded once, below, for this profile only
+    run_dir = _run_dir(suite.name, profile, device, results_root)
     records = read_records(run_dir / RECORDS)
     points = suite.expand(profile, auto_device=device)
     latest = latest_by_point(records)
@@ -78,7 +76,7 @@ def survey_suite(name: str, profile: str, results_root: Path) -> Work:
     return Work(suite.name, kind, run_dir, items, len(points) - len(todo), _estimate(records))
 
 
-def _survey_capacity(path: Path, profile: str, device: str, opts: Any) -> Work:
+def _survey_capacity(path: Path, profile: str, device: str, results_root: Path) -> Work:
     from bench.capacity.planner import Done, next_probe
     from bench.capacity.runner import config_outcomes
     from bench.capacity.spec import load_capacity_suite, resolve
@@ -86,7 +84,7 @@ def _survey_capacity(path: Path, profile: str, device: str, opts: Any) -> Work:
 
     path, spec = load_capacity_suite(path)
     plan = resolve(spec, profile, device, path)
-    run_dir = _run_dir(plan.suite, profile, device, opts)
+    run_dir = _run_dir(plan.suite, profile, device, results_root)
     records = read_records(run_dir / RECORDS)
     items, done = [], 0
     for config in plan.configs:
@@ -101,12 +99,12 @@ def _survey_capacity(path: Path, profile: str, device: str, opts: Any) -> Work:
                 note="one item = one configuration's search; estimate ~6 probes each")
 
 
-def _survey_duplication(path: Path, profile: str, device: str, opts: Any) -> Work:
+def _survey_duplication(path: Path, profile: str, device: str, results_root: Path) -> Work:
     from bench.duplication.runner import eval_point_id, load_suite, resolve_profile, train_point_id
     from bench.store import RECORDS, latest_by_point, read_records
 
     run = resolve_profile(load_suite(path), profile)
-    run_dir = _run_dir(run.suite, run.profile, device, opts)
+    run_dir = _run_dir(run.suite, run.profile, device, results_root)
     ok = {pid for pid, r in latest_by_point(read_records(run_dir / RECORDS)).items() if r["status"] == "ok"}
     items = [f"train {m.name} ({run.train.steps} steps, checkpointed)" for m in run.train_models
              if train_point_id(m) not in ok]

@@ -94,30 +94,22 @@ def next_probe(search: Search, outcomes: Mapping[int, str]) -> Probe | Done:
         if value >= top:
             return Done(lo, None, "max_value", tuple(order))
         value = min(search.down(2 * value), top)
-    while lo is None:  # the start did not fit: halve until something does
-        value = search.down(hi / 2)
-        if value < search.multiple:
-            return Done(None, hi, "nothing_fits", tuple(order))
+    while lo is None or hi - lo > search.tolerance(lo):  # halve until something fits, then bisect
+        if lo is None:
+            value = search.down(hi / 2)
+            if value < search.multiple:
+                return Done(None, hi, "nothing_fits", tuple(order))
+        else:
+            value = search.down((lo + hi) / 2)
+            if value <= lo:
+                break
         outcome = ask(value)
         if outcome is None:
             return Probe(value)
         if outcome == ERROR:
-            return Done(None, hi, "error", tuple(order))
+            return Done(lo, hi, "error", tuple(order))
         if outcome == FIT:
             lo = value
         else:
             hi = value
-    while hi - lo > search.tolerance(lo):  # bisect
-        mid = search.down((lo + hi) / 2)
-        if mid <= lo:
-            break
-        outcome = ask(mid)
-        if outcome is None:
-            return Probe(mid)
-        if outcome == ERROR:
-            return Done(lo, hi, "error", tuple(order))
-        if outcome == FIT:
-            lo = mid
-        else:
-            hi = mid
     return Done(lo, hi, "bracketed", tuple(order))

@@ -14,7 +14,7 @@ import pandas as pd
 from bench.capacity.planner import Done, next_probe
 from bench.capacity.predict import predict_longest
 from bench.capacity.runner import config_outcomes
-from bench.capacity.spec import CapacityConfig, CapacityPlan, SearchSpec
+from bench.capacity.spec import CapacityConfig, CapacityPlan
 from bench.store import RECORDS, RUN_JSON, read_records
 
 UNIT = {"seq_len": "tokens", "batch_size": "sequences"}
@@ -22,15 +22,7 @@ UNIT = {"seq_len": "tokens", "batch_size": "sequences"}
 
 def plan_from_meta(meta: Mapping[str, Any]) -> CapacityPlan:
     """The CapacityPlan a run.json describes."""
-    spec = meta["suite_spec"]
-    search = dict(spec["search"])
-    over = search.pop("over")
-    return CapacityPlan(
-        suite=spec["name"], profile=spec["profile"], device=spec["device"], over=over,
-        search=SearchSpec(over=over, **search), memory_budget_gib=float(spec["memory_budget_gib"]),
-        timeout_s=float(spec["timeout_s"]), description=spec.get("description", ""),
-        configs=tuple(CapacityConfig(c["label"], c["settings"], c.get("search") or {}) for c in spec["configs"]),
-    )
+    return CapacityPlan.from_json(meta["suite_spec"])
 
 
 def _probe_record(records: Sequence[Mapping[str, Any]], config: CapacityConfig, plan: CapacityPlan,

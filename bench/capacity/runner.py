@@ -18,7 +18,7 @@ from rich.table import Table
 from bench.capacity.oom import is_oom, oom_source, parse_oom_message
 from bench.capacity.planner import ERROR, FIT, NO_FIT, Done, Probe, next_probe
 from bench.capacity.probe import enforcement
-from bench.capacity.spec import CapacityConfig, CapacityPlan, load_capacity_suite, resolve, search_of
+from bench.capacity.spec import CapacityConfig, CapacityPlan, load_capacity_suite, resolve
 from bench.capacity.probe import BUDGET_ENV
 from bench.rundir import choose_run_dir
 from bench.store import Record, RunLock, RunStore, jsonable, now_iso, plan_key
@@ -53,21 +53,15 @@ def config_outcomes(records: Iterable[Mapping[str, Any]], plan: CapacityPlan, co
                     retry_failed: bool = False) -> dict[int, str]:
     """The recorded outcomes of one configuration's probes under this plan's budget, by searched
     value (the latest record of a value wins; with retry_failed, errors count as not probed)."""
-    return outcomes_of(records, config.label, plan.over, plan.memory_budget_gib, retry_failed)
-
-
-def outcomes_of(records: Iterable[Mapping[str, Any]], label: str, over: str, budget_gib: float,
-                retry_failed: bool = False) -> dict[int, str]:
-    """config_outcomes from plain values (what run.json keeps), for progress without the suite file."""
     out: dict[int, str] = {}
     for r in records:
         params = r.get("params") or {}
-        if params.get("config") != label or params.get("memory_budget_gib") != budget_gib:
+        if params.get("config") != config.label or params.get("memory_budget_gib") != plan.memory_budget_gib:
             continue
-        if params.get("search_over") != over:
+        if params.get("search_over") != plan.over:
             continue
         outcome = outcome_of(r)
-        value = int(params[over])
+        value = int(params[plan.over])
         if outcome == ERROR and retry_failed:
             out.pop(value, None)
             continue
@@ -79,15 +73,10 @@ def capacity_progress(records: Iterable[Mapping[str, Any]], spec: Mapping[str, A
                       retry_failed: bool = False) -> tuple[int, int]:
     """(searches done, searches planned) of a capacity run from its run.json suite_spec and records:
     what decides whether a run is finished or is continued."""
-    records = list(records)
-    search = {k: v for k, v in spec["search"].items() if k != "over"}
-    over, budget = spec["search"]["over"], spec["memory_budget_gib"]
-    done = 0
-    for config in spec["configs"]:
-        planner = search_of(search, config.get("search") or {}, config["settings"], over)
-        step = next_probe(planner, outcomes_of(records, config["label"], over, budget, retry_failed))
-        done += isinstance(step, Done)
-    return done, len(spec["configs"])
+    records, plan = list(records), CapacityPlan.from_json(spec)
+    done = sum(isinstance(next_probe(plan.search_for(c), config_outcomes(records, plan, c, retry_failed)), Done)
+               for c in plan.configs)
+    return done, len(plan.configs)
 
 
 def finish_record(record: Record, plan: CapacityPlan, config: CapacityConfig, value: int, run_id: str) -> Record:

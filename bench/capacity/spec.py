@@ -153,7 +153,24 @@ class CapacityPlan:
 
     def search_for(self, config: CapacityConfig) -> Search:
         """The planner's search for one configuration: LSH lengths are multiples of chunk_len too."""
-        return search_of(self.search.model_dump(), config.search, config.settings, self.over)
+        spec = {**self.search.model_dump(), **config.search}
+        multiple = int(spec["multiple"] or 1)
+        if self.over == "seq_len" and config.settings.get("attention") == "lsh":
+            multiple = math.lcm(multiple, int(config.settings["chunk_len"]))
+        return Search(start=int(spec["start"]), max_value=int(spec["max_value"]),
+                      resolution=float(spec["resolution"]), multiple=multiple)
+
+    @classmethod
+    def from_json(cls, spec: Mapping[str, Any]) -> "CapacityPlan":
+        """The plan a run.json's suite_spec describes (the inverse of `to_json`)."""
+        search = dict(spec["search"])
+        over = search.pop("over")
+        return cls(
+            suite=spec["name"], profile=spec["profile"], device=spec["device"], over=over,
+            search=SearchSpec(over=over, **search), memory_budget_gib=float(spec["memory_budget_gib"]),
+            timeout_s=float(spec["timeout_s"]), description=spec.get("description", ""),
+            configs=tuple(CapacityConfig(c["label"], c["settings"], c.get("search") or {}) for c in spec["configs"]),
+        )
 
     def point(self, config: CapacityConfig, value: int) -> GridPoint:
         """The GridPoint of one probe: the configuration with the searched axis set to `value`."""
@@ -175,18 +192,6 @@ class CapacityPlan:
             "configs": [{"label": c.label, "settings": dict(c.settings), "search": dict(c.search)}
                         for c in self.configs],
         }
-
-
-def search_of(search: Mapping[str, Any], config_search: Mapping[str, Any], settings: Mapping[str, Any],
-              over: str) -> Search:
-    """One configuration's search from the profile's search and the configuration's own changes (as
-    run.json keeps them too): LSH lengths are multiples of chunk_len as well."""
-    spec = {**search, **config_search}
-    multiple = int(spec["multiple"] or 1)
-    if over == "seq_len" and settings.get("attention") == "lsh":
-        multiple = math.lcm(multiple, int(settings["chunk_len"]))
-    return Search(start=int(spec["start"]), max_value=int(spec["max_value"]),
-                  resolution=float(spec["resolution"]), multiple=multiple)
 
 
 def _label(name: str, combo: Mapping[str, Any]) -> str:

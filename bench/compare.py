@@ -15,6 +15,7 @@ import pandas as pd
 
 from bench.report.frames import MEMORY_METRICS, Run, config_label, load_run
 from bench.report.labels import short
+from bench.report.markdown import md
 
 TIME_METRIC = "step_ms_median"
 TIME_FLOOR = 0.10  # relative: two runs of one machine differ by this much without a cause
@@ -191,10 +192,6 @@ def compare_runs(run_a: Path, run_b: Path) -> Comparison:
                       only_a=len(set(oa) - set(ob)), only_b=len(set(ob) - set(oa)), notes=tuple(notes))
 
 
-def _md(df: pd.DataFrame) -> str:
-    return "_none_" if df.empty else df.to_markdown(index=False, floatfmt=".4g")
-
-
 def comparison_markdown(cmp: Comparison) -> str:
     factor = (f"B took {cmp.speed_factor:.2f}x A's time at the median point: this is the machine's "
               f"overall speed, not a finding. `shape` is each point's ratio over it." if cmp.speed_factor
@@ -209,11 +206,11 @@ def comparison_markdown(cmp: Comparison) -> str:
         f"bytes) or {MEMORY_FLOOR_DEFAULT:.0%} (RSS, allocator peaks) for memory. Flags: `SHAPE` (time "
         "ratio over the speed factor, or a within-run ratio, outside the noise), `DIFFERS` (memory "
         "outside the noise), `under load` (outside, but a side was measured on a busy machine).", "",
-        "## Time", "", _md(cmp.points[cmp.points["kind"] == "time"].drop(columns=["kind"])), "",
+        "## Time", "", md(cmp.points[cmp.points["kind"] == "time"].drop(columns=["kind"])), "",
         f"## Within-run ratios ({short(TIME_METRIC)})", "",
         "Each attention kind's time over full attention's at the same point, in A and in B; machine "
-        "speed cancels.", "", _md(cmp.within), "",
-        "## Memory", "", _md(cmp.points[cmp.points["kind"] == "memory"].drop(columns=["kind", "shape"])), "",
+        "speed cancels.", "", md(cmp.within), "",
+        "## Memory", "", md(cmp.points[cmp.points["kind"] == "memory"].drop(columns=["kind", "shape"])), "",
     ])
 
 

@@ -7,11 +7,11 @@ import os
 from typing import Any, Callable, Mapping
 
 from bench.point import GridPoint
+from bench.executors.local import STDERR_TAIL  # as much error text as a local failure keeps
 from bench.worker import THREADS_ENV, node_info
 
 Record = dict[str, Any]
 RunPoint = Callable[..., Record]  # run_point_subprocess(point, timeout_s, memory_limit_mib=None)
-TRACEBACK_CHARS = 2000  # as much of an engine's error text as a record keeps (the local executor's budget)
 # Libraries that read a thread count from the environment; Ray sets some of them to the task's CPUs.
 THREAD_VARS = (THREADS_ENV, "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
@@ -21,7 +21,7 @@ def failure_record(point: GridPoint, reason: str, traceback: str | None = None) 
     executor's failures are (bench.store.make_record); the runner fills in run_id."""
     from bench.store import make_record
 
-    return make_record(point, "error", reason, traceback=traceback[-TRACEBACK_CHARS:] if traceback else None)
+    return make_record(point, "error", reason, traceback=traceback[-STDERR_TAIL:] if traceback else None)
 
 
 def node_cpus() -> int:
@@ -46,10 +46,7 @@ def run_point_remote(
         os.environ[var] = str(threads)
     if run_point is None:
         from bench.executors.local import run_point_subprocess as run_point
-    if memory_limit_mib is None:
-        record = run_point(point, timeout_s)
-    else:
-        record = run_point(point, timeout_s, memory_limit_mib=memory_limit_mib)
+    record = run_point(point, timeout_s, memory_limit_mib=memory_limit_mib)
     if isinstance(record, dict):
         # A worker that wrote its record knows its threads; a killed one gets this process's view.
         node = record.get("node") or {**node_info(point.device), "torch_threads": threads}

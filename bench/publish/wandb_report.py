@@ -18,13 +18,13 @@ from bench.publish.frames import LineSeries, StudyAxes, accuracy_matrix, line_se
 from bench.publish.report_text import ReportText
 from bench.publish.rundata import Record, RunInfo
 from bench.publish.scrub import scrub, scrub_text
+from bench.report.frames import main_memory_metrics
+from bench.report.labels import label
 
 SPEC_NAME = "wandb_report.json"
 TITLE_MAX = 128  # W&B refuses longer report titles
 DUPLICATION_SUITE = "duplication"
 MATRIX_TABLE = "duplication/accuracy_matrix"  # the table publish logs (see publisher.log_run_summary)
-CPU_MEMORY = ("rss_delta_mib", "saved_for_backward_mib")  # our report's main figures per device
-GPU_MEMORY = ("peak_alloc_mib", "saved_for_backward_mib")
 DEFAULT_Y = ("step_ms_median",)
 PANEL_W, PANEL_H, PER_ROW = 12, 8, 2  # two panels a row on W&B's 24-column grid
 
@@ -38,15 +38,6 @@ class ReportRun:
     text: ReportText
     wandb_id: str
     name: str  # the W&B run's display name, which the run set filters on
-
-
-def _label(column: str) -> str:
-    """A column's words with units, from the report's label table when this branch has it."""
-    try:
-        from bench.report.labels import label  # type: ignore[import-not-found]
-    except ImportError:
-        return column
-    return label(column)
 
 
 def report_title(runs: Sequence[ReportRun]) -> str:
@@ -75,7 +66,7 @@ def _environment_md(run: ReportRun) -> str:
 def _metrics_for(axes: StudyAxes, available: Sequence[str], devices: Sequence[str]) -> list[str]:
     """The study's hinted y metrics that have curves, a memory metric without one (peak_alloc_mib on
     CPU) standing for the devices' main memory figures; default: main memory figures and step time."""
-    main = [m for d in devices for m in (GPU_MEMORY if str(d).startswith("cuda") else CPU_MEMORY)]
+    main = [m for d in devices for m in main_memory_metrics(d)]
     out: list[str] = []
     for metric in axes.y or (*main, *DEFAULT_Y):
         chosen = [metric] if metric in available else (main if metric.endswith("_mib") else [])
@@ -93,13 +84,13 @@ def _line_plot(study: str, metric: str, axes: StudyAxes, charts: Sequence[tuple[
     for run, series in charts:
         keys = curve_keys(series)
         x_key = keys.x
-        for label, key in keys.y.items():
+        for line, key in keys.y.items():
             if key not in y:
                 y.append(key)
-            titles[f"{run.wandb_id}:{key}"] = f"{run.info.run_id}: {label}" if several else label
+            titles[f"{run.wandb_id}:{key}"] = f"{run.info.run_id}: {line}" if several else line
     return wr.LinePlot(
-        title=f"{study}: {_label(metric)}", x=x_key, y=y, log_x=axes.logx, log_y=axes.logy,
-        title_x=_label(axes.x), title_y=_label(metric), line_titles=titles,
+        title=f"{study}: {label(metric)}", x=x_key, y=y, log_x=axes.logx, log_y=axes.logy,
+        title_x=label(axes.x), title_y=label(metric), line_titles=titles,
         layout=wr.Layout(x=(index % PER_ROW) * PANEL_W, y=(index // PER_ROW) * PANEL_H, w=PANEL_W, h=PANEL_H),
     )
 

@@ -6,7 +6,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 import pandas as pd
 
-from bench.complexity import fit_offset_power, fit_tail, is_power_law_axis, predicted_exponent, tail_mask
+from bench.complexity import fit_offset_power, fit_tail, is_power_law_axis, predicted_exponent
 from bench.report.frames import MEMORY_METRICS, TIME_METRICS, StudyView, series_label
 from bench.report.labels import plain
 
@@ -42,7 +42,7 @@ def fit_row(view: StudyView, label: str, group: pd.DataFrame, metric: str) -> Op
     if data[view.x].nunique() < 2:
         return None
     fit = fit_tail(data[view.x].astype(float), data[metric].astype(float))
-    tail = data[tail_mask(data[view.x].astype(float))]
+    tail = data[data[view.x].astype(float) >= fit.x_min]  # the points the fit used
     term = "time" if metric in TIME_METRICS else "memory"
     try:
         params = [{k: plain(v) for k, v in r.items()} for _, r in group.loc[tail.index].iterrows()]

@@ -10,6 +10,8 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 import pandas as pd
 from pydantic import BaseModel, ConfigDict
 
+from bench.load import LOAD_FIELDS
+from bench.metrics import MEMORY_METRICS
 from bench.report.labels import plain, value_label
 from bench.store import RECORDS, read_records
 
@@ -28,11 +30,7 @@ FIXED_KEYS = ("workload", "impl", "attention", "batch_size", "seq_len", "tokens_
 TIME_METRICS = ("step_ms_median", "fwd_ms_median", "bwd_ms_median", "opt_ms_median")
 GPU_MEMORY = ("peak_alloc_mib", "saved_for_backward_mib")
 CPU_MEMORY = ("rss_delta_mib", "saved_for_backward_mib")
-MEMORY_METRICS = (
-    "peak_alloc_mib", "peak_reserved_mib", "nvml_device_used_mib", "nvml_process_used_mib",
-    "nvml_device_peak_mib", "nvml_process_peak_mib", "peak_rss_mib", "rss_delta_mib", "saved_for_backward_mib",
-)
-LOAD_KEYS = ("loadavg_1m", "other_cpu_frac", "steal_frac", "under_load")
+LOAD_KEYS = LOAD_FIELDS  # the load record's fields, as bench.load writes them
 
 
 class PlotHint(BaseModel):

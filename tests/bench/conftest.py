@@ -42,3 +42,15 @@ def small_suite(**changes: Any) -> dict[str, Any]:
     }
     spec.update(changes)
     return spec
+
+
+@pytest.fixture
+def planted_secrets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[str, str]:
+    """A W&B key in the environment and another in a netrc file (NETRC): what must never be published."""
+    env_key, netrc_key = "wandb-env-key-0123456789abcdef", "netrc-pass-9876543210fedcba"
+    netrc = tmp_path / "netrc"
+    netrc.write_text(f"machine api.wandb.ai\n  login user\n  password {netrc_key}\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("WANDB_API_KEY", env_key)
+    monkeypatch.setenv("NETRC", str(netrc))
+    return env_key, netrc_key

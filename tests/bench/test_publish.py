@@ -214,13 +214,8 @@ def test_publish_run_logs_table2_for_duplication(tmp_path):
     assert "curve" not in table.columns and len(table) == len(dup_records())
 
 
-def test_publish_run_scrubs_secrets_from_env_netrc_and_keys(tmp_path, monkeypatch):
-    env_key, netrc_key = "wandb-env-key-0123456789abcdef", "netrc-pass-9876543210fedcba"
-    netrc = tmp_path / "netrc"
-    netrc.write_text(f"machine api.wandb.ai\n  login user\n  password {netrc_key}\n")
-    netrc.chmod(0o600)
-    monkeypatch.setenv("WANDB_API_KEY", env_key)
-    monkeypatch.setenv("NETRC", str(netrc))
+def test_publish_run_scrubs_secrets_from_env_netrc_and_keys(tmp_path, monkeypatch, planted_secrets):
+    env_key, netrc_key = planted_secrets
     environment = {**ENV, "wandb_api_key": "anything", "hf_token": "hf_abc", "cmd": f"run --key {env_key}"}
     recs = memory_records()
     recs[2]["reason"] = f"crashed; netrc said {netrc_key}"

@@ -188,13 +188,8 @@ def test_duplication_report_has_table2(tmp_path, offline_env):
     assert any("duplication/accuracy_matrix" in json.dumps(p) for p in panels)
 
 
-def test_report_spec_carries_no_secret(tmp_path, offline_env, monkeypatch):
-    env_key, netrc_key = "wandb-env-key-0123456789abcdef", "netrc-pass-9876543210fedcba"
-    netrc = tmp_path / "netrc"
-    netrc.write_text(f"machine api.wandb.ai\n  login user\n  password {netrc_key}\n")
-    netrc.chmod(0o600)
-    monkeypatch.setenv("WANDB_API_KEY", env_key)
-    monkeypatch.setenv("NETRC", str(netrc))
+def test_report_spec_carries_no_secret(tmp_path, offline_env, monkeypatch, planted_secrets):
+    env_key, netrc_key = planted_secrets
     monkeypatch.setenv("WANDB_MODE", "offline")
     run_dir = copy_run(reference("memory"), tmp_path / "memory" / "ref")
     meta = json.loads((run_dir / "run.json").read_text())

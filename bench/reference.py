@@ -72,7 +72,7 @@ def scrub_paths(text: str) -> str:
 def compare_with_reference(run_dir: Path, suite: str, profile: str, device: str, results_root: Path,
                            console: Console) -> Path | None:
     """Compare the run with `<results_root>/<suite>/reference-<profile>/` when it exists and ran on
-    the same kind of device (`bench.compare`, when that module is there); a failure is shown, not fatal."""
+    the same kind of device (`bench.compare`); a failure is shown, not fatal."""
     ref = reference_dir(Path(results_root), suite, profile)
     if not (ref / RUN_JSON).is_file():
         console.print(f"no reference {ref} to compare with", style="dim", markup=False, soft_wrap=True)
@@ -86,14 +86,7 @@ def compare_with_reference(run_dir: Path, suite: str, profile: str, device: str,
         console.print(f"not compared with {ref}: it ran on {ref_device}, this run on {device}",
                       style="yellow", markup=False, soft_wrap=True)
         return None
-    try:
-        compare = importlib.import_module("bench.compare")
-    except ModuleNotFoundError as exc:
-        if exc.name not in ("bench", "bench.compare"):
-            raise
-        console.print(f"bench.compare is not available; not compared with {ref}", style="yellow", markup=False,
-                      soft_wrap=True)
-        return None
+    compare = importlib.import_module("bench.compare")  # at call time: it pulls in the report's plotting stack
     try:
         cmp = compare.compare_runs(ref, run_dir)
         path = compare.write_comparison(cmp, run_dir / "comparison.md")

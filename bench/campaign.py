@@ -17,7 +17,7 @@ from typing import Any, Sequence
 from rich.console import Console
 from rich.table import Table
 
-SUITES = ("memory", "speed", "lsh_vs_full", "peers", "capacity", "duplication")
+SUITES = ("memory", "speed", "lsh_vs_full", "peers", "capacity", "duplication", "quality")
 SLICE_S = 480.0  # launches stop after 8 minutes, so the last point ends within the ninth
 MIN_START_S = 20.0  # a suite is not begun with less than this left in the slice
 DEFAULT_ITEM_S = 20.0  # a point's or probe's time before this run has recorded any
@@ -60,8 +60,8 @@ def survey_suite(name: str, profile: str, results_root: Path) -> Work:
     path = resolve_suite_path(name)
     kind = suite_kind(path)
     device = "cuda" if profile == "gpu" else "cpu"
-    if kind == "duplication":
-        return _survey_duplication(path, profile, device, results_root)
+    if kind in ("duplication", "quality"):
+        return _survey_training(path, kind, profile, device, results_root)
     if kind == "capacity":
         return _survey_capacity(path, profile, device, results_root)
     suite = load_suite(path, trial_expand=False)  # expanded once, below, for this profile only
@@ -99,19 +99,19 @@ def _survey_capacity(path: Path, profile: str, device: str, results_root: Path) 
                 note="one item = one configuration's search; estimate ~6 probes each")
 
 
-def _survey_duplication(path: Path, profile: str, device: str, results_root: Path) -> Work:
-    from bench.duplication.runner import eval_point_id, load_suite, resolve_profile, train_point_id
+def _survey_training(path: Path, kind: str, profile: str, device: str, results_root: Path) -> Work:
+    """What a training suite (duplication, quality) has left: trainings, evaluations and analyses."""
     from bench.store import RECORDS, latest_by_point, read_records
+    from bench.training.suites import training_plan
 
-    run = resolve_profile(load_suite(path), profile)
-    run_dir = _run_dir(run.suite, run.profile, device, results_root)
+    plan = training_plan(path, kind, profile)
+    run_dir = _run_dir(plan.suite, plan.profile, device, results_root)
     ok = {pid for pid, r in latest_by_point(read_records(run_dir / RECORDS)).items() if r["status"] == "ok"}
-    items = [f"train {m.name} ({run.train.steps} steps, checkpointed)" for m in run.train_models
-             if train_point_id(m) not in ok]
-    items += [f"eval {m.name} as {s.name}" for m in run.train_models for s in run.eval_settings
-              if eval_point_id(m, s) not in ok]
-    total = len(run.train_models) * (1 + len(run.eval_settings))
-    return Work(run.suite, "duplication", run_dir, tuple(items), total - len(items), SLICE_S,
+    items = [f"train {p.point_id} ({p.settings.steps} steps, checkpointed)" for p in plan.trains if p.point_id not in ok]
+    items += [f"eval {p.point_id}" for p in plan.evals if p.point_id not in ok]
+    items += [f"analysis {p.point_id}" for p in plan.analyses if p.point_id not in ok]
+    total = len(plan.planned_ids())
+    return Work(plan.suite, kind, run_dir, tuple(items), total - len(items), SLICE_S,
                 note="training resumes from its checkpoint in every slice; estimate: a whole slice per item")
 
 

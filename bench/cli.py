@@ -62,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-id", help="continue or create results/runs/<suite>/<ID> (this host's runs only); "
                                     "default: this host's unfinished run of the suite, else a new one")
     p.add_argument("--fresh", action="store_true", help="always start a new, timestamped run")
+    p.add_argument("--data", type=Path, metavar="PATH",
+                   help="quality suites: train on enwik8 at PATH (checked by size and MD5, split 90M/5M/5M) "
+                        "instead of the standard library's source")
     p.add_argument("--retry-failed", action="store_true", help="run error/timeout points again")
     p.add_argument("--results-root", type=Path, default=Path("results"))
     p.add_argument("--executor", choices=("local", "ray", "submitit"), default="local",
@@ -141,7 +144,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
         slurm_time_min=args.slurm_time_min, slurm_gpus_per_task=args.slurm_gpus_per_task,
         slurm_cpus_per_task=args.slurm_cpus_per_task, slurm_args=tuple(args.slurm_arg), wandb=args.wandb,
         only=tuple(args.only), memory_limit_mib=args.memory_limit_mib, time_budget_s=args.time_budget_s,
-        max_points=args.max_points,
+        max_points=args.max_points, data=args.data,
     )
     if opts.fresh and opts.run_id:
         raise RunError("--fresh and --run-id are exclusive: --fresh makes a new timestamped run id")
@@ -203,7 +206,7 @@ def _counts(points) -> str:
 
 
 def _run_kind(run_dir: Path) -> str:
-    """What made a run folder (grid, duplication or capacity): run.json's kind, its suite_spec's, else
+    """What made a run folder (grid, capacity, duplication or quality): run.json's kind, its suite_spec's, else
     its suite file's; grid when none says."""
     meta = load_run_json(run_dir)
     kind = meta.get("kind") or (meta.get("suite_spec") or {}).get("kind")
@@ -230,6 +233,8 @@ def _write_report(run_dir: Path) -> Path:
         from bench.capacity.report import write_report as write
     elif kind == "duplication":
         from bench.duplication.report import write_report as write
+    elif kind == "quality":
+        from bench.quality.report import write_report as write
     else:
         from bench.report import write_report as write
     return write(run_dir)

@@ -4,6 +4,7 @@ then summarise, report and compare with the committed reference.
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import time
 from dataclasses import dataclass
@@ -19,7 +20,8 @@ from bench.executors.base import Executor, Record
 from bench.grid import PlannedPoint, point_params
 from bench.reference import compare_with_reference
 from bench.rundir import choose_run_dir
-from bench.store import RunLock, RunStore, latest_by_point, load_run_json, make_record, now_iso, plan_key, same_spec
+from bench.store import RunLock, RunStore, latest_by_point, make_record, now_iso, plan_key, same_spec
+from bench.training.suites import TRAINING_KINDS
 from bench.suite import DEFAULT_MAX_POINTS, Suite, SuiteError, load_suite, resolve_suite_path, suite_kind
 
 # Main figures in the summary table: the first metric present wins.
@@ -68,6 +70,7 @@ class RunOptions:
     memory_limit_mib: float | None = None  # local executor's watchdog; None = 75% of free RAM
     time_budget_s: float | None = None  # stop launching points after this long; a rerun resumes
     max_points: int = DEFAULT_MAX_POINTS  # refuse a profile with more grid points, counted before expanding
+    data: Path | None = None  # quality suites: enwik8 at this path instead of the standard library's source
 
 
 @dataclass(frozen=True)
@@ -384,54 +387,53 @@ def write_report(run_dir: Path, console: Console, module: str = "bench.report") 
 
 
 def run(suite_ref: str | Path, opts: RunOptions, console: Console | None = None) -> Path:
-    """Run a suite by name or path, dispatching `kind: duplication` and `kind: capacity` suites to their own runners."""
+    """Run a suite by name or path: grid suites here, training suites (`kind: duplication`, `kind: quality`)
+    through the common training runner, `kind: capacity` through its search."""
     console = console or Console()
     path = resolve_suite_path(suite_ref)
     kind = suite_kind(path)
-    if kind == "duplication":
-        return _run_duplication(path, opts, console)
+    if kind in TRAINING_KINDS:
+        return _run_training(path, kind, opts, console)
     if kind == "capacity":
         from bench.capacity.runner import run_capacity_suite
 
         return run_capacity_suite(path, opts, console)
     if kind != "grid":
-        raise SuiteError(f"{path}: kind: unknown suite kind {kind!r}; expected 'grid', 'duplication' or 'capacity'")
+        raise SuiteError(f"{path}: kind: unknown suite kind {kind!r}; expected 'grid', 'capacity' or one of "
+                         f"{', '.join(TRAINING_KINDS)}")
     # Not trial-expanded here: plan_run expands the chosen profile once, after counting its points.
     return run_grid_suite(load_suite(path, trial_expand=False), opts, console)
 
 
-def _run_duplication(path: Path, opts: RunOptions, console: Console) -> Path:
-    from bench.duplication.runner import NothingToMeasure, run_suite
+def _run_training(path: Path, kind: str, opts: RunOptions, console: Console) -> Path:
+    """A training suite (duplication, quality) through the common training runner, then its report
+    and the comparison with its reference."""
+    from bench.training.runner import NothingToMeasure, run_plan
+    from bench.training.suites import training_plan
 
     ignored = [flag for flag, on in (("--retry-failed", opts.retry_failed), ("--only", bool(opts.only)),
-                                     ("--wandb", opts.wandb),
                                      (f"--executor {opts.executor}", opts.executor != "local")) if on]
     if ignored:
-        console.print(f"{path}: duplication suites ignore {', '.join(ignored)}", style="yellow", markup=False, soft_wrap=True)
+        console.print(f"{path}: training suites ignore {', '.join(ignored)} (failed trainings are always "
+                      "retried; every study's models run in this process)", style="yellow", markup=False, soft_wrap=True)
     has_cuda = cuda_available()
     if opts.device == "cuda" and not has_cuda:
         raise RunError("--device cuda: CUDA is not available on this machine")
     profile = resolve_profile(opts.profile, opts.device, has_cuda)
     check_gpu_profile(profile, opts.device, has_cuda)
+    device = "cuda" if opts.device == "auto" and has_cuda else ("cpu" if opts.device == "auto" else opts.device)
     try:
-        run_dir = run_suite(
-            path,
-            profile,
-            None if opts.device == "auto" else opts.device,
-            Path(opts.results_root),
-            opts.run_id,
-            time_budget_s=opts.time_budget_s,
-            fresh=opts.fresh,
-            console=console,
-        )
+        plan = training_plan(path, kind, profile, opts.data)
+    except ValueError as exc:  # a bad suite, an unknown profile, a corpus refused: nothing ran
+        raise RunError(str(exc)) from exc
+    opts = dataclasses.replace(opts, retry_failed=True)  # a failed training is tried again on a rerun
+    try:
+        run_dir, _ = run_plan(plan, opts, device, console, wandb=opts.wandb)
     except NothingToMeasure as done:
         nothing_measured(console, str(done))
         return done.run_dir
-    except ValueError as exc:  # its refusals (bad suite, gpu profile without CUDA) are ValueErrors
-        raise RunError(str(exc)) from exc
-    meta = load_run_json(run_dir)
-    failed = _report_then_compare(run_dir, str(meta.get("suite")), str(meta.get("profile")), str(meta.get("device")),
-                                  opts, console, module="bench.duplication.report")
+    failed = _report_then_compare(run_dir, plan.suite, plan.profile, device, opts, console,
+                                  module=f"bench.{kind}.report")
     if failed is not None:
         raise failed
     return run_dir

@@ -1,4 +1,5 @@
-"""`python -m bench.duplication run|evaluate|report`: the duplication suite without the generic CLI."""
+"""`python -m bench.duplication run|evaluate|report`: the duplication suite through the common
+training runner, without the generic CLI (`python -m bench run duplication` does the same)."""
 from __future__ import annotations
 
 import argparse
@@ -15,14 +16,13 @@ def _parser() -> argparse.ArgumentParser:
     for name, help_ in (("run", "train (resuming from checkpoints) and evaluate, then write the report"),
                         ("evaluate", "re-evaluate every finished checkpoint without training, then report")):
         s = sub.add_parser(name, help=help_)
-        s.add_argument("--profile", default="auto", help="cpu | gpu | auto (gpu when CUDA is available)")
+        s.add_argument("--profile", default="cpu", choices=("cpu", "gpu"))
         s.add_argument("--suite", type=Path, default=DEFAULT_SUITE, help="suite YAML (default: %(default)s)")
         s.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
         s.add_argument("--results-root", type=Path, default=Path("results"), help="(default: %(default)s)")
         s.add_argument("--run-id", default=None,
                        help="continue or create this run (evaluate: required); default: this host's unfinished "
                             "run of the suite, else a new one")
-        s.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: the profile's)")
         if name == "run":
             s.add_argument("--fresh", action="store_true", help="always start a new run")
             s.add_argument("--time-budget-s", type=float, default=None,
@@ -39,13 +39,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.command == "report":
         print(write_report(args.run_dir))
         return 0
-    from bench.duplication.runner import NothingToMeasure, run_suite
+    from bench.duplication.spec import resolve_device
+    from bench.runner import RunOptions
+    from bench.training.runner import NothingToMeasure, run_plan
+    from bench.training.suites import training_plan
 
     try:
-        run_dir = run_suite(args.suite, args.profile, args.device, args.results_root, args.run_id,
-                            threads=args.threads, time_budget_s=getattr(args, "time_budget_s", None),
-                            reevaluate=args.command == "evaluate", train=args.command == "run",
-                            fresh=getattr(args, "fresh", False))
+        device = resolve_device(args.device, args.profile)
+        plan = training_plan(args.suite, "duplication", args.profile)
+        opts = RunOptions(profile=args.profile, device=device, run_id=args.run_id, fresh=getattr(args, "fresh", False),
+                          retry_failed=True, results_root=args.results_root,
+                          time_budget_s=getattr(args, "time_budget_s", None))
+        run_dir, _ = run_plan(plan, opts, device, reevaluate=args.command == "evaluate", train=args.command == "run")
     except NothingToMeasure as done:
         print(f"NOTHING MEASURED: {done}", file=sys.stderr)
         return 0

@@ -11,9 +11,9 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from bench.duplication.data import DuplicationTask, make_batch, make_generator, masked_accuracy_counts
-from bench.duplication.train import load_checkpoint
-from reformer_impl import ReformerConfig, ReformerLM, lm_loss
-from reformer_impl.attention.lsh import LSHAttention
+from bench.training.checkpoint import reset_hash_generators
+from bench.training.loop import load_trained
+from reformer_impl import ReformerConfig, lm_loss
 
 
 class AttentionSetting(BaseModel):
@@ -22,7 +22,7 @@ class AttentionSetting(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")  # also a checkpoint file name
-    attention: Literal["full", "sdpa", "lsh"]
+    attention: Literal["full", "sdpa", "lsh", "local"]
     n_hashes: Optional[int] = Field(default=None, ge=1)
 
     @model_validator(mode="after")
@@ -60,14 +60,6 @@ class EvalResult:
     eval_s: float
 
 
-def load_trained(checkpoint: Path, cfg: ReformerConfig, device: str | torch.device = "cpu") -> ReformerLM:
-    """A fresh ReformerLM(cfg) carrying the weights saved in `checkpoint` (strict: every name must match)."""
-    payload = load_checkpoint(checkpoint)
-    model = ReformerLM(cfg)
-    model.load_state_dict(payload["model"], strict=True)
-    return model.to(device).eval()
-
-
 @torch.no_grad()
 def evaluate_model(model: torch.nn.Module, task: DuplicationTask, settings: EvalSettings,
                    device: str | torch.device = "cpu") -> EvalResult:
@@ -76,9 +68,7 @@ def evaluate_model(model: torch.nn.Module, task: DuplicationTask, settings: Eval
     device = torch.device(device)
     gen = make_generator(settings.seed)
     torch.manual_seed(settings.seed)
-    for module in model.modules():
-        if isinstance(module, LSHAttention):
-            module.reset_hash_generator()
+    reset_hash_generators(model)
     model.eval()
     correct = counted = 0
     loss_sum = 0.0

@@ -1,0 +1,88 @@
+"""Checkpoints that resume bit for bit: model, optimiser, schedule, step, curve, and every random
+stream (torch, CUDA, the task's data stream, each LSH layer's rotation generator). Written
+atomically, so a kill -9 at any moment leaves the previous checkpoint whole."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from reformer_impl.attention.lsh import LSHAttention
+
+CHECKPOINT_FORMAT = 2
+
+
+class CheckpointMismatch(ValueError):
+    """A checkpoint was written for another model, task or training setting than requested."""
+
+
+def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
+    """Write atomically (temp file, fsync, rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        torch.save(payload, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """A checkpoint's payload on the CPU (tensors and plain containers only: weights_only loading)."""
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    if payload.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointMismatch(f"{path}: checkpoint format={payload.get('format')!r}, expected {CHECKPOINT_FORMAT}")
+    return payload
+
+
+def checkpoint_is_finished(path: Path) -> bool:
+    return path.exists() and bool(load_checkpoint(path).get("finished"))
+
+
+def checkpoint_step(path: Path) -> int:
+    """The step a checkpoint reached (0 when there is none)."""
+    return int(load_checkpoint(path)["step"]) if path.exists() else 0
+
+
+def check_identity(path: Path, payload: dict[str, Any], expected: dict[str, Any]) -> None:
+    for key, want in expected.items():
+        have = payload["identity"].get(key)
+        if have != want:
+            raise CheckpointMismatch(
+                f"{path}: checkpoint {key}={have!r} but this run asks for {key}={want!r}; "
+                "use another run_id or delete the checkpoint to start over"
+            )
+
+
+def rng_state(device: torch.device) -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "cuda": None}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and state.get("cuda") is not None:
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def hash_rng_state(model: torch.nn.Module) -> dict[str, Any]:
+    """Each LSH layer draws its rotations from its own generator (not in the state dict, not the
+    global RNG): save the streams so a resumed run hashes exactly as an uninterrupted one."""
+    return {name: m.hash_rng_state() for name, m in model.named_modules() if isinstance(m, LSHAttention)}
+
+
+def restore_hash_rng(model: torch.nn.Module, state: dict[str, Any]) -> None:
+    for name, m in model.named_modules():
+        if isinstance(m, LSHAttention) and name in state:
+            m.load_hash_rng_state(state[name])
+
+
+def reset_hash_generators(model: torch.nn.Module) -> None:
+    """Restart every LSH layer's rotation stream at its seed, so an evaluation hashes the same each time."""
+    for module in model.modules():
+        if isinstance(module, LSHAttention):
+            module.reset_hash_generator()

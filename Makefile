@@ -9,7 +9,7 @@ TEST_EXTRAS ?= dev,wandb,cluster,slurm
 PROFILE ?= auto
 RUN      = $(PY) -m bench run
 
-.PHONY: install test bench-memory bench-speed bench-lsh-vs-full bench-peers bench-duplication \
+.PHONY: install test bench-memory bench-speed bench-lsh-vs-full bench-peers bench-duplication bench-quality \
         bench-capacity bench-gpu bench-micro bench-all report publish clean-venv
 
 install: $(CORE)
@@ -45,6 +45,10 @@ bench-peers: $(CORE)
 
 bench-duplication: $(CORE)
 	$(RUN) duplication --profile $(PROFILE)
+
+# What each trick costs in quality: byte-level LMs on real text (DATA=path/to/enwik8 to use enwik8).
+bench-quality: $(CORE)
+	$(RUN) quality --profile $(PROFILE) $(if $(DATA),--data $(DATA))
 
 # The longest sequence each configuration trains on under the profile's memory budget.
 bench-capacity: $(CORE)

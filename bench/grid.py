@@ -24,7 +24,10 @@ POINT_DEFAULTS: Mapping[str, Any] = {
 }
 # Fields that cannot change what runs, by case; dropped so equal configs get one point_id.
 LSH_ONLY = ("n_hashes", "chunk_len", "n_buckets", "same_bucket", "dup_correction", "hash_seed")
-MODEL_ONLY = ("n_layers", "reversible", "ff_chunks", "d_ff", "vocab_size", "pos_emb", "max_seq_len")
+MODEL_ONLY = ("n_layers", "reversible", "ff_chunks", "d_ff", "vocab_size", "pos_emb", "max_seq_len", "residual")
+# Fields added after references were recorded, left out of a point's identity at their default so
+# every existing point_id stays what it was.
+QUIET_DEFAULTS = {"residual": "two_stream"}
 
 
 class GridError(ValueError):
@@ -147,6 +150,7 @@ def canonical_model(settings: Mapping[str, Any], model_fields: Sequence[str]) ->
         drop.update(LSH_ONLY)
     if settings.get("workload") == "attention":
         drop.update(MODEL_ONLY)
+    drop.update(name for name, default in QUIET_DEFAULTS.items() if settings.get(name) == default)
     return {name: settings[name] for name in model_fields if name not in drop and name in settings}
 
 

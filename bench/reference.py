@@ -16,7 +16,8 @@ from bench.store import (
     progress, reference_dir,
 )
 
-PROMOTE_IGNORE = (LOCK, TORN, ".write-probe", "*.tmp", "wandb", "comparison.md")
+# Checkpoints are for resuming a run; a reference is finished (they stay in the run folder, git-ignored).
+PROMOTE_IGNORE = (LOCK, TORN, ".write-probe", "*.tmp", "wandb", "comparison.md", "checkpoints")
 
 
 def promote(run_dir: Path, results_root: Path, replace: bool = False) -> Path:

@@ -8,6 +8,10 @@ from typing import Optional
 
 ATTENTION_KINDS = ("full", "sdpa", "lsh", "local")
 POS_EMB_KINDS = ("axial", "absolute")
+# 'two_stream': RevNet blocks Y1 = X1 + F(X2), Y2 = X2 + G(Y1) (the Reformer's; `reversible` says
+# whether the backward recomputes); 'standard': x + F(x) then + G(x), the ordinary Transformer that
+# the paper compares reversible layers with (Fig. 5 left).
+RESIDUAL_KINDS = ("two_stream", "standard")
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,7 @@ class ReformerConfig:
     dup_correction: bool = True
     pos_emb: str = "axial"
     hash_seed: Optional[int] = None  # None: drawn from torch's global RNG when the layer is built
+    residual: str = "two_stream"  # see RESIDUAL_KINDS
 
     def __post_init__(self) -> None:
         validate(self)
@@ -89,6 +94,11 @@ def validate(cfg: ReformerConfig) -> None:
         isinstance(cfg.hash_seed, bool) or not isinstance(cfg.hash_seed, int) or not 0 <= cfg.hash_seed < 2**63
     ):  # torch.Generator.manual_seed takes a 64-bit seed; refused here, not at build or run time
         _refuse("hash_seed", cfg.hash_seed, "must be None or an integer in [0, 2**63)")
+    if cfg.residual not in RESIDUAL_KINDS:
+        _refuse("residual", cfg.residual, f"unknown residual structure; expected one of {RESIDUAL_KINDS}")
+    if cfg.residual == "standard" and cfg.reversible:
+        _refuse("reversible", cfg.reversible, "ordinary residual layers (residual='standard') cannot be inverted; "
+                "set reversible=False, or residual='two_stream'")
     if cfg.attention == "lsh" and not cfg.shared_qk:
         _refuse("shared_qk", cfg.shared_qk, "LSH attention hashes one shared query/key projection; set shared_qk=True")
     if cfg.attention == "local" and not cfg.shared_qk:

@@ -11,7 +11,7 @@ from torch import nn
 from reformer_impl.attention.lsh import lsh_layout
 from reformer_impl.config import ReformerConfig
 from reformer_impl.feedforward import sequence_chunks
-from reformer_impl.reversible import ReformerStack
+from reformer_impl.reversible import ReformerStack, StandardStack
 
 
 def axial_shape(max_seq_len: int) -> tuple[int, int]:
@@ -46,7 +46,8 @@ class AbsolutePositionalEmbedding(nn.Module):
 
 class ReformerLM(nn.Module):
     """tokens (B, L) -> logits (B, L, vocab_size). The embedding is duplicated into the two
-    reversible streams (X1 = X2); the output is their mean (as reformer-pytorch), then norm and head."""
+    reversible streams (X1 = X2); the output is their mean (as reformer-pytorch), then norm and head.
+    With residual='standard' one stream runs through ordinary residual blocks instead."""
 
     def __init__(self, cfg: ReformerConfig):
         super().__init__()
@@ -54,7 +55,7 @@ class ReformerLM(nn.Module):
         self.token_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
         pos_cls = AxialPositionalEmbedding if cfg.pos_emb == "axial" else AbsolutePositionalEmbedding
         self.pos_emb = pos_cls(cfg.max_seq_len, cfg.d_model)
-        self.stack = ReformerStack(cfg)
+        self.stack = StandardStack(cfg) if cfg.residual == "standard" else ReformerStack(cfg)
         self.norm = nn.LayerNorm(cfg.d_model)
         self.head = nn.Linear(cfg.d_model, cfg.vocab_size)
 
@@ -63,6 +64,8 @@ class ReformerLM(nn.Module):
         if length > self.cfg.max_seq_len:
             raise ValueError(f"sequence length {length} exceeds ReformerConfig.max_seq_len={self.cfg.max_seq_len}")
         x = self.token_emb(tokens) + self.pos_emb(length)
+        if self.cfg.residual == "standard":
+            return self.head(self.norm(self.stack(x)))
         y1, y2 = self.stack(torch.cat([x, x], dim=-1)).chunk(2, dim=-1)
         return self.head(self.norm((y1 + y2) / 2))
 
@@ -81,6 +84,7 @@ def describe(cfg: ReformerConfig, seq_len: int) -> dict:
     info = {
         "attention": cfg.attention,
         "reversible": cfg.reversible,
+        "residual": cfg.residual,
         "ff_chunks": len(sequence_chunks(seq_len, cfg.ff_chunks)),
         "shared_qk": cfg.shared_qk,
         "seq_len": seq_len,

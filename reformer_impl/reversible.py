@@ -127,6 +127,21 @@ def _block_backward(block, rng_f, rng_g, buckets, y1, y2, dy1, dy2):
     return x1, x2.detach(), dx1, dx2
 
 
+class StandardStack(nn.Module):
+    """n_layers ordinary pre-norm residual blocks on one stream (B, L, d_model): x + F(x), then
+    + G(x). The same F and G modules (and parameter names) as the reversible stack."""
+
+    def __init__(self, cfg: ReformerConfig):
+        super().__init__()
+        self.blocks = nn.ModuleList(ReversibleBlock(cfg) for _ in range(cfg.n_layers))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            x = x + block.f(x)
+            x = x + block.g(x)
+        return x
+
+
 class ReformerStack(nn.Module):
     """n_layers reversible blocks over a two-stream input (B, L, 2 * d_model)."""
 

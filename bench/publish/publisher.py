@@ -1,6 +1,7 @@
 """Publishing a suite run: `publish_run` after the fact, `LiveLogger` while it runs. Both turn the
-same records into the same W&B run (config, records table, lines vs seq_len, Table 2, plots), under
-one W&B run id per run directory, so publishing after a live run resumes it instead of adding one."""
+same records into the same W&B run (config, records table, lines vs seq_len, Table 2, learning
+curves per study, the quality tables, plots), under one W&B run id per run directory, so publishing
+after a live run resumes it instead of adding one."""
 from __future__ import annotations
 
 import hashlib
@@ -19,12 +20,15 @@ from bench.publish.rundata import (
 )
 from bench.publish.scrub import scrub
 from bench.publish.sink import Sink
+from bench.publish.training import GLOB as TRAIN_GLOB, STEP_KEY as TRAIN_STEP_KEY
+from bench.publish.training import FINAL_TABLE, analysis_tables, final_table, training_history
 
 JOB_TYPE = "bench"
 MAX_TAG_LEN = 64  # W&B refuses longer tags
 DUPLICATION_SUITE = "duplication"
 INSTALL_HINT = "install the W&B extra: pip install -e '.[wandb]'"
 RUN_ID_MAX = 64
+TRAIN_STATE = "train_curves"  # run.json's wandb block: {curve prefix: last step logged}
 
 
 class PublishError(Exception):
@@ -98,6 +102,33 @@ def step_metrics(record: Record, step: int) -> dict[str, Any]:
     return out
 
 
+def logged_train_steps(run_dir: Path) -> dict[str, int]:
+    """{curve prefix: last step} of the learning curves already in this run's W&B history."""
+    marks = wandb_state(run_dir).get(TRAIN_STATE)
+    if not isinstance(marks, dict):
+        return {}
+    return {k: int(v) for k, v in marks.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def log_learning_curves(
+    sink: Sink, records: Sequence[Record], logged: dict[str, int], define_x: bool = True,
+) -> int:
+    """Log the learning curves of `records` one history row per step, against `train/step` (defined
+    before the first row unless `define_x` is False: the caller did already), leaving out the steps
+    `logged` holds; `logged` is updated row by row, so that what a failed call did log is known.
+    Returns the number of rows logged."""
+    n_rows = 0
+    for record in records:
+        rows = training_history(record, logged)
+        if rows and n_rows == 0 and define_x:
+            sink.define_x(TRAIN_GLOB, TRAIN_STEP_KEY)
+        for row in rows:
+            sink.log_metrics(row.values)
+            logged.update(dict.fromkeys(row.prefixes, row.step))
+            n_rows += 1
+    return n_rows
+
+
 def log_run_summary(
     sink: Sink, info: RunInfo, records: Sequence[Record], run_dir: Path, curves_logged: str | None = None,
 ) -> str:
@@ -121,6 +152,11 @@ def log_run_summary(
         matrix = accuracy_matrix(frame)
         if matrix is not None:
             sink.log_table("duplication/accuracy_matrix", matrix.reset_index())
+    final = final_table(records)
+    if final is not None:
+        sink.log_table(FINAL_TABLE, final)
+    for name, table in analysis_tables(records).items():
+        sink.log_table(name, table)
     sink.log_images(find_plots(run_dir))
     sink.log_metrics({f"summary/{k}": v for k, v in status_counts(records).items()})
     return digest
@@ -162,17 +198,20 @@ def publish_run(
     run_id, state = wandb_run_id(info, run_dir), wandb_state(run_dir)
     sink.init(name=run_name(info), group=info.suite, tags=run_tags(info), config=run_config(info, secrets),
               job_type=JOB_TYPE, run_id=run_id, start_step=int(state.get("next_step") or 0))
-    digest = state.get("curves_digest")
+    digest, logged = state.get("curves_digest"), logged_train_steps(run_dir)
     try:
+        log_learning_curves(sink, records, logged)
         digest = log_run_summary(sink, info, records, run_dir, curves_logged=digest)
     finally:
         where = sink.finish()
-        update_wandb_state(run_dir, run_id=run_id, next_step=sink.next_step, curves_digest=digest)
+        update_wandb_state(run_dir, run_id=run_id, next_step=sink.next_step, curves_digest=digest,
+                           **{TRAIN_STATE: logged})
     return where
 
 
 class LiveLogger:
-    """Logs each point to W&B as it finishes (one step per record), and the whole summary at the end.
+    """Logs each point to W&B as it finishes (one step per record, then a training's learning curve
+    one step per logged optimiser step), and the whole summary at the end.
 
     The W&B run opens on the first record, when `run.json` exists. A tracker failure never stops a
     sweep: it is reported once and logging stops.
@@ -198,6 +237,8 @@ class LiveLogger:
         self._records: list[Record] = []
         self._failed = False
         self._finished = False
+        self._logged: dict[str, int] = {}  # learning curves in the W&B run: {prefix: last step}
+        self._x_defined = False  # train/step defined as their x in this session
 
     def _start(self, first: Record) -> None:
         try:
@@ -209,6 +250,7 @@ class LiveLogger:
         if self._sink is None:
             self._sink = _default_sink(self.run_dir, self._online, self._project)
         info = self._info
+        self._logged = logged_train_steps(self.run_dir)
         self._sink.init(
             name=run_name(info), group=info.suite, tags=run_tags(info),
             config=run_config(info, self._secrets), job_type=JOB_TYPE,
@@ -237,8 +279,17 @@ class LiveLogger:
             self._records.append(clean)
             assert self._sink is not None
             self._sink.log_metrics(step_metrics(clean, len(self._records) - 1))
+            if log_learning_curves(self._sink, [clean], self._logged, define_x=not self._x_defined):
+                self._x_defined = True
+                self._save_state()  # a run killed later must not have its curves logged again
 
         self._guard(f"record {record.get('point_id')!r}", log)
+
+    def _save_state(self) -> None:
+        """run.json's wandb block as now: no other writer touches run.json while a run goes on."""
+        assert self._info is not None and self._sink is not None
+        update_wandb_state(self.run_dir, run_id=wandb_run_id(self._info, self.run_dir),
+                           next_step=self._sink.next_step, **{TRAIN_STATE: self._logged})
 
     def _all_records(self) -> list[Record]:
         """The whole run's records for the summary (a resumed run logged only its new points), or
@@ -259,11 +310,15 @@ class LiveLogger:
         def close() -> None:
             assert self._info is not None and self._sink is not None
             digest = wandb_state(self.run_dir).get("curves_digest")
+            records = self._all_records()
             try:
-                digest = log_run_summary(self._sink, self._info, self._all_records(), self.run_dir, digest)
+                # curves of an earlier session that was not logged live
+                log_learning_curves(self._sink, records, self._logged, define_x=not self._x_defined)
+                digest = log_run_summary(self._sink, self._info, records, self.run_dir, digest)
             finally:
                 self._sink.finish()
                 update_wandb_state(self.run_dir, run_id=wandb_run_id(self._info, self.run_dir),
-                                   next_step=self._sink.next_step, curves_digest=digest)
+                                   next_step=self._sink.next_step, curves_digest=digest,
+                                   **{TRAIN_STATE: self._logged})
 
         self._guard("finish", close)

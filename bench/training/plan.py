@@ -16,6 +16,7 @@ from reformer_impl import ReformerConfig
 
 # analysis(model, device) -> {"metrics": {...}, "table": [row, ...]}: what an analysis point records.
 Analysis = Callable[[torch.nn.Module, torch.device], Mapping[str, Any]]
+STUDY_PROSE = ("description", "hypothesis", "paper")  # a study's words, not its plan
 
 
 @dataclass(frozen=True)
@@ -87,8 +88,12 @@ class TrainingPlan:
 
 
 def resume_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
-    """The part of a resolved suite a resumed run must share: not its prose, not thread counts."""
+    """The part of a resolved suite a resumed run must share: not its prose (the suite's description,
+    each study's description, hypothesis and paper), not thread counts."""
     key = {k: v for k, v in spec.items() if k != "description"}
     if isinstance(key.get("train"), dict):
         key["train"] = {k: v for k, v in key["train"].items() if k != "threads"}
+    if isinstance(key.get("studies"), dict):  # what a study tests and which figure: it trains nothing
+        key["studies"] = {name: {k: v for k, v in study.items() if k not in STUDY_PROSE} if isinstance(study, dict)
+                          else study for name, study in key["studies"].items()}
     return key

@@ -12,6 +12,7 @@ from typing import Any, Callable, Optional
 import torch
 from rich.console import Console
 
+from bench import load
 from bench.store import RunLock, RunStore, latest_by_point, load_run_json, now_iso
 from bench.training.checkpoint import CheckpointMismatch, checkpoint_is_finished, checkpoint_step, reset_hash_generators
 from bench.training.loop import activation_mib, load_trained, train_model
@@ -79,6 +80,8 @@ class TrainingRun:
             torch.set_num_threads(plan.threads)
         write_run_json(self.run_dir, plan, self.device)
         self.store.check_writable()
+        if busy := load.busy_reason():
+            self.say(f"warning: {busy}; step times measured now will be noisy")
         latest = self.latest = latest_by_point(self.store.records())
         done = {pid for pid, r in latest.items() if r["status"] == "ok"}
         final = {pid for pid, r in latest.items() if r["status"] in ("ok", "oom")}
@@ -133,6 +136,7 @@ class TrainingRun:
         self.say(f"resuming {point.point_id} at step {step} of {steps}" if step
                  else f"train {point.point_id} ({steps} steps)")
         t0 = time.perf_counter()
+        before, own = load.snapshot(), load.process_cpu_s()
         try:
             outcome = train_model(point.point_id, point.cfg, self.plan.task, point.settings, ckpt, self.device,
                                   validate_every=self.plan.validate_every, deadline=self.deadline,
@@ -150,8 +154,10 @@ class TrainingRun:
         if not outcome.finished:
             self.say(f"train {point.point_id}: stopped at step {outcome.step} (time budget); rerun to resume")
             return "stopped"
-        self.append(train_record(self.plan, self.run_id, point, self.device, outcome, "ok", None,
-                                 time.perf_counter() - t0, saved))
+        record = train_record(self.plan, self.run_id, point, self.device, outcome, "ok", None,
+                              time.perf_counter() - t0, saved)
+        record["load"] = load.load_record(before, load.snapshot(), load.process_cpu_s() - own)
+        self.append(record)
         last = outcome.curve[-1]
         self.say(f"train {point.point_id}: done, loss {last.loss:.3f}, accuracy {last.accuracy:.3f}, "
                  f"{outcome.train_s:.0f} s")

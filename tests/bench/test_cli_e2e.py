@@ -130,26 +130,35 @@ def test_cli_list_and_refusal(write_suite, capsys):
 
 
 def test_cli_dispatches_duplication_suites(write_suite, monkeypatch, tmp_path):
-    calls = {}
+    import bench.training.runner as training_runner
+    import bench.training.suites as training_suites
 
-    def run_suite(suite_path, profile, device, results_root, run_id, time_budget_s=None, fresh=False, console=None):
-        calls["run"] = (suite_path, profile, device, results_root, run_id, fresh)
-        calls["time_budget_s"] = time_budget_s
-        run_dir = results_root / "runs" / "dup" / "x"
+    calls = {}
+    plan = types.SimpleNamespace(suite="dup", profile="cpu")
+
+    def training_plan(path, kind, profile, data=None):
+        calls["plan"] = (path, kind, profile, data)
+        return plan
+
+    def run_plan(plan_, opts, device, console=None, *, wandb=False, **kwargs):
+        calls["run"] = (plan_, opts.run_id, opts.results_root, opts.fresh, device, wandb)
+        calls["time_budget_s"] = opts.time_budget_s
+        run_dir = opts.results_root / "runs" / "dup" / opts.run_id
         run_dir.mkdir(parents=True)
         (run_dir / "run.json").write_text(json.dumps({"suite": "dup", "profile": "cpu", "device": "cpu",
                                                       "suite_spec": {"kind": "duplication"}}))
-        return run_dir
+        return run_dir, True
 
-    monkeypatch.setitem(sys.modules, "bench.duplication.runner",
-                        types.SimpleNamespace(run_suite=run_suite, NothingToMeasure=type("N", (Exception,), {})))
+    monkeypatch.setattr(training_suites, "training_plan", training_plan)
+    monkeypatch.setattr(training_runner, "run_plan", run_plan)
     monkeypatch.setitem(sys.modules, "bench.duplication.report",
                         types.SimpleNamespace(write_report=lambda d: calls.setdefault("report", []).append(d) or d))
     monkeypatch.setattr(runner, "cuda_available", lambda: False)
     path = write_suite({"kind": "duplication", "name": "dup", "whatever": [1, 2]})
     assert main(["run", str(path), "--results-root", str(tmp_path / "r"), "--run-id", "x",
                  "--time-budget-s", "540"]) == 0
-    assert calls["run"] == (path, "cpu", None, tmp_path / "r", "x", False)
+    assert calls["plan"] == (path, "duplication", "cpu", None)
+    assert calls["run"] == (plan, "x", tmp_path / "r", False, "cpu", False)
     assert calls["time_budget_s"] == 540  # passed through, so GPU leases can resume duplication too
     run_dir = tmp_path / "r" / "runs" / "dup" / "x"
     assert calls["report"] == [run_dir]

@@ -3,8 +3,10 @@ import pytest
 import torch
 
 from bench.duplication.data import DuplicationTask, make_batch, make_generator
-from bench.duplication.evaluate import AttentionSetting, EvalSettings, evaluate_checkpoint, load_trained
-from bench.duplication.train import TrainSettings, train_model
+from bench.duplication.evaluate import AttentionSetting, EvalSettings, evaluate_checkpoint
+from bench.duplication.task import DuplicationTraining
+from bench.training.loop import load_trained, train_model
+from bench.training.settings import TrainSettings
 from reformer_impl import ReformerConfig
 
 TASK = DuplicationTask(half_len=8, n_symbols=6)
@@ -24,7 +26,7 @@ def trained(tmp_path_factory):
                          shared_qk=True, reversible=False, pos_emb="absolute")
     path = tmp_path_factory.mktemp("dup") / "lsh-2.pt"
     st = TrainSettings(steps=30, batch_size=8, lr=3e-3, warmup_steps=3, checkpoint_every=30, log_every=10, seed=0)
-    train_model("lsh-2", cfg, TASK, st, path)
+    train_model("lsh-2", cfg, DuplicationTraining(TASK, EVAL), st, path)
     return path, cfg
 
 

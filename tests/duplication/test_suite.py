@@ -5,7 +5,7 @@ import pytest
 import yaml
 
 from bench.duplication import DEFAULT_SUITE
-from bench.duplication.runner import load_suite, resolve_profile
+from bench.duplication.spec import load_suite, planned_ids, resolve_profile, training_plan
 from reformer_impl import describe
 
 
@@ -67,3 +67,17 @@ def test_impossible_values_are_refused_naming_the_field(tmp_path):
 def test_unknown_profile_is_refused():
     with pytest.raises(ValueError, match="profile='tpu'"):
         resolve_profile(load_suite(DEFAULT_SUITE), "tpu")
+
+
+def test_the_plan_is_table_2_rows_trained_then_every_cell_evaluated():
+    run = resolve_profile(load_suite(DEFAULT_SUITE), "cpu")
+    plan = training_plan(run)
+    rows, cols = ["full", "lsh-4", "lsh-2", "lsh-1"], ["full", "lsh-8", "lsh-4", "lsh-2", "lsh-1"]
+    assert [p.point_id for p in plan.trains] == [f"dup-train-{m}" for m in rows]
+    assert [p.point_id for p in plan.evals] == [f"dup-eval-{m}-as-{s}" for m in rows for s in cols]
+    assert planned_ids(run) == plan.planned_ids() and len(set(plan.planned_ids())) == 4 + 20
+    lsh1_as_8 = next(e for e in plan.evals if e.point_id == "dup-eval-lsh-1-as-lsh-8")
+    assert lsh1_as_8.train.cfg.n_hashes == 1 and lsh1_as_8.cfg.n_hashes == 8
+    assert lsh1_as_8.cfg.replace(n_hashes=1) == lsh1_as_8.train.cfg  # the same model, more rounds
+    assert all(p.settings == run.train and p.seed == run.train.seed for p in plan.trains)
+    assert plan.resume_key() == training_plan(resolve_profile(load_suite(DEFAULT_SUITE), "cpu")).resume_key()

@@ -2,7 +2,9 @@
 spread of both sides. Time is split into the machine's overall speed (one factor, the median time
 ratio) and the shape (each point's ratio over that factor, and within-run ratios such as LSH over
 full attention at each length); only shape differences beyond the noise are flagged. Memory is
-compared as is. Pure apart from reading the two run dirs and writing the markdown."""
+compared as is. For quality runs (run.json kind "quality") the final bits per byte of each (model,
+evaluation setting) are compared too, B - A, flagged only beyond both runs' seed spreads. Pure apart
+from reading the two run dirs and writing the markdown."""
 from __future__ import annotations
 
 import math
@@ -13,6 +15,7 @@ from typing import Any, Mapping, Optional
 import numpy as np
 import pandas as pd
 
+from bench.quality.report_frames import AS_TRAINED, bpb_spreads, eval_frame
 from bench.report.frames import MEMORY_METRICS, Run, config_label, load_run
 from bench.report.labels import short
 from bench.report.markdown import md
@@ -39,6 +42,7 @@ class Comparison:
     only_a: int = 0
     only_b: int = 0
     notes: tuple[str, ...] = field(default_factory=tuple)
+    quality: Optional[pd.DataFrame] = None  # quality runs: study, model, setting, a/b spreads, diff, spread, flag
 
 
 def _ok(run: Run) -> dict[str, Mapping[str, Any]]:
@@ -170,6 +174,51 @@ def verdicts(points: pd.DataFrame, within: pd.DataFrame, factor: Optional[float]
     return out
 
 
+QUALITY_COLUMNS = ["study", "model", "setting", "a_mean", "a_min", "a_max", "a_seeds", "b_mean", "b_min", "b_max",
+                   "b_seeds", "diff", "spread", "flag"]
+
+
+def _studies_of(model: str, setting: str, studies: Mapping[str, Mapping[str, Any]]) -> str:
+    return ", ".join(name for name, s in studies.items()
+                     if model in (s.get("models") or ()) and setting in (AS_TRAINED, *(s.get("eval") or ())))
+
+
+def quality_rows(a: Run, b: Run) -> list[dict[str, Any]]:
+    """Per (model, evaluation setting) both runs scored: mean bpb over seeds on each side, B - A, and
+    `BPB` when |B - A| exceeds both runs' min–max ranges over seeds (the seed noise of each run)."""
+    sa, sb = bpb_spreads(eval_frame(a.records)), bpb_spreads(eval_frame(b.records))
+    studies = (a.meta.get("suite_spec") or b.meta.get("suite_spec") or {}).get("studies") or {}
+    rows = []
+    for (model, setting), x in sa.items():
+        if (y := sb.get((model, setting))) is None:
+            continue
+        diff, noise = y.mean - x.mean, max(x.range, y.range)
+        rows.append({"study": _studies_of(model, setting, studies), "model": model, "setting": setting,
+                     "a_mean": x.mean, "a_min": x.lo, "a_max": x.hi, "a_seeds": x.n, "b_mean": y.mean, "b_min": y.lo,
+                     "b_max": y.hi, "b_seeds": y.n, "diff": diff, "spread": noise,
+                     "flag": "BPB" if abs(diff) > noise else ""})
+    return rows
+
+
+def quality_verdicts(lines: list[str], quality: pd.DataFrame) -> list[str]:
+    """The per-study verdict lines with each study's final-bpb part appended (a study with no time
+    or memory line gets its own)."""
+    studies = list(dict.fromkeys(s for cell in quality["study"] for s in str(cell).split(", ") if s))
+    out = list(lines)
+    for study in studies:
+        mine = quality[quality["study"].map(lambda c: study in str(c).split(", "))]
+        beyond = mine[mine["flag"] == "BPB"]
+        part = (f"final bpb as A at all {len(mine)} (model, setting) pairs (within the seed spreads)"
+                if beyond.empty else f"final bpb beyond both runs' seed spreads at {len(beyond)} of {len(mine)}: "
+                + ", ".join(f"{r.model} {r.setting} {r.diff:+.4f}" for r in beyond.itertuples()))
+        i = next((i for i, line in enumerate(out) if line.startswith(f"{study}: ")), None)
+        if i is None:
+            out.append(f"{study}: {part}")
+        else:
+            out[i] = f"{out[i]}; {part}"
+    return out
+
+
 def compare_runs(run_a: Path, run_b: Path) -> Comparison:
     """B over A for every ok point the two runs share (matched by point id)."""
     for path in (run_a, run_b):
@@ -187,9 +236,31 @@ def compare_runs(run_a: Path, run_b: Path) -> Comparison:
         notes.append(f"the runs are of different suites ({' vs '.join(map(str, suites))})")
     if not rows:
         notes.append("the runs share no ok point: nothing to compare")
+    lines, quality = verdicts(points, within, factor), None
+    if "quality" in (a.meta.get("kind"), b.meta.get("kind")):
+        quality = pd.DataFrame(quality_rows(a, b), columns=QUALITY_COLUMNS)
+        lines = quality_verdicts(lines, quality)
     return Comparison(run_a=str(run_a), run_b=str(run_b), speed_factor=factor, points=points, within=within,
-                      verdicts=tuple(verdicts(points, within, factor)),
-                      only_a=len(set(oa) - set(ob)), only_b=len(set(ob) - set(oa)), notes=tuple(notes))
+                      verdicts=tuple(lines), only_a=len(set(oa) - set(ob)), only_b=len(set(ob) - set(oa)),
+                      notes=tuple(notes), quality=quality)
+
+
+def quality_markdown(quality: Optional[pd.DataFrame]) -> list[str]:
+    """The final-bpb section of a quality comparison (nothing for other kinds)."""
+    if quality is None:
+        return []
+    side = lambda s: [f"{m:.4f} ({lo:.4f}–{hi:.4f}, n={n})" for m, lo, hi, n in
+                      zip(quality[f"{s}_mean"], quality[f"{s}_min"], quality[f"{s}_max"], quality[f"{s}_seeds"])]
+    view = pd.DataFrame({"study": quality["study"], "model": quality["model"], "evaluated as": quality["setting"],
+                         "A: mean bpb (min–max)": side("a"), "B: mean bpb (min–max)": side("b"),
+                         "B - A (bpb)": quality["diff"].map(lambda v: f"{v:+.4f}"),
+                         "seed spread (bpb)": quality["spread"].map(lambda v: f"{v:.4f}"), "flag": quality["flag"]})
+    table = view.to_markdown(index=False, disable_numparse=True) if not view.empty else "_none_"
+    return ["## Final bits per byte", "",
+            "Mean held-out bpb over training seeds per model and evaluation setting, in A and in B; `diff` is "
+            "B - A, `spread` the larger of the two runs' min–max ranges over seeds. Flag `BPB`: |diff| exceeds "
+            "both runs' seed spreads. With one seed on each side the spread is 0, so any difference is flagged.",
+            "", table, ""]
 
 
 def comparison_markdown(cmp: Comparison) -> str:
@@ -211,6 +282,7 @@ def comparison_markdown(cmp: Comparison) -> str:
         "Each attention kind's time over full attention's at the same point, in A and in B; machine "
         "speed cancels.", "", md(cmp.within), "",
         "## Memory", "", md(cmp.points[cmp.points["kind"] == "memory"].drop(columns=["kind", "shape"])), "",
+        *quality_markdown(cmp.quality),
     ])
 
 
@@ -238,3 +310,7 @@ def print_comparison(cmp: Comparison, console) -> None:
                       markup=False, highlight=False)
     if len(flagged) > 20:
         console.print(f"  ... {len(flagged) - 20} more in the markdown", markup=False, highlight=False)
+    beyond = cmp.quality[cmp.quality["flag"] == "BPB"] if cmp.quality is not None else pd.DataFrame()
+    for row in beyond.head(20).itertuples():
+        console.print(f"  BPB      {row.model} {row.setting}: B - A {row.diff:+.4f} bpb (seed spread {row.spread:.4f})",
+                      markup=False, highlight=False)

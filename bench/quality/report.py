@@ -1,4 +1,317 @@
-"""placeholder"""
+"""The quality report, regenerated from a run's run.json and records.jsonl alone: bits per byte per
+model and evaluation setting over seeds, a verdict per study computed from those numbers (never
+written by hand), learning curves, Pareto plots of quality against step time and memory, and the
+LSH approximation study. This module writes markdown and calls the others in order: frames
+(report_frames), verdicts (verdicts) and figures (report_figures)."""
+from __future__ import annotations
+
+import json
+import math
+import re
 from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import pandas as pd
+
+from bench import store
+from bench.environment import portable_path
+from bench.load import OTHER_CPU_LIMIT, STEAL_LIMIT
+from bench.quality.report_figures import BPB, model_colours, plot_approximation, plot_learning_curves, plot_pareto
+from bench.quality.report_frames import (
+    AS_TRAINED, AXES, Spread, approx_frame, bpb_by_seed, coinciding, curve_frame, eval_frame, final_table,
+    load_summary, memory_column, model_configs, models_frame, train_frame,
+)
+from bench.quality.verdicts import (
+    COINCIDE_BPB, MIN_REAL_BPB, RULE, SAME_FUNCTION, Coincidence, Paired, PartVerdict, coincidence, paired,
+    same_function_pairs, study_verdict, why_context, why_not,
+)
+from bench.report.frames import status_frame
+from bench.report.labels import plain
+
+SPREAD_NOTE = ("Spread over training seeds: **min–max** is the lowest and highest seed's value, **std** the "
+               "sample standard deviation (n - 1; blank for one seed).")
+LOADED = "†"
+
+_ABS_PATH = re.compile(r"(?<![\w.:/~-])/(?:[\w.~-]+/)+([\w.~-]*)")
+
+
+def scrub(text: Any) -> str:
+    """Free text (an error reason) without this machine's folders: '/a/b/file.py' -> '…/file.py'."""
+    return _ABS_PATH.sub(lambda m: f"…/{m.group(1)}", "" if text is None else str(text))
+
+
+def md(df: pd.DataFrame) -> str:
+    """A markdown table of cells already formatted as text (no re-parsing of numbers)."""
+    return df.to_markdown(index=False, disable_numparse=True) if not df.empty else "_none_"
+
+
+def _num(v: Any, fmt: str = ".4g") -> str:
+    return "" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)
+
+
+def _s(s: Spread) -> str:
+    return f"{s.mean:.4f} ({s.lo:.4f}–{s.hi:.4f}, n={s.n})"
+
+
+def readable_final(table: pd.DataFrame) -> pd.DataFrame:
+    """The final table with headings in words and units; spreads as min–max; a step time measured
+    with any seed's training under load marked †."""
+    out = pd.DataFrame({
+        "model": table["model"], "evaluated as": table["setting"], "seeds": table["n_seeds"],
+        f"mean {BPB}": table["bpb_mean"].map(lambda v: f"{v:.4f}"),
+        "bpb min–max": [f"{a:.4f}–{b:.4f}" for a, b in zip(table["bpb_min"], table["bpb_max"])],
+        "bpb std": table["bpb_std"].map(lambda v: _num(v, ".4f")),
+        "step (ms)": [_num(v) + (LOADED if loaded and _num(v) else "")
+                      for v, loaded in zip(table["step_ms"], table["under_load"])],
+        "activation memory (MiB)": table["saved_for_backward_mib"].map(_num),
+        "parameters": table["n_params"].map(lambda v: _num(v, ",.0f")),
+    })
+    if table["peak_alloc_mib"].notna().any():
+        out.insert(8, "peak allocated GPU memory (MiB)", table["peak_alloc_mib"].map(_num))
+    return out
+
+
+def load_note(trains: pd.DataFrame) -> str:
+    """How many trainings other processes disturbed, and by how much at most."""
+    loaded, known, worst = load_summary(trains)
+    if not known:
+        return "The records do not say whether other processes were busy during training."
+    worst_text = f"; the largest share of the CPU other processes took during one training was {worst:.0%}" \
+        if worst is not None else ""
+    mark = (f" {LOADED} marks a step time with at least one seed's training under load: it may be inflated, "
+            f"and the Pareto plot draws that model hollow.") if loaded else ""
+    return (f"**Load:** {loaded} of {known} trainings were measured under load (other processes took >= "
+            f"{OTHER_CPU_LIMIT:.0%} of the CPU, or the hypervisor stole >= {STEAL_LIMIT:.0%}){worst_text}.{mark} "
+            "Load changes step times only; bpb does not depend on it.")
+
+
+def setup_markdown(meta: Mapping[str, Any], run_dir: Path) -> str:
+    """Title, the settings the run used (data, model, training, evaluation) and its environment."""
+    spec, env = meta.get("suite_spec") or {}, meta.get("environment") or {}
+    data = spec.get("data") or {}
+    kv = lambda d, prefix: [(f"{prefix}{k}", json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in d.items()]
+    rows = [("suite", meta.get("suite")), ("profile", meta.get("profile")), ("device", meta.get("device")),
+            ("seeds", ", ".join(map(str, spec.get("seeds") or ()))), ("seq_len (bytes)", spec.get("seq_len")),
+            *kv(data, "data."), *kv(spec.get("model") or {}, "model."), *kv(spec.get("train") or {}, "train."),
+            *kv(spec.get("eval") or {}, "eval.")]
+    dirty = " (dirty)" if env.get("git_dirty") else ""
+    envs = [("device name", env.get("device_name")), ("torch", env.get("torch")), ("python", env.get("python")),
+            ("CPU", f"{env.get('cpu')} ({env.get('cpu_count')} cores, {env.get('torch_threads')} torch threads)"),
+            ("CUDA / driver", f"{env.get('cuda')} / {env.get('driver')}"),
+            ("git commit", f"{env.get('git_commit')}{dirty}"), ("date", env.get("date") or meta.get("created_at"))]
+    where = portable_path(run_dir)
+    if where == Path(run_dir).resolve().name:  # outside the repository: name its usual place instead
+        where = f"results/runs/{meta.get('suite')}/{meta.get('run_id') or where}"
+    return "\n".join([
+        f"# Quality report: suite `{meta.get('suite')}`, run `{meta.get('run_id') or Path(run_dir).name}`", "",
+        f"Profile `{meta.get('profile')}` as the suite file describes it: "
+        f"{str(spec.get('description') or '').strip()} (The setup table below is what this run used.)", "",
+        "Byte-level language models trained on real text and scored in bits per byte (bpb) on held-out bytes "
+        "of the same corpus. The stdlib corpus is the running Python's standard-library source, so it (and its "
+        "sha256) depends on the Python version.", "",
+        "## Setup (as run)", "", md(pd.DataFrame(rows, columns=["setting", "value"])), "",
+        "## Environment", "", md(pd.DataFrame(envs, columns=["", "value"])), "",
+        "Rebuild this report: `python -m bench report " + where + "`", ""])
+
+
+def models_markdown(trains: pd.DataFrame, spec: Mapping[str, Any], models: Sequence[str]) -> list[str]:
+    """What each model is, in the paper's field names, as its training record says."""
+    frame = models_frame(trains, spec, models)
+    for col in AXES:
+        frame[col] = frame[col].map(lambda v: "–" if plain(v) is None else str(plain(v)))
+    return ["## Models", "", "Each model's fields as trained (– where a field does not apply). `residual`: "
+            "`two_stream` is the reversible block's function (y1 = x1 + Attn(x2), y2 = x2 + FF(y1)), whether "
+            "activations are recomputed (`reversible` True) or stored (False); `standard` is the ordinary "
+            "pre-norm Transformer, x + Attn(x) then + FF(x).", "", md(frame), ""]
+
+
+def _call(d: Paired) -> str:
+    """Why the rule called this difference what it did, in words."""
+    if len(d.diffs) == 1:
+        return f"one seed, no spread known: threshold {MIN_REAL_BPB} alone"
+    if not (all(x < 0 for x in d.diffs) or all(x > 0 for x in d.diffs)):
+        return "seeds disagree in sign"
+    if abs(d.mean) < MIN_REAL_BPB - 1e-12:
+        return f"every seed agrees but |mean d| < {MIN_REAL_BPB}"
+    return f"every seed agrees and |mean d| >= {MIN_REAL_BPB}"
+
+
+def verdict_markdown(verdict: str, parts: Sequence[PartVerdict], context: Mapping[str, Any]) -> list[str]:
+    """The study's verdict, each part's comparisons with their numbers, and, where a part does not
+    reproduce (or stays within noise), the templated reasons it may not at this scale."""
+    lines = [f"**Verdict: {verdict}.**", ""]
+    if verdict == "no rule":
+        return lines + ["_No claim rule is defined for this study; its numbers are in the table above._", ""]
+    for p in parts:
+        lines += [f"- *{p.part.text}*: **{p.verdict}**"]
+        for c in p.comparisons:
+            per_seed = ", ".join(f"{x:+.4f}" for x in c.d.diffs)
+            lines.append(f"  - {c.name} minus {c.versus}, per seed ({', '.join(map(str, c.d.seeds))}): {per_seed}; "
+                         f"mean d {c.diff:+.4f} bpb ({_call(c.d)}) → {c.outcome}. Unpaired: {_s(c.a)} vs {_s(c.b)}")
+        reasons = why_not(p.part, context) if p.verdict in ("does not reproduce", "within noise") else []
+        if reasons:
+            lines.append("  - _Why it may not at this scale:_ " + " ".join(reasons))
+    return lines + [""]
+
+
+def coincidence_markdown(c: Coincidence, field: str) -> list[str]:
+    """The same-function check: how far apart the two curves and final bpb are, and what it saved."""
+    g = lambda v: "not measured" if v is None else f"{v:.2g} bpb"
+    memory = ""
+    if c.memory_a is not None and c.memory_b is not None:
+        ratio = f", {c.memory_a / c.memory_b:.2f}x" if c.memory_b else ""
+        memory = (f" Activation memory: `{c.a}` {c.memory_a:.4g} MiB, `{c.b}` {c.memory_b:.4g} MiB "
+                  f"(difference {c.memory_a - c.memory_b:+.4g} MiB{ratio}): what recomputation buys.")
+    return [f"**Same function check:** `{c.a}` and `{c.b}` differ only in `{field}`, so they must compute the "
+            f"same function (recomputing activations in the backward pass only saves memory). Largest |difference| "
+            f"at the same seed and step: held-out curve {g(c.valid_max)} over {c.n_points} points, training loss "
+            f"{g(c.train_max)}, final bpb {g(c.final_max)} → **{c.verdict}** (tolerance for float rounding "
+            f"{COINCIDE_BPB:g} bpb).{memory}", ""]
+
+
+def curves_caption(name: str, study: Mapping[str, Any], spec: Mapping[str, Any], device: Any) -> str:
+    """What a learning-curve figure shows and everything held fixed."""
+    ev, train = spec.get("eval") or {}, spec.get("train") or {}
+    fixed = ", ".join(f"{k} {v}" for k, v in (spec.get("model") or {}).items() if k != study.get("x"))
+    return (f"{name} ({study.get('paper')}): lines are the mean over {len(spec.get('seeds') or ()) or '?'} training "
+            f"seeds, bands the min–max over seeds; held-out bpb on {ev.get('curve_windows')} valid windows every "
+            f"{ev.get('validate_every')} steps; training loss is the mean over each log interval, in nats / ln 2. "
+            f"Right: against cumulative training seconds (mean over seeds). Held fixed unless the model's name says "
+            f"otherwise: seq_len {spec.get('seq_len')}, {fixed}; batch {train.get('batch_size')}, "
+            f"lr {train.get('lr')}; "
+            f"{device}.")
+
+
+def study_section(name: str, study: Mapping[str, Any], meta: Mapping[str, Any], table: pd.DataFrame,
+                  trains: pd.DataFrame, curves: pd.DataFrame, by_seed: Mapping, plots: Path
+                  ) -> tuple[str, list[Coincidence], list[str]]:
+    """One study: (its verdict, its same-function checks, its markdown: hypothesis, table, learning
+    curves, verdict evidence)."""
+    spec = meta.get("suite_spec") or {}
+    models, x = list(study.get("models") or ()), study.get("x")
+    first = trains.drop_duplicates("model").set_index("model")
+    x_of = {m: plain(first.loc[m, x]) if x in first.columns and m in first.index else None for m in models}
+    verdict, parts = study_verdict(name, study, x_of, by_seed, spec.get("eval_settings") or {})
+    baseline = study.get("baseline") or models[-1]
+    sub = table[table["model"].isin(models) & table["setting"].isin((AS_TRAINED, *(study.get("eval") or ())))]
+    base = by_seed.get((baseline, AS_TRAINED), {})
+    ds = [None if (m, s) == (baseline, AS_TRAINED) else paired(by_seed.get((m, s), {}), base)
+          for m, s in zip(sub["model"], sub["setting"])]
+    view = readable_final(sub)
+    view.insert(6, f"paired d to {baseline}: mean (bpb)", ["" if d is None else f"{d.mean:+.4f}" for d in ds])
+    view.insert(7, "d min–max over seeds", ["" if d is None or len(d.diffs) < 2 else f"{d.lo:+.4f} to {d.hi:+.4f}"
+                                            for d in ds])
+    if x:
+        view.insert(1, x, ["–" if x_of.get(m) is None else _num(x_of[m]) for m in sub["model"]])
+    lines = [f"## Study `{name}` ({study.get('paper')})", "",
+             f"**Hypothesis:** {study.get('hypothesis')}. Baseline: `{baseline}`.", "", md(view), ""]
+    if not curves[curves["model"].isin(models)].empty:
+        caption = curves_caption(name, study, spec, meta.get("device")) + "".join(
+            f" {' and '.join(g)} have identical held-out curves (drawn on top of each other)."
+            for g in coinciding(curves, models))
+        names = {m: f"{m} ({x} {x_of[m]})" for m in models if x_of.get(m) is not None}
+        png = plot_learning_curves(curves, models, model_colours(models, x_of), f"Learning curves: {name}", caption,
+                                   plots / f"curves_{name}.png", names)
+        lines += [f"![learning curves, {name}](plots/{png.name})", "", f"_{caption}_", ""]
+    lines += verdict_markdown(verdict, parts, why_context(spec))
+    checks = []
+    if (field := SAME_FUNCTION.get(name)) is not None:
+        for a, b in same_function_pairs(models, model_configs(spec), field):
+            checks.append(coincidence(a, b, curves, by_seed, trains))
+            lines += coincidence_markdown(checks[-1], field)
+    return verdict, checks, lines
+
+
 def write_report(run_dir: Path) -> Path:
-    p = Path(run_dir) / "report.md"; p.write_text("placeholder\n"); return p
+    """Write report.md, plots/*.png and tables/*.csv into `run_dir` from its run.json and records."""
+    run_dir = Path(run_dir)
+    meta = store.load_run_json(run_dir)
+    spec = meta.get("suite_spec") or {}
+    records = store.read_records(run_dir / store.RECORDS)
+    trains, evals, curves = train_frame(records), eval_frame(records), curve_frame(records)
+    plots, tables = run_dir / "plots", run_dir / "tables"
+    tables.mkdir(parents=True, exist_ok=True)
+    for old in plots.glob("*.png") if plots.exists() else ():
+        old.unlink()
+    seen = set(trains["model"]) | set(evals["model"])
+    models = [m for m in spec.get("models") or {} if m in seen] + sorted(seen - set(spec.get("models") or {}))
+    table = final_table(evals, trains, models, list(spec.get("eval_settings") or {}))
+    table.to_csv(tables / "final_table.csv", index=False)
+    by_seed = bpb_by_seed(evals)
+    out_md = [setup_markdown(meta, run_dir), *models_markdown(trains, spec, models), "## Final table", "",
+              SPREAD_NOTE + " Step time and memory describe training the model and sit on its as-trained row "
+              "(means over seeds of each seed's median step); activation memory is what autograd keeps for one "
+              "training forward (the same on every device).", "", load_note(trains), "",
+              md(readable_final(table)), "", "CSV: `tables/final_table.csv`.", ""]
+    verdicts, checks, studies_md = [], [], []
+    for name, study in (spec.get("studies") or {}).items():
+        verdict, study_checks, lines = study_section(name, study, meta, table, trains, curves, by_seed, plots)
+        verdicts.append({"study": name, "paper": study.get("paper"), "hypothesis": study.get("hypothesis"),
+                         "verdict": verdict})
+        checks += [(name, c) for c in study_checks]
+        studies_md += lines
+    pd.DataFrame(verdicts, columns=["study", "paper", "hypothesis", "verdict"]).to_csv(tables / "verdicts.csv",
+                                                                                        index=False)
+    out_md += ["## Verdicts", "", RULE, "", md(pd.DataFrame(verdicts)), ""]
+    out_md += [f"Same function check ({name}): `{c.a}` and `{c.b}` **{c.verdict}** (details in the study)."
+               for name, c in checks] + ([""] if checks else [])
+    out_md += [*studies_md, *pareto_markdown(table, trains, meta, plots)]
+    out_md += approx_markdown(approx_frame(records), spec, plots, tables)
+    out_md += not_ok_markdown(records, meta)
+    out = run_dir / "report.md"
+    out.write_text("\n".join(out_md) + "\n")
+    return out
+
+
+def pareto_markdown(table: pd.DataFrame, trains: pd.DataFrame, meta: Mapping[str, Any], plots: Path) -> list[str]:
+    rows = table[(table["setting"] == AS_TRAINED) & table["step_ms"].notna()]
+    if rows.empty:
+        return ["## Quality against cost", "", "_No model has both an evaluation and a training record._", ""]
+    mem = memory_column(trains)
+    hollow = (" Hollow markers (left): at least one seed's training of that model ran under load, so its step time "
+              "may be inflated." if rows["under_load"].astype(bool).any() else "")
+    caption = ("Each point is one model as trained: mean held-out bpb over seeds (vertical bars: min–max over "
+               "seeds) "
+               f"against the mean of each seed's median training-step time (left) and "
+               f"{'the CUDA allocator peak' if mem == 'peak_alloc_mib' else 'activation memory saved for backward'} "
+               f"(right; horizontal bars: min–max over seeds). Dashed: the Pareto front, models no other model beats "
+               f"on both axes (ringed).{hollow} Measured on {meta.get('device')} "
+               f"({(meta.get('environment') or {}).get('device_name')}).")
+    png = plot_pareto(rows, trains, caption, plots / "pareto.png")
+    return ["## Quality against cost (Pareto)", "", f"![Pareto plots](plots/{png.name})", "", f"_{caption}_", ""]
+
+
+def approx_markdown(approx: pd.DataFrame, spec: Mapping[str, Any], plots: Path, tables: Path) -> list[str]:
+    a = spec.get("lsh_approximation") or {}
+    head = ["## LSH approximation of full attention", ""]
+    if approx.empty:
+        return head + ["_No approximation records._", ""]
+    g = approx.groupby(["chunk_len", "n_hashes"])
+    summary = pd.DataFrame({"n": g.size(), "n_buckets": g["n_buckets"].first(),
+                            **{f"{m}_{f}": g[m].agg(f) for m in ("mass_recall", "relative_error")
+                               for f in ("mean", "min", "max", "std")}}).reset_index()
+    summary.to_csv(tables / "approximation.csv", index=False)
+    view = pd.DataFrame({"chunk_len": summary["chunk_len"], "hash rounds": summary["n_hashes"],
+                         "buckets": summary["n_buckets"], "n (rotation × training seeds)": summary["n"],
+                         **{f"{m.replace('_', ' ')} mean ± std (min–max)": [
+                             f"{r[f'{m}_mean']:.3f} ± {_num(r[f'{m}_std'], '.3f')} "
+                             f"({r[f'{m}_min']:.3f}–{r[f'{m}_max']:.3f})"
+                             for _, r in summary.iterrows()] for m in ("mass_recall", "relative_error")}})
+    caption = (f"Full attention's trained `{a.get('model')}` model, block {a.get('layer')}, on {a.get('windows')} "
+               f"held-out windows of {spec.get('seq_len')} bytes per training seed. Mass recall: the share of full "
+               "attention's softmax mass on the keys LSH lets each query see; relative error: |LSH output - full "
+               "output| / |full output|. Lines: mean over rotation seeds and training seeds; bands: min–max.")
+    png = plot_approximation(approx, caption, plots / "lsh_approximation.png")
+    return head + [md(view), "", f"![LSH approximation](plots/{png.name})", "", f"_{caption}_", ""]
+
+
+def not_ok_markdown(records: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) -> list[str]:
+    """Points whose latest record is not ok, and planned points with no record at all."""
+    latest = store.latest_by_point(records)
+    failed = status_frame(latest.values()).drop(columns=["config"])
+    failed["reason"] = failed["reason"].map(scrub)
+    missing = [p for p in meta.get("planned") or () if p not in latest]
+    lines = ["## Points not ok", "", md(failed) if not failed.empty else "_All recorded points are ok._", ""]
+    if missing:
+        lines += [f"Planned but not recorded ({len(missing)}): " + ", ".join(f"`{p}`" for p in missing), ""]
+    return lines

@@ -96,3 +96,66 @@ def test_cli_compare_writes_markdown_and_refuses_a_missing_run(tmp_path: Path, c
     assert main(["compare", str(a), str(tmp_path / "missing")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and "missing" in err
+
+
+# ------------------------------------------------------------------------------------------ quality
+
+QUALITY_STUDIES = {"shared_qk": {"models": ["full-separate-qk", "full"], "eval": []},
+                   "hash_rounds": {"models": ["lsh-2", "full"], "eval": ["lsh-8"]}}
+BPB = {("full", "as trained"): 2.0, ("full-separate-qk", "as trained"): 2.05, ("lsh-2", "as trained"): 2.3,
+       ("lsh-2", "lsh-8"): 2.25, ("full", "lsh-8"): 2.6}
+
+
+def _quality_run(path: Path, shift: dict | None = None, seeds: tuple[int, ...] = (0, 1)) -> Path:
+    """Eval records per (model, setting, seed): bpb + 0.1 * seed (seed spread 0.1), plus `shift`."""
+    recs = []
+    for (model, setting), value in BPB.items():
+        for seed in seeds:
+            recs.append({"point_id": f"eval-{model}-{setting}-s{seed}", "suite": "quality", "status": "ok",
+                         "studies": [s for s, st in QUALITY_STUDIES.items() if model in st["models"]],
+                         "params": {"train_model": model, "seed": seed, "role": "eval",
+                                    "eval_setting": None if setting == "as trained" else setting},
+                         "metrics": {"bpb": value + 0.1 * seed + (shift or {}).get((model, setting), 0.0)}})
+    path.mkdir(parents=True)
+    (path / "run.json").write_text(json.dumps({"kind": "quality", "suite": "quality", "run_id": path.name,
+                                               "device": "cpu", "suite_spec": {"studies": QUALITY_STUDIES}}))
+    (path / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    return path
+
+
+def test_quality_runs_compare_final_bpb_and_flag_only_beyond_both_seed_spreads(tmp_path: Path, capsys):
+    a = _quality_run(tmp_path / "a")
+    b = _quality_run(tmp_path / "b", shift={("lsh-2", "lsh-8"): 0.3, ("full", "as trained"): 0.05})
+    cmp = compare_runs(a, b)
+    q = cmp.quality.set_index(["model", "setting"])
+    assert len(q) == len(BPB)
+    assert q.loc[("lsh-2", "lsh-8"), "diff"] == pytest.approx(0.3) and q.loc[("lsh-2", "lsh-8"), "flag"] == "BPB"
+    assert q.loc[("full", "as trained"), "diff"] == pytest.approx(0.05)  # inside the 0.1 seed spread
+    assert q.loc[("full", "as trained"), "flag"] == "" and q.loc[("full", "as trained"), "spread"] == pytest.approx(0.1)
+    assert q.loc[("full", "lsh-8"), "study"] == "hash_rounds" and q.loc[("full", "as trained"), "study"] == \
+        "shared_qk, hash_rounds"
+    assert cmp.verdicts == (
+        "shared_qk: final bpb as A at all 2 (model, setting) pairs (within the seed spreads)",
+        "hash_rounds: final bpb beyond both runs' seed spreads at 1 of 4: lsh-2 lsh-8 +0.3000",
+    )
+    text = write_comparison(cmp, tmp_path / "cmp.md").read_text()
+    assert "## Final bits per byte" in text and "| BPB " in text and "+0.3000" in text
+    assert main(["compare", str(a), str(b), "--out", str(tmp_path / "c.md")]) == 0
+    out = capsys.readouterr().out
+    assert "hash_rounds: final bpb beyond" in out and "BPB      lsh-2 lsh-8: B - A +0.3000 bpb" in out
+
+
+def test_quality_bpb_part_joins_the_studys_time_line_and_speed_runs_have_none(tmp_path: Path):
+    a, b = _quality_run(tmp_path / "a", seeds=(0,)), _quality_run(tmp_path / "b", seeds=(0,))
+    for run, speed in ((a, 1.0), (b, 2.0)):  # one training record per run, timed
+        rec = {"point_id": "train-full-s0", "suite": "quality", "status": "ok", "studies": ["shared_qk"],
+               "params": {"train_model": "full", "seed": 0, "role": "train", "attention": "full"},
+               "metrics": {"step_ms_median": 10.0 * speed, "step_ms_q25": 9.9 * speed, "step_ms_q75": 10.1 * speed}}
+        with (run / "records.jsonl").open("a") as f:
+            f.write(json.dumps(rec) + "\n")
+    cmp = compare_runs(a, b)
+    assert cmp.verdicts[0] == ("shared_qk: time shape as A at all 1 points; memory within noise (0 figures); "
+                               "machine speed factor 2.00x; final bpb as A at all 2 (model, setting) pairs "
+                               "(within the seed spreads)")
+    assert not (cmp.quality["flag"] != "").any()  # one seed, identical numbers: spread 0, difference 0
+    assert compare_runs(_run(tmp_path / "sa", _records(1.0)), _run(tmp_path / "sb", _records(1.0))).quality is None

@@ -14,6 +14,7 @@ from rich.text import Text
 
 from bench.executors.base import ClusterLost, ExecutorError
 from bench.runner import ReportFailed, RunError, RunOptions, Terminated, raise_terminated, run
+from bench.training.suites import TRAINING_KINDS
 from bench.reference import promote
 from bench.store import StoreError, is_reference, load_run_json
 from bench.suite import DEFAULT_MAX_POINTS, PROFILES, SUITES_DIR, SuiteError, load_suite, resolve_suite_path, suite_kind
@@ -183,7 +184,7 @@ def cmd_list(args: argparse.Namespace, console: Console) -> int:
     for path in paths:
         kind = suite_kind(path)
         if kind != "grid":
-            table.add_row(Text(path.stem), "-", *("-" for _ in PROFILES), Text(f"kind: {kind} (own runner)"))
+            table.add_row(Text(path.stem), "-", *("-" for _ in PROFILES), Text(f"kind: {kind} ({'training runner' if kind in TRAINING_KINDS else 'own runner'})"))
             continue
         suite = load_suite(path)
         per_profile = {p: suite.expand(p, auto_device='cuda' if p == 'gpu' else 'cpu') for p in suite.spec.profiles}

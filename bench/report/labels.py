@@ -60,12 +60,15 @@ LABELS: dict[str, str] = {
     "accuracy": "accuracy on the second half", "train_accuracy": "training accuracy",
     "eval_loss": "evaluation loss", "final_loss": "final training loss", "eval_s": "evaluation time (s)",
     "train_s": "training time (s)", "eval_tokens": "evaluated tokens", "steps_done": "training steps",
+    # quality (byte-level language models)
+    "bpb": "held-out bits per byte", "nats_per_byte": "held-out nats per byte", "eval_bytes": "evaluated bytes",
+    "eval_windows": "evaluated windows", "approximation_rows": "approximation rows",
 }
 # Spread columns (`m_min`, `m_max`) are labelled from their metric.
 SPREAD_SUFFIXES = {"_min": "lowest over processes", "_max": "highest over processes"}
 
 VALUE_LABELS: dict[str, dict[Any, str]] = {
-    "attention": {"full": "full (naive)", "sdpa": "full (fused SDPA)", "lsh": "LSH"},
+    "attention": {"full": "full (naive)", "sdpa": "full (fused SDPA)", "lsh": "LSH", "local": "local (LSH's chunks by position)"},
     "workload": {"attention": "one attention layer", "model": "whole model"},
     "impl": {"ours": "ours", "reformer_pytorch": "reformer-pytorch", "hf": "Hugging Face"},
     "reversible": {True: "reversible", False: "not reversible"},

@@ -12,6 +12,7 @@ from bench.training.checkpoint import load_checkpoint
 from bench.training.loop import train_model
 from bench.training.settings import TrainSettings
 from reformer_impl import ReformerConfig
+from tests.training.toy import Crash, crash_at, settings
 
 TASK = DuplicationTask(half_len=8, n_symbols=6)
 TRAINING = DuplicationTraining(TASK, EvalSettings(seed=1, batches=1, batch_size=4))
@@ -30,22 +31,6 @@ def tiny_config(**changes) -> ReformerConfig:
                 attention="lsh", n_hashes=2, chunk_len=4, causal=True, shared_qk=True, reversible=False,
                 pos_emb="absolute")
     return ReformerConfig(**{**base, **changes})
-
-
-def settings(**changes) -> TrainSettings:
-    base = dict(steps=12, batch_size=4, lr=3e-3, warmup_steps=2, checkpoint_every=4, log_every=2, seed=5)
-    return TrainSettings(**{**base, **changes})
-
-
-class Crash(Exception):
-    pass
-
-
-def crash_at(step_to_die: int):
-    def on_step(step: int) -> None:
-        if step == step_to_die:
-            raise Crash(step)
-    return on_step
 
 
 def test_the_stream_draws_the_tasks_batches_and_resumes_from_its_state():

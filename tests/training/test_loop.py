@@ -10,7 +10,7 @@ from bench.training.loop import load_trained, step_ms_summary, train_model
 from bench.training.settings import TrainSettings, lr_factor
 from bench.training.task import Batch
 
-from .toy import PreviousToken, toy_config
+from .toy import Crash, PreviousToken, crash_at, same_weights, settings, toy_config
 
 TASK = PreviousToken()
 
@@ -21,26 +21,6 @@ def one_thread():
     torch.set_num_threads(1)  # the same reductions in every run of a test: bitwise comparisons hold
     yield
     torch.set_num_threads(threads)
-
-
-def settings(**changes) -> TrainSettings:
-    base = dict(steps=12, batch_size=4, lr=3e-3, warmup_steps=2, checkpoint_every=4, log_every=2, seed=5)
-    return TrainSettings(**{**base, **changes})
-
-
-class Crash(Exception):
-    pass
-
-
-def crash_at(step_to_die: int):
-    def on_step(step: int) -> None:
-        if step == step_to_die:
-            raise Crash(step)
-    return on_step
-
-
-def same_weights(a: dict, b: dict) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def curve_of(outcome) -> list[tuple]:

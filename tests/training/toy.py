@@ -7,6 +7,7 @@ from typing import Any, Optional
 
 import torch
 
+from bench.training.settings import TrainSettings
 from bench.training.task import Batch, GeneratorStream, StepStream
 from reformer_impl import ReformerConfig, lm_loss
 
@@ -59,3 +60,24 @@ def toy_config(**changes: Any) -> ReformerConfig:
                 n_hashes=2, chunk_len=4, causal=True, shared_qk=True, reversible=False, pos_emb="absolute",
                 dropout=0.1)  # dropout: the global torch RNG matters to the weights, so its restore is tested too
     return ReformerConfig(**{**base, **changes})
+
+
+def settings(**changes: Any) -> TrainSettings:
+    """A short schedule with checkpoints and curve points every few steps."""
+    base = dict(steps=12, batch_size=4, lr=3e-3, warmup_steps=2, checkpoint_every=4, log_every=2, seed=5)
+    return TrainSettings(**{**base, **changes})
+
+
+class Crash(Exception):
+    """A simulated crash inside training (raised from on_step)."""
+
+
+def crash_at(step_to_die: int):
+    def on_step(step: int) -> None:
+        if step == step_to_die:
+            raise Crash(step)
+    return on_step
+
+
+def same_weights(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -48,6 +48,17 @@ def prose(markdown: str) -> str:
     return "\n".join(out).strip()
 
 
+# The paragraphs that open and close a quality study's section in report.md (bench.quality.report
+# .study_section): a W&B Report that states the hypothesis and verdict itself leaves them out.
+LEAD_PARAGRAPHS = ("**Hypothesis:**", "**Verdict:")
+
+
+def without_paragraphs(markdown: str, starts: tuple[str, ...] = LEAD_PARAGRAPHS) -> str:
+    """`markdown` less every paragraph (blank-line separated) that begins with one of `starts`."""
+    paragraphs = re.split(r"\n\s*\n", markdown.strip())
+    return "\n\n".join(p for p in paragraphs if p and not p.lstrip().startswith(starts)).strip()
+
+
 def parse_report(text: str) -> ReportText:
     """Split markdown at `# ` (title) and `## ` (sections) headings outside code fences."""
     title, intro, sections = "", [], {}

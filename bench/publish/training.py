@@ -27,6 +27,10 @@ STEP_KEY = f"{PREFIX}/step"
 TIME_KEY = f"{PREFIX}/train_s"
 GLOB = f"{PREFIX}/*"  # every key above, plotted against STEP_KEY (W&B's define_metric glob)
 CURVE_METRICS = ("loss", "accuracy", "lr")  # CurvePoint's per-window figures; `valid` adds its own keys
+# A learning curve's axes in words (bench.report.labels words record columns, where `accuracy` is
+# the duplication task's evaluated accuracy, not a training window's).
+CURVE_LABELS = {STEP_KEY: "training step", TIME_KEY: "training time (s)", "loss": "training loss (nats)",
+                "accuracy": "training accuracy", "lr": "learning rate", "valid_bpb": "held-out bits per byte"}
 FINAL_TABLE = "quality/final"
 FINAL_COLUMNS = ("model", "eval_setting", "seed", "bpb", "status")
 ANALYSIS_PREFIX = "quality"
@@ -65,6 +69,11 @@ def curve_label(record: Record) -> str:
     model = params.get("train_model") or record.get("point_id") or "model"
     seed = _seed(params)
     return _key_part(model) + ("" if seed is None else f"-s{_key_part(seed)}")
+
+
+def study_prefix(study: str) -> str:
+    """`train/<study>/`: how every learning-curve key of `study` begins."""
+    return f"{PREFIX}/{_key_part(study)}/"
 
 
 def curve_prefixes(record: Record) -> tuple[str, ...]:
@@ -108,6 +117,13 @@ def training_history(record: Record, logged: Mapping[str, int] | None = None) ->
             logged[prefix] = step
         rows.append(HistoryRow(step, fresh, values))
     return rows
+
+
+def curve_history_keys(record: Record) -> tuple[str, ...]:
+    """Every curve key `training_history` logs for `record` (its x keys left out), sorted: what a
+    report's panels may plot."""
+    keys = {k for row in training_history(record) for k in row.values}
+    return tuple(sorted(keys - {STEP_KEY, TIME_KEY}))
 
 
 def _role(record: Record) -> str | None:

@@ -1,6 +1,8 @@
 """A W&B Report for one or more runs of a suite, built with the official `wandb-workspaces` API
 (`wandb_workspaces.reports.v2`): the title and environment, per study our report's text and live
-line plots over the logged curves, the exponent table beside Table 3, Table 2 for duplication.
+line plots over the logged curves (a training study's learning curves against `train/step`; a quality
+study led by its figure, hypothesis and verdict), the exponent table beside Table 3, Table 2 for
+duplication, the final bits-per-byte and LSH approximation tables for quality.
 
 Offline first: `report_spec` is the library's own serialisation of the report (the viewspec that
 `Report.save()` uploads), written as `wandb_report.json`; `save_report` creates it online.
@@ -15,15 +17,21 @@ from typing import Any, Mapping, Sequence
 
 from bench.publish.curves import curve_keys
 from bench.publish.frames import LineSeries, StudyAxes, accuracy_matrix, line_series, records_frame, study_axes
-from bench.publish.report_text import ReportText
+from bench.publish.report_text import ReportText, without_paragraphs
 from bench.publish.rundata import Record, RunInfo
 from bench.publish.scrub import scrub, scrub_text
+from bench.publish.training import (
+    CURVE_LABELS, FINAL_TABLE, STEP_KEY, analysis_tables, curve_history_keys, curve_label, final_table, is_training,
+    study_prefix,
+)
 from bench.report.frames import main_memory_metrics
 from bench.report.labels import label
 
 SPEC_NAME = "wandb_report.json"
 TITLE_MAX = 128  # W&B refuses longer report titles
 DUPLICATION_SUITE = "duplication"
+QUALITY_KIND = "quality"
+TRAIN_METRICS = ("valid_bpb", "loss")  # a training study's panels when its plot hint names none (quality)
 MATRIX_TABLE = "duplication/accuracy_matrix"  # the table publish logs (see publisher.log_run_summary)
 DEFAULT_Y = ("step_ms_median",)
 PANEL_W, PANEL_H, PER_ROW = 12, 8, 2  # two panels a row on W&B's 24-column grid
@@ -74,6 +82,12 @@ def _metrics_for(axes: StudyAxes, available: Sequence[str], devices: Sequence[st
     return out
 
 
+def _layout(index: int) -> Any:
+    import wandb_workspaces.reports.v2 as wr
+
+    return wr.Layout(x=(index % PER_ROW) * PANEL_W, y=(index // PER_ROW) * PANEL_H, w=PANEL_W, h=PANEL_H)
+
+
 def _line_plot(study: str, metric: str, axes: StudyAxes, charts: Sequence[tuple[ReportRun, LineSeries]],
                index: int, several: bool) -> Any:
     import wandb_workspaces.reports.v2 as wr
@@ -90,9 +104,80 @@ def _line_plot(study: str, metric: str, axes: StudyAxes, charts: Sequence[tuple[
             titles[f"{run.wandb_id}:{key}"] = f"{run.info.run_id}: {line}" if several else line
     return wr.LinePlot(
         title=f"{study}: {label(metric)}", x=x_key, y=y, log_x=axes.logx, log_y=axes.logy,
-        title_x=label(axes.x), title_y=label(metric), line_titles=titles,
-        layout=wr.Layout(x=(index % PER_ROW) * PANEL_W, y=(index // PER_ROW) * PANEL_H, w=PANEL_W, h=PANEL_H),
+        title_x=label(axes.x), title_y=label(metric), line_titles=titles, layout=_layout(index),
     )
+
+
+def _kind(info: RunInfo) -> str:
+    """run.json's `kind` (its suite_spec keeps it), else the suite's name."""
+    return str(info.suite_spec.get("kind") or info.suite)
+
+
+def _curve_lines(run: ReportRun, study: str) -> list[tuple[str, str]]:
+    """(history key, line label) of every learning curve `study` has in `run`, in the study's model
+    order (`models`, else record order), each model's seeds in record order."""
+    spec = (run.info.suite_spec.get("studies") or {}).get(study) or {}
+    models = [m for m in spec.get("models") or () if isinstance(m, str)]
+
+    def rank(record: Record) -> int:
+        model = (record.get("params") or {}).get("train_model")
+        return models.index(model) if model in models else len(models)
+
+    prefix = study_prefix(study)
+    lines: dict[str, str] = {}
+    for record in sorted(filter(is_training, run.records), key=rank):  # stable: seeds in record order
+        for key in curve_history_keys(record):
+            if key.startswith(prefix):
+                lines.setdefault(key, curve_label(record))
+    return list(lines.items())
+
+
+def _training_plots(study: str, axes: StudyAxes, runs: Sequence[ReportRun], first: int, several: bool) -> list[Any]:
+    """The study's learning curves against `train/step`, one panel per metric: those its plot hint
+    names (duplication: loss, accuracy), else TRAIN_METRICS; one line per model and seed."""
+    import wandb_workspaces.reports.v2 as wr
+
+    lines = [(run, key, name) for run in runs for key, name in _curve_lines(run, study)]
+    available = {key.rsplit("/", 1)[1] for _, key, _ in lines}
+    metrics = [m for m in axes.y if m in available] or [m for m in TRAIN_METRICS if m in available]
+    plots = []
+    for i, metric in enumerate(metrics, start=first):
+        mine = [(run, key, name) for run, key, name in lines if key.endswith("/" + metric)]
+        y = list(dict.fromkeys(key for _, key, _ in mine))
+        titles = {f"{run.wandb_id}:{key}": f"{run.info.run_id}: {name}" if several else name for run, key, name in mine}
+        plots.append(wr.LinePlot(
+            title=f"{study}: {CURVE_LABELS.get(metric, metric)}", x=STEP_KEY, y=y,
+            title_x=CURVE_LABELS[STEP_KEY], title_y=CURVE_LABELS.get(metric, metric), line_titles=titles,
+            layout=_layout(i),
+        ))
+    return plots
+
+
+def _quality_verdicts(run: ReportRun) -> dict[str, str]:
+    """Each quality study's verdict as report.md words it (bench.quality.report.study_section),
+    computed again from the records."""
+    from bench.quality.report_frames import bpb_by_seed, eval_frame, study_x, train_frame
+    from bench.quality.verdicts import study_verdict
+
+    spec = run.info.suite_spec
+    trains, by_seed = train_frame(run.records), bpb_by_seed(eval_frame(run.records))
+    verdicts = {}
+    for name, study in (spec.get("studies") or {}).items():
+        x_of = study_x(trains, study.get("models") or (), study.get("x"))
+        verdicts[name] = study_verdict(name, study, x_of, by_seed, spec.get("eval_settings") or {})[0]
+    return verdicts
+
+
+def _study_lead(run: ReportRun, study: str, verdicts: Mapping[str, str]) -> str:
+    """`_Fig. 3._ **Hypothesis:** ... Baseline: `m`. **Verdict: ...**` from run.json's suite_spec and
+    the records; "" for a study that states no hypothesis."""
+    spec = (run.info.suite_spec.get("studies") or {}).get(study) or {}
+    if not spec.get("hypothesis"):
+        return ""
+    paper = f"_{spec['paper']}._ " if spec.get("paper") else ""
+    baseline = f" Baseline: `{spec['baseline']}`." if spec.get("baseline") else ""
+    verdict = f"\n\n**Verdict: {verdicts[study]}.**" if study in verdicts else ""
+    return f"{paper}**Hypothesis:** {spec['hypothesis']}.{baseline}{verdict}"
 
 
 def _runset(runs: Sequence[ReportRun], entity: str, project: str) -> Any:
@@ -147,14 +232,19 @@ def build_report(runs: Sequence[ReportRun], *, project: str, entity: str = "",
 
     axes = study_axes(first.info.suite_spec)
     charts = {id(r): line_series(records_frame(r.records), study_axes(r.info.suite_spec)) for r in runs}
+    verdicts = {id(r): _quality_verdicts(r) if _kind(r.info) == QUALITY_KIND else {} for r in runs}
     for study, study_ax in axes.items():
-        text = _per_run(runs, [r.text.study(study) for r in runs])
+        leads = [_study_lead(r, study, verdicts[id(r)]) for r in runs]
+        # the lead states what report.md's hypothesis and verdict paragraphs say: those are left out
+        text = _per_run(runs, [lead + "\n\n" + without_paragraphs(r.text.study(study)) if lead else r.text.study(study)
+                               for r, lead in zip(runs, leads)])
         mine = [(r, s) for r in runs for s in charts[id(r)] if s.study == study]
         metrics = _metrics_for(study_ax, sorted({s.yname for _, s in mine}), [r.info.device or "cpu" for r in runs])
         panels = [_line_plot(study, m, study_ax, [(r, s) for r, s in mine if s.yname == m], i, several)
                   for i, m in enumerate(metrics)]
+        panels += _training_plots(study, study_ax, runs, len(panels), several)
         if not (text or panels):
-            continue  # a study with nothing to show (duplication's training stage: see Table 2)
+            continue  # a study with nothing to show
         blocks += [wr.H1(f"Study {study}"), *text]
         if panels:
             blocks.append(wr.PanelGrid(runsets=[_runset(runs, runset_entity, runset_project)], panels=panels))
@@ -166,6 +256,7 @@ def build_report(runs: Sequence[ReportRun], *, project: str, entity: str = "",
 
     if first.info.suite == DUPLICATION_SUITE:
         blocks += _table2_blocks(runs, runset_entity, runset_project)
+    blocks += _quality_table_blocks(runs, runset_entity, runset_project)
     report = wr.Report(project=project, entity=entity, title=report_title(runs), description=description,
                        blocks=blocks, width="fluid")
     _stable_ids(report)
@@ -194,6 +285,27 @@ def _table2_blocks(runs: Sequence[ReportRun], runset_entity: str, runset_project
     if any(training):
         blocks.append(wr.H1("Training"))
         blocks += _per_run(runs, [t[1] if t else "" for t in training])
+    return blocks
+
+
+def _quality_table_blocks(runs: Sequence[ReportRun], runset_entity: str, runset_project: str) -> list[Any]:
+    """A section per table publish logs from quality records (see publisher.log_run_summary): the
+    final bits per byte, then each analysis (the LSH approximation); report.md's section on it, then
+    a live panel over the table. None for runs without such records."""
+    import wandb_workspaces.reports.v2 as wr
+
+    names: dict[str, tuple[str, ...]] = {}  # table -> the words its report.md heading holds
+    for run in runs:
+        if final_table(run.records) is not None:
+            names[FINAL_TABLE] = ("final", "table")
+        names.update({name: tuple(name.split("/", 1)[1].split("_")) for name in analysis_tables(run.records)})
+    blocks: list[Any] = []
+    for name, words in names.items():
+        sections = [r.text.section(*words) for r in runs]
+        heading = next((s[0] for s in sections if s), name)
+        blocks += [wr.H1(heading), *_per_run(runs, [s[1] if s else "" for s in sections])]
+        blocks.append(wr.PanelGrid(runsets=[_runset(runs, runset_entity, runset_project)],
+                                   panels=[wr.WeavePanelSummaryTable(table_name=name, layout=wr.Layout(w=24, h=10))]))
     return blocks
 
 

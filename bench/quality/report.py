@@ -19,7 +19,7 @@ from bench.load import OTHER_CPU_LIMIT, STEAL_LIMIT
 from bench.quality.report_figures import BPB, model_colours, plot_approximation, plot_learning_curves, plot_pareto
 from bench.quality.report_frames import (
     AS_TRAINED, AXES, Spread, approx_frame, bpb_by_seed, coinciding, curve_frame, eval_frame, final_table,
-    load_summary, memory_column, model_configs, models_frame, train_frame,
+    load_summary, memory_column, model_configs, models_frame, study_x, train_frame,
 )
 from bench.quality.verdicts import (
     COINCIDE_BPB, MIN_REAL_BPB, RULE, SAME_FUNCTION, Coincidence, Paired, PartVerdict, coincidence, paired,
@@ -189,8 +189,7 @@ def study_section(name: str, study: Mapping[str, Any], meta: Mapping[str, Any], 
     curves, verdict evidence)."""
     spec = meta.get("suite_spec") or {}
     models, x = list(study.get("models") or ()), study.get("x")
-    first = trains.drop_duplicates("model").set_index("model")
-    x_of = {m: plain(first.loc[m, x]) if x in first.columns and m in first.index else None for m in models}
+    x_of = study_x(trains, models, x)
     verdict, parts = study_verdict(name, study, x_of, by_seed, spec.get("eval_settings") or {})
     baseline = study.get("baseline") or models[-1]
     sub = table[table["model"].isin(models) & table["setting"].isin((AS_TRAINED, *(study.get("eval") or ())))]

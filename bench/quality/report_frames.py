@@ -102,6 +102,14 @@ def bpb_by_seed(evals: pd.DataFrame) -> dict[tuple[str, str], dict[Any, float]]:
     return out
 
 
+def study_x(trains: pd.DataFrame, models: Sequence[str], x: Optional[str]) -> dict[str, Any]:
+    """Each model's value of the study's varying field `x` (e.g. n_hashes), None where it has none."""
+    from bench.report.labels import plain
+
+    first = trains.drop_duplicates("model").set_index("model")
+    return {m: plain(first.loc[m, x]) if x in first.columns and m in first.index else None for m in models}
+
+
 def memory_column(trains: pd.DataFrame) -> str:
     """The memory figure to plot: the CUDA allocator's peak when recorded, else activation memory."""
     return "peak_alloc_mib" if trains["peak_alloc_mib"].notna().any() else "saved_for_backward_mib"

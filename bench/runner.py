@@ -408,7 +408,7 @@ def run(suite_ref: str | Path, opts: RunOptions, console: Console | None = None)
 def _run_training(path: Path, kind: str, opts: RunOptions, console: Console) -> Path:
     """A training suite (duplication, quality) through the common training runner, then its report
     and the comparison with its reference."""
-    from bench.training.runner import NothingToMeasure, run_plan
+    from bench.training.runner import NothingToMeasure, print_training_summary, run_plan
     from bench.training.suites import training_plan
 
     ignored = [flag for flag, on in (("--retry-failed", opts.retry_failed), ("--only", bool(opts.only)),
@@ -432,6 +432,7 @@ def _run_training(path: Path, kind: str, opts: RunOptions, console: Console) -> 
     except NothingToMeasure as done:
         nothing_measured(console, str(done))
         return done.run_dir
+    print_training_summary(console, plan, run_dir)
     failed = _report_then_compare(run_dir, plan.suite, plan.profile, device, opts, console,
                                   module=f"bench.{kind}.report")
     if failed is not None:

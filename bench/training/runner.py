@@ -252,3 +252,31 @@ def run_plan(plan: TrainingPlan, opts: Any, device: str, console: Optional[Conso
         if logger is not None:
             logger.finish()
     return run_dir, complete
+
+
+def print_training_summary(console: Console, plan: TrainingPlan, run_dir: Path) -> None:
+    """One row per trained model: status, step time, activation memory, and its evaluations'
+    headline figure (bpb or accuracy) per setting; then the count of each status."""
+    from rich.table import Table
+
+    latest = latest_by_point(RunStore(run_dir).records())
+    table = Table(title=f"{plan.suite}: trainings and evaluations")
+    for col in ("model", "seed", "status", "step ms", "activation MiB", "evaluations"):
+        table.add_column(col, overflow="fold")
+    counts: dict[str, int] = {}
+    for rec in latest.values():
+        counts[rec["status"]] = counts.get(rec["status"], 0) + 1
+    for point in plan.trains:
+        rec = latest.get(point.point_id) or {}
+        metrics = rec.get("metrics") or {}
+        evals = []
+        for ev in (e for e in plan.evals if e.train.point_id == point.point_id):
+            er = latest.get(ev.point_id) or {}
+            em = er.get("metrics") or {}
+            head = next((k for k in ("bpb", "accuracy") if em.get(k) is not None), None)
+            evals.append(f"{ev.setting}: {em[head]:.4g} {head}" if head else f"{ev.setting}: {er.get('status', 'not run')}")
+        step, mem = metrics.get("step_ms_median"), metrics.get("saved_for_backward_mib")
+        table.add_row(point.name, str(point.seed), rec.get("status", "not run"),
+                      "-" if step is None else f"{step:.4g}", "-" if mem is None else f"{mem:.3g}", "; ".join(evals))
+    console.print(table)
+    console.print("  ".join(f"{k}: {v}" for k, v in sorted(counts.items())))

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import torch
+from rich.console import Console
 import yaml
 
 import bench.quality.spec as quality_spec
@@ -28,7 +29,7 @@ from bench.runner import RunOptions
 from bench.store import read_records
 from bench.suite import SuiteError
 from bench.training.checkpoint import load_checkpoint
-from bench.training.runner import NothingToMeasure, run_plan
+from bench.training.runner import NothingToMeasure, print_training_summary, run_plan
 from reformer_impl import ReformerLM
 
 from .conftest import REPO_ROOT
@@ -270,6 +271,15 @@ def test_an_oom_model_is_a_row_its_evaluations_are_skipped_once_and_it_is_never_
     skipped = records["eval-lsh-1-s1-as-lsh-8"]
     assert skipped["status"] == "skipped" and skipped["reason"] == "training of 'lsh-1' (seed 1) did not finish (oom)"
     assert records["approx-full-s0"]["status"] == "ok" and records["eval-full-s1-as-lsh-8"]["status"] == "ok"
+
+    console = Console(record=True, width=200)
+    print_training_summary(console, training_plan(load_suite(path), "cpu", corpus=tiny_corpus()), run_dir)
+    cells = [[c.strip() for c in line.split("│")[1:-1]] for line in console.export_text().splitlines()
+             if line.count("│") > 5]
+    rows = {tuple(row[:2]): row for row in cells}
+    assert rows[("lsh-1", "1")][2] == "oom" and rows[("lsh-1", "1")][5] == "as trained: skipped; lsh-8: skipped"
+    assert rows[("full", "0")][2] == "ok" and rows[("full", "0")][5].startswith("as trained: ")
+    assert rows[("full", "0")][5].endswith(" bpb")
 
     n = len(read_records(run_dir / "records.jsonl"))
     run(path, results, run_dir.name, reevaluate=True, train=False)  # evaluates again what it can

@@ -33,7 +33,9 @@ def _is_oom(exc: BaseException) -> bool:
     oom_type = getattr(torch, "OutOfMemoryError", None) if torch is not None else None
     if oom_type is not None and isinstance(exc, oom_type):
         return True
-    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+    # The CPU allocator's failure is a plain RuntimeError: "DefaultCPUAllocator: can't allocate memory".
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
 
 
 def _is_unavailable(exc: BaseException) -> bool:

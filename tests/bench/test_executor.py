@@ -130,6 +130,9 @@ def test_classify_exceptions():
 def test_torch_oom_and_unavailable_workload():
     torch = pytest.importorskip("torch")
     assert classify(torch.OutOfMemoryError("CUDA error"))[0] == "oom"
+    with pytest.raises(RuntimeError) as cpu_failure:  # 1 EiB, beyond any address space: refused at once
+        torch.empty(2**60, dtype=torch.uint8)
+    assert classify(cpu_failure.value)[0] == "oom"
     workloads = pytest.importorskip("bench.workloads")
     assert classify(workloads.WorkloadUnavailable("reformer_pytorch is not installed")) == (
         "skipped", "reformer_pytorch is not installed")

@@ -134,7 +134,7 @@ def test_cli_dispatches_duplication_suites(write_suite, monkeypatch, tmp_path):
     import bench.training.suites as training_suites
 
     calls = {}
-    plan = types.SimpleNamespace(suite="dup", profile="cpu")
+    plan = types.SimpleNamespace(suite="dup", profile="cpu", trains=(), evals=())
 
     def training_plan(path, kind, profile, data=None):
         calls["plan"] = (path, kind, profile, data)

@@ -421,7 +421,7 @@ def _run_training(path: Path, kind: str, opts: RunOptions, console: Console) -> 
         raise RunError("--device cuda: CUDA is not available on this machine")
     profile = resolve_profile(opts.profile, opts.device, has_cuda)
     check_gpu_profile(profile, opts.device, has_cuda)
-    device = "cuda" if opts.device == "auto" and has_cuda else ("cpu" if opts.device == "auto" else opts.device)
+    device = ("cuda" if has_cuda else "cpu") if opts.device == "auto" else opts.device
     try:
         plan = training_plan(path, kind, profile, opts.data)
     except ValueError as exc:  # a bad suite, an unknown profile, a corpus refused: nothing ran

@@ -5,7 +5,6 @@ common training runner (one training point per model and seed, evaluations and a
 from __future__ import annotations
 
 import dataclasses
-import re
 from pathlib import Path
 from typing import Any, Literal, Optional
 
@@ -13,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from bench.quality.data import Corpus, load_corpus
 from bench.quality.task import TextLM
-from bench.suite import NAME_PATTERN, SuiteError, _check_settings
+from bench.suite import NAME_PATTERN, SuiteError, _check_name, _check_settings, _format_errors
 from bench.training.plan import AnalysisPoint, EvalPoint, TrainingPlan, TrainPoint
 from bench.training.settings import TrainSettings
 from reformer_impl import ReformerConfig
@@ -114,8 +113,9 @@ class QualitySuite(BaseModel):
             return raw
         out = {}
         for name, overrides in raw.items():
-            if not isinstance(name, str) or not re.fullmatch(NAME_PATTERN, name):
-                raise ValueError(f"{name!r}: use only letters, digits, '_' and '-'")
+            if not isinstance(name, str):
+                raise ValueError(f"{name!r}: a name must be a string")
+            _check_name("name", name)
             try:
                 out[name] = _model_overrides(overrides)
             except ValueError as exc:
@@ -166,15 +166,6 @@ def resolve_models(suite: QualitySuite, profile: str) -> dict[str, ReformerConfi
     return configs
 
 
-def _format(path: Path, err: ValidationError) -> str:
-    lines = []
-    for e in err.errors():
-        loc = ".".join(str(part) for part in e["loc"]) or "<top>"
-        got = "" if e["type"] == "missing" or e["type"] == "value_error" else f" (got {e['input']!r})"
-        lines.append(f"  {loc}: {e['msg'].removeprefix('Value error, ')}{got}")
-    return f"{path}: invalid quality suite\n" + "\n".join(lines)
-
-
 def load_suite(path: Path) -> QualitySuite:
     """Parse and validate the YAML; any problem is a SuiteError naming the field and value."""
     from bench.suite import read_yaml
@@ -184,7 +175,7 @@ def load_suite(path: Path) -> QualitySuite:
     try:
         return QualitySuite.model_validate(raw)
     except ValidationError as err:
-        raise SuiteError(_format(path, err)) from None
+        raise SuiteError(_format_errors(path, err)) from None
 
 
 def _approximation(spec: ApproximationSpec, corpus: Corpus, seq_len: int):

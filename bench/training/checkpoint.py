@@ -37,13 +37,13 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return payload
 
 
-def checkpoint_is_finished(path: Path) -> bool:
-    return path.exists() and bool(load_checkpoint(path).get("finished"))
-
-
-def checkpoint_step(path: Path) -> int:
-    """The step a checkpoint reached (0 when there is none)."""
-    return int(load_checkpoint(path)["step"]) if path.exists() else 0
+def checkpoint_progress(path: Path) -> tuple[int, bool]:
+    """(the step a checkpoint reached, whether training finished); (0, False) when there is none.
+    One read of the file, whatever the caller needs of it."""
+    if not path.exists():
+        return 0, False
+    payload = load_checkpoint(path)
+    return int(payload["step"]), bool(payload.get("finished"))
 
 
 def check_identity(path: Path, payload: dict[str, Any], expected: dict[str, Any]) -> None:

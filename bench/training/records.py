@@ -5,7 +5,7 @@ import datetime as _dt
 from dataclasses import asdict, fields
 from typing import Any, Optional
 
-from bench.grid import LSH_ONLY
+from bench.grid import canonical_model as grid_canonical_model
 from bench.point import GridPoint
 from bench.store import jsonable
 from bench.training.loop import TrainOutcome, step_ms_summary
@@ -22,14 +22,10 @@ CONTRACT_METRICS = (
 
 
 def canonical_model(cfg: ReformerConfig) -> dict[str, Any]:
-    """ReformerConfig fields that can matter for this config (LSH-only ones dropped otherwise;
-    `local` attention keeps chunk_len, the only one it reads)."""
+    """ReformerConfig fields that can matter for this config, by the grid's rule
+    (`bench.grid.canonical_model`); a training record always names its residual structure."""
     d = asdict(cfg)
-    if cfg.attention != "lsh":
-        for key in LSH_ONLY:
-            if not (cfg.attention == "local" and key == "chunk_len"):
-                d.pop(key)
-    return d
+    return {**grid_canonical_model(d, tuple(d)), "residual": cfg.residual}
 
 
 def _params(plan: TrainingPlan, train: TrainPoint, cfg: ReformerConfig, device: str, batch_size: int,

@@ -14,7 +14,7 @@ from rich.console import Console
 
 from bench import load
 from bench.store import RunLock, RunStore, latest_by_point, load_run_json, now_iso
-from bench.training.checkpoint import CheckpointMismatch, checkpoint_is_finished, checkpoint_step, reset_hash_generators
+from bench.training.checkpoint import CheckpointMismatch, checkpoint_progress, reset_hash_generators
 from bench.training.loop import activation_mib, load_trained, train_model
 from bench.training.plan import AnalysisPoint, EvalPoint, TrainingPlan, TrainPoint, resume_spec
 from bench.training.records import analysis_record, eval_record, train_record
@@ -91,12 +91,11 @@ class TrainingRun:
             raise NothingToMeasure(self.run_dir, len(plan.planned_ids()))
         trained: dict[str, str] = {}  # train point id -> why it cannot be evaluated ("" when it can)
         for point in plan.trains:
-            ckpt = checkpoint_path(self.run_dir, point)
-            finished = checkpoint_is_finished(ckpt)
+            step, finished = checkpoint_progress(checkpoint_path(self.run_dir, point))
             if (finished and point.point_id in done) or not self.train or point.point_id in final:
                 trained[point.point_id] = "" if finished else self._why_not(latest.get(point.point_id), point)
                 continue
-            state = self._train_one(point)
+            state = self._train_one(point, step)
             if state == "stopped":
                 return False
             trained[point.point_id] = "" if state == "finished" else self._why_not(None, point, state)
@@ -119,7 +118,8 @@ class TrainingRun:
         if why:
             if (self.latest.get(point.point_id) or {}).get("reason") == why:
                 return  # already recorded as skipped for this reason
-            record = (eval_record(self.plan, self.run_id, point, self.device, None, "skipped", why, 0.0, 1)
+            record = (eval_record(self.plan, self.run_id, point, self.device, None, "skipped", why, 0.0,
+                                  self.plan.task.eval_batch_size)
                       if isinstance(point, EvalPoint) else
                       analysis_record(self.plan, self.run_id, point, self.device, None, "skipped", why, 0.0))
             self.append(record)
@@ -127,12 +127,11 @@ class TrainingRun:
         work(point)
 
     # ------------------------------------------------------------ one point of each kind
-    def _train_one(self, point: TrainPoint) -> str:
-        """Train or resume one model; its record is appended when it finishes or fails.
-        Returns 'finished', 'stopped' (time budget, checkpoint saved), 'oom' or 'error'."""
+    def _train_one(self, point: TrainPoint, step: int) -> str:
+        """Train or resume (from its checkpoint, at `step`) one model; its record is appended when it
+        finishes or fails. Returns 'finished', 'stopped' (time budget, checkpoint saved), 'oom' or 'error'."""
         ckpt = checkpoint_path(self.run_dir, point)
         steps = point.settings.steps
-        step = checkpoint_step(ckpt)
         self.say(f"resuming {point.point_id} at step {step} of {steps}" if step
                  else f"train {point.point_id} ({steps} steps)")
         t0 = time.perf_counter()
@@ -184,9 +183,8 @@ class TrainingRun:
             status, reason = "ok", None
         except Exception as err:  # noqa: BLE001
             metrics, (status, reason) = None, classify(err)
-        batch = getattr(self.plan.task, "eval_batch_size", 1)
         self.append(eval_record(self.plan, self.run_id, ev, self.device, metrics, status, reason,
-                                time.perf_counter() - t0, batch))
+                                time.perf_counter() - t0, self.plan.task.eval_batch_size))
         head = next(iter(metrics.items())) if metrics else ("", "")
         self.say(f"eval {ev.point_id}: {status} {reason or f'{head[0]} {head[1]:.4g}'}")
 

@@ -38,6 +38,7 @@ class TrainingTask(Protocol):
 
     workload: str  # the records' params.workload
     seq_len: int
+    eval_batch_size: int  # sequences per evaluation batch (the evaluation records' batch_size)
 
     def identity(self) -> dict[str, Any]: ...
     def params(self) -> dict[str, Any]: ...

@@ -96,11 +96,7 @@ def by_point(run_dir: Path) -> dict[str, dict[str, Any]]:
     return {r["point_id"]: r for r in records}
 
 
-@pytest.fixture(autouse=True)
-def keep_threads():
-    threads = torch.get_num_threads()  # a run sets the suite's thread count in this process
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("torch_threads_restored")
 
 
 # ---------------------------------------------------------------- the shipped suite

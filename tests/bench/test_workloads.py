@@ -30,12 +30,7 @@ def point(attention="lsh", seq_len=64, workload="attention", impl="ours", **mode
     return GridPoint("test", workload, "cpu", "float32", 2, seq_len, fields, impl=impl, repeats=2, warmup=1)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_measure_attention_point_follows_the_record_contract():

@@ -37,11 +37,7 @@ TINY = {
 }
 
 
-@pytest.fixture(autouse=True)
-def keep_threads():
-    threads = torch.get_num_threads()  # the run sets the suite's thread count in this process
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("torch_threads_restored")
 
 
 def records(run_dir: Path) -> list[dict]:

@@ -18,12 +18,7 @@ TASK = DuplicationTask(half_len=8, n_symbols=6)
 TRAINING = DuplicationTraining(TASK, EvalSettings(seed=1, batches=1, batch_size=4))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_config(**changes) -> ReformerConfig:

@@ -15,12 +15,7 @@ from .toy import Crash, PreviousToken, crash_at, same_weights, settings, toy_con
 TASK = PreviousToken()
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the same reductions in every run of a test: bitwise comparisons hold
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def curve_of(outcome) -> list[tuple]:

@@ -22,6 +22,14 @@ def write_suite(tmp_path: Path) -> Callable[..., Path]:
     return write
 
 
+def lsh_point(seq_len: int, device: str = "cpu"):
+    """One LSH attention point of the memory suite: what the cluster executors' tests hand out."""
+    from bench.point import GridPoint
+
+    return GridPoint(suite="memory", workload="attention", device=device, dtype="float32", batch_size=1,
+                     seq_len=seq_len, model={"attention": "lsh", "n_hashes": 2}, studies=("memory",))
+
+
 def small_suite(**changes: Any) -> dict[str, Any]:
     """A valid two-study suite to start each validation test from."""
     spec: dict[str, Any] = {

@@ -23,6 +23,7 @@ import pytest
 from bench.executors.ray_executor import RayExecutor, failure_record
 from bench.point import GridPoint
 from bench.store import RunStore, read_records
+from tests.bench.conftest import lsh_point as point
 
 pytest.importorskip("ray")
 
@@ -31,11 +32,6 @@ RAY = str(Path(sys.executable).parent / "ray")
 RAISES, CRASHES = 13, 17  # seq_len values that make the stub raise / kill its worker
 CPUS = 2
 MARK = "REFORMER_BENCH_TEST_RAY"  # in the environment of the test cluster's processes only
-
-
-def point(seq_len: int, device: str = "cpu") -> GridPoint:
-    return GridPoint(suite="memory", workload="attention", device=device, dtype="float32", batch_size=1,
-                     seq_len=seq_len, model={"attention": "lsh", "n_hashes": 2}, studies=("memory",))
 
 
 def stub_run_point(point, timeout_s, memory_limit_mib=None):

@@ -12,19 +12,13 @@ import pytest
 
 from bench.cli import build_parser
 from bench.executors.submitit_executor import JOB_GRACE_S, SubmititExecutor, slurm_options
-from bench.point import GridPoint
 from bench.runner import RunOptions, make_executor
 from bench.store import read_records
-from tests.bench.conftest import small_suite
+from tests.bench.conftest import lsh_point as point, small_suite
 
 submitit = pytest.importorskip("submitit")
 REPO_ROOT = Path(__file__).resolve().parents[2]
 RAISES = 13
-
-
-def point(seq_len: int, device: str = "cpu") -> GridPoint:
-    return GridPoint(suite="memory", workload="attention", device=device, dtype="float32", batch_size=1,
-                     seq_len=seq_len, model={"attention": "lsh", "n_hashes": 2}, studies=("memory",))
 
 
 def stub_run_point(point, timeout_s, memory_limit_mib=None):

@@ -82,8 +82,53 @@ def _nvml_driver() -> str | None:
         return None
 
 
-def capture_environment(device: str = "cpu") -> dict[str, Any]:
-    """A JSON-ready description of this machine and checkout, captured once per run."""
+# Dense matmul calibration: square fp32 on CPU, bf16 and fp32 on CUDA; the best of a few timed
+# products (the machine's attainable rate, as a roofline's peak), a second or so per dtype.
+CALIBRATION = {"cpu": (("float32", 1024),), "cuda": (("bfloat16", 8192), ("float32", 8192))}
+CALIBRATION_REPEATS = 5
+CALIBRATE_ENV = "BENCH_CALIBRATE"  # set to 0 to skip the calibration
+
+
+def matmul_gflops(device: str, dtype_name: str, size: int, repeats: int = CALIBRATION_REPEATS) -> float:
+    """The best rate over `repeats` timed size x size products (2 size^3 FLOPs each), in GFLOP/s."""
+    import time
+
+    import torch
+
+    dtype = getattr(torch, dtype_name)
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(size, size, generator=gen).to(device, dtype)
+    b = torch.randn(size, size, generator=gen).to(device, dtype)
+    cuda = device.startswith("cuda")
+    torch.mm(a, b)  # warm-up: threads, kernels, allocator
+    best = float("inf")
+    for _ in range(repeats):
+        if cuda:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        torch.mm(a, b)
+        if cuda:
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    return 2.0 * size**3 / best / 1e9
+
+
+def calibrate(device: str) -> dict[str, Any]:
+    """environment fields: `matmul_gflops` {dtype: GFLOP/s}, how it was measured, and the load."""
+    from bench.load import load_record, process_cpu_s, snapshot
+
+    kind = "cuda" if device.startswith("cuda") else "cpu"
+    before, own = snapshot(), process_cpu_s()
+    rates = {name: round(matmul_gflops(device, name, size), 2) for name, size in CALIBRATION[kind]}
+    load = load_record(before, snapshot(), own_cpu_s=process_cpu_s() - own)
+    return {"matmul_gflops": rates,
+            "matmul_calibration": {"sizes": {n: s for n, s in CALIBRATION[kind]}, "repeats": CALIBRATION_REPEATS,
+                                   "statistic": "best", **load}}
+
+
+def capture_environment(device: str = "cpu", calibrate_matmul: bool | None = None) -> dict[str, Any]:
+    """A JSON-ready description of this machine and checkout, captured once per run; with the dense
+    matmul calibration (default unless $BENCH_CALIBRATE=0) that % of peak is measured against."""
     import torch
 
     env: dict[str, Any] = {
@@ -104,4 +149,11 @@ def capture_environment(device: str = "cpu") -> dict[str, Any]:
         env["driver"] = _nvml_driver()
         env["gpu_memory_mib"] = torch.cuda.get_device_properties(0).total_memory // 2**20
     env.update(git_info())
+    if calibrate_matmul is None:
+        calibrate_matmul = os.environ.get(CALIBRATE_ENV, "1").strip() not in ("0", "false", "no")
+    if calibrate_matmul and (device == "cpu" or (device.startswith("cuda") and torch.cuda.is_available())):
+        try:
+            env.update(calibrate(device))
+        except Exception as exc:  # a calibration never stops a run; the report then has no % of peak
+            env["matmul_calibration"] = {"error": f"{type(exc).__name__}: {exc}"}
     return env

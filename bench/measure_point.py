@@ -8,18 +8,23 @@ from __future__ import annotations
 
 import dataclasses
 import gc
-from typing import Any
+import os
+from typing import Any, Sequence
 
 import torch
 
 from bench import measure as m
 from bench import nvml
+from bench import flops
 from bench.complexity import table3_terms
 from bench.point import GridPoint
 from bench.workloads import Workload, build_workload
 
 POINT_PARAMS = ("workload", "impl", "device", "dtype", "batch_size", "seq_len")
 ALL_PHASES = m.PHASES
+# Set (to 1) to record the stage times of one extra profiled iteration at every timed point; a
+# GridPoint field `breakdown` (suite key or --breakdown) does the same per point.
+BREAKDOWN_ENV = "BENCH_BREAKDOWN"
 
 
 def flat_params(point: GridPoint) -> dict[str, Any]:
@@ -72,13 +77,47 @@ def prime(point: GridPoint) -> bool:
     return True
 
 
-def measure(point: GridPoint, *, timing: bool = True) -> dict[str, Any]:
+def wants_breakdown(point: GridPoint, breakdown: bool | None = None) -> bool:
+    """Whether to profile one extra iteration: the argument, else the point's `breakdown` field, else
+    $BENCH_BREAKDOWN."""
+    if breakdown is not None:
+        return breakdown
+    if getattr(point, "breakdown", None) is not None:
+        return bool(getattr(point, "breakdown"))
+    return os.environ.get(BREAKDOWN_ENV, "").strip() not in ("", "0", "false", "no")
+
+
+def stage_names() -> Sequence[str] | None:
+    """reformer_impl's public stage range names, or None (then every user-annotated range counts)."""
+    import reformer_impl
+
+    names = getattr(reformer_impl, "STAGES", None)
+    return tuple(names) if names else None
+
+
+def size_metrics(point: GridPoint, params: dict[str, Any], workload: Workload,
+                 described: dict[str, Any]) -> dict[str, Any]:
+    """n_params of the module measured, input bytes, and (our models) the analytic FLOPs of fwd + bwd."""
+    out: dict[str, Any] = {"n_params": sum(p.numel() for p in workload.module.parameters()),
+                           "input_bytes": None, "flops_fwd_bwd": None}
+    if point.impl == "ours" or point.workload == "attention":
+        try:
+            out["input_bytes"] = flops.input_bytes(params)
+            out["flops_fwd_bwd"] = flops.flop_count(params, described).total
+        except ValueError:
+            pass
+    return out
+
+
+def measure(point: GridPoint, *, timing: bool = True, breakdown: bool | None = None) -> dict[str, Any]:
     """Measure one point: prime, baseline RSS, build, warm-up, `repeats` timed iterations (GPU
-    state read before and after them), one forward under saved-tensor hooks, then one untimed
-    iteration between memory-peak resets with NVML sampled during it (last, because it changes how
-    glibc allocates). `timing=False` (the point's extra memory processes) skips the timed
-    iterations. Returns {params, effective, metrics}."""
+    state read before and after them), with `breakdown` one more iteration under torch.profiler
+    for its stage times, one forward under saved-tensor hooks, then one untimed iteration between
+    memory-peak resets with NVML sampled during it (last, because it changes how glibc allocates).
+    `timing=False` (the point's extra memory processes) skips the timed iterations (and the
+    breakdown). Returns {params, effective, metrics}."""
     params = flat_params(point)
+    profiled = timing and wants_breakdown(point, breakdown)
     primed = prime(point)
     reader = m.open_nvml(point.device)  # after prime: NVML sees this process once it has a context
     try:
@@ -88,6 +127,8 @@ def measure(point: GridPoint, *, timing: bool = True) -> dict[str, Any]:
             state_start = reader.state() if reader is not None else None
             stats = m.time_phases(workload.iteration, point.device, repeats=point.repeats, warmup=point.warmup)
             state_end = reader.state() if reader is not None else None
+            stages = (m.profile_stages(lambda: m.run_untimed(workload.iteration, point.device, 1), point.device,
+                                       stage_names()) if profiled else None)
         else:
             m.run_untimed(workload.iteration, point.device, point.warmup)
         saved = saved_for_backward_mib(workload)
@@ -97,17 +138,21 @@ def measure(point: GridPoint, *, timing: bool = True) -> dict[str, Any]:
             reader.close()
 
     terms = predicted_terms(params)
+    described = workload.effective()
     metrics: dict[str, Any] = {
         **memory.as_metrics(),
         "saved_for_backward_mib": saved,
         "predicted_memory_term": terms["predicted_memory_term"],
         "predicted_time_term": terms["predicted_time_term"],
+        **size_metrics(point, params, workload, described),
     }
     if timing:
         metrics.update(m.phase_metrics(stats, ALL_PHASES))
+        if stages is not None:
+            metrics.update(stages.as_metrics())
         metrics.update(nvml.state_metrics(state_start, state_end))  # all null on CPU
     effective = {
-        **workload.effective(),
+        **described,
         "table3_row": terms["table3_row"],
         "phases": list(workload.phases),
         "rss_peak_scope": memory.rss_peak_scope,

@@ -21,7 +21,10 @@ METRIC_NAMES = (
     *MEMORY_METRICS, *SPREAD_METRICS, "memory_processes",
     *(n for n in NVML_METRICS if n not in MEMORY_METRICS),
     "predicted_memory_term", "predicted_time_term",
+    "n_params", "input_bytes", "flops_fwd_bwd",
 )
+# With a stage breakdown a timed point also carries `stage_ms.<range name>`, `stage_ms.other` and
+# `stage_total_ms` (bench.measure.StageTimes).
 
 
 def combine_processes(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:

@@ -1,5 +1,6 @@
 """Each series' growth exponent next to Table 3's: fitted on the largest sizes (where the leading
-term dominates), with R^2 and the number of points, and every gap over GAP_LIMIT explained. Pure."""
+term dominates), with R^2 and the number of points, and every gap over GAP_LIMIT explained by a
+figure of the same run, or called unexplained (bench.report.explain). Pure."""
 from __future__ import annotations
 
 from typing import Any, Mapping, Optional, Sequence
@@ -7,10 +8,10 @@ from typing import Any, Mapping, Optional, Sequence
 import pandas as pd
 
 from bench.complexity import fit_offset_power, fit_tail, is_power_law_axis, predicted_exponent
+from bench.report.explain import GAP_LIMIT, explain_gap
 from bench.report.frames import MEMORY_METRICS, TIME_METRICS, StudyView, series_label
 from bench.report.labels import plain
 
-GAP_LIMIT = 0.15
 # Axes along which Table 3's terms are power laws (ff_chunks only switches a row on or off).
 POWER_AXES = ("seq_len", "n_layers", "n_hashes", "d_ff", "d_model", "batch_size", "chunk_len")
 COLUMNS = ["study", "series", "metric", "x", "fit_range", "n", "measured_slope", "r2", "predicted_slope",
@@ -65,50 +66,8 @@ def fit_row(view: StudyView, label: str, group: pd.DataFrame, metric: str) -> Op
         "offset_fit_p": None if offset_p is None else round(offset_p, 3) + 0.0,
         "table3_row": row_name,
     }
-    under = group.loc[tail.index].get("under_load")
-    n_loaded = int(under.fillna(False).astype(bool).sum()) if under is not None else 0
-    out["explanation"] = explain(out, dict(group.iloc[0]), n_loaded) if flagged or fit.r2 is None else ""
+    fitted = group.loc[tail.index]
+    out["explanation"] = (explain_gap(fitted, view.x, metric, fit.slope, predicted, two_points=fit.r2 is None)
+                          if flagged or fit.r2 is None else "")
     return out
 
-
-def explain(row: Mapping[str, Any], params: Mapping[str, Any], n_loaded: int = 0) -> str:
-    """Why a measured exponent differs from Table 3's, from what the point is and what was measured."""
-    metric, measured, predicted = row["metric"], row["measured_slope"], row["predicted_slope"]
-    attention, workload = params.get("attention"), params.get("workload")
-    reasons: list[str] = []
-    if row["r2"] == "too few points":
-        reasons.append("only two sizes: the slope is a two-point ratio, no fit quality can be given")
-    if predicted is None:
-        return "; ".join(reasons) or "Table 3 has no term for this point"
-    below = measured < predicted
-    reversible = bool(plain(params.get("reversible"))) and workload == "model"
-    if metric == "saved_for_backward_mib" and reversible and below:
-        reasons.append("reversible layers save only one layer's output and recompute attention and "
-                       "feed-forward in the backward pass; Table 3's term is the transient peak, which "
-                       "saved bytes do not see")
-    elif attention == "sdpa" and metric in MEMORY_METRICS and below:
-        reasons.append("the fused SDPA kernel never holds the L x L matrix, so its memory grows "
-                       "linearly; Table 3 describes naive attention")
-    elif metric in MEMORY_METRICS and below:
-        reasons.append("measured memory also holds terms Table 3 leaves out (weights, inputs, "
-                       "projections, allocator slack) that grow slower and still weigh at these sizes")
-    elif metric in MEMORY_METRICS and row["x"] == "n_hashes" and plain(params.get("dup_correction")) is not False:
-        reasons.append("LSH's duplicate-count correction (paper eq. 16) compares each round's windows with "
-                       "the other rounds: a transient of (n_r - 1) n_r l c booleans, quadratic in the "
-                       "rounds, that the peak sees and the saved bytes do not")
-    elif metric in MEMORY_METRICS:
-        reasons.append("memory grows faster than Table 3's leading term: allocator rounding or "
-                       "buffers that scale with a second axis (e.g. LSH buckets with length)")
-    elif metric in TIME_METRICS and below:
-        reasons.append("time includes per-call overheads (Python, kernel launches, hashing and "
-                       "sorting set-up) that do not grow with the size; Table 3 counts operations")
-    elif metric in TIME_METRICS:
-        reasons.append("time grows faster than the operation count once tensors outgrow the CPU "
-                       "caches (memory bandwidth), or under load")
-    p = row.get("offset_fit_p")
-    if p is not None and abs(p - predicted) <= GAP_LIMIT:
-        reasons.append(f"a + b*x^p over all points gives p = {p:.2f}, close to the prediction: a "
-                       f"constant term accounts for the gap")
-    if n_loaded:
-        reasons.append(f"{n_loaded} of the fitted points were measured under load")
-    return "; ".join(reasons)

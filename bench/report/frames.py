@@ -305,6 +305,8 @@ def study_table(view: StudyView) -> pd.DataFrame:
         metrics.append(m)
         if m.endswith("_ms_median"):
             metrics += [m.replace("_median", "_q25"), m.replace("_median", "_q75")]
+            if m == "step_ms_median":
+                metrics += ["gflop", "achieved_gflops", "pct_of_peak"]
         else:
             metrics += [f"{m}_min", f"{m}_max"]
     metrics += ["under_load"]

@@ -65,6 +65,17 @@ LABELS: dict[str, str] = {
     "eval_windows": "evaluated windows", "approximation_rows": "approximation rows",
 }
 # Spread columns (`m_min`, `m_max`) are labelled from their metric.
+LABELS.update({
+    # sizes and rates (bench.flops, bench.report.derived)
+    "input_bytes": "bytes of the step's inputs", "flops_fwd_bwd": "analytic FLOPs of forward + backward",
+    "state_mib": "weights + gradients + optimizer state (MiB)", "input_mib": "inputs (MiB)",
+    "gflop": "analytic GFLOP of forward + backward", "achieved_gflops": "achieved rate (GFLOP/s)",
+    "pct_of_peak": "share of the measured matmul rate (%)",
+    "stage_total_ms": "profiled step, wall time (ms)",
+})
+# Stage columns of a profiled step, one per record_function range name.
+PREFIX_LABELS = {"stage_ms.": ("time in stage {} of the profiled step (ms)"),
+                 "stage_share.": ("share of stage {} in the profiled step")}
 SPREAD_SUFFIXES = {"_min": "lowest over processes", "_max": "highest over processes"}
 
 VALUE_LABELS: dict[str, dict[Any, str]] = {
@@ -81,6 +92,9 @@ def label(column: str) -> str:
     """The label of a record column, with its unit; the column name itself when it has none."""
     if column in LABELS:
         return LABELS[column]
+    for prefix, text in PREFIX_LABELS.items():
+        if column.startswith(prefix):
+            return text.format(column.removeprefix(prefix))
     for suffix, words in SPREAD_SUFFIXES.items():
         base = column.removesuffix(suffix)
         if column.endswith(suffix) and base in LABELS:
@@ -91,7 +105,7 @@ def label(column: str) -> str:
 
 def has_label(column: str) -> bool:
     """Whether the table (or a spread suffix on a column it holds) labels `column`."""
-    return column in LABELS or any(column.endswith(sfx) and column.removesuffix(sfx) in LABELS
+    return column in LABELS or column.startswith(tuple(PREFIX_LABELS)) or any(column.endswith(sfx) and column.removesuffix(sfx) in LABELS
                                    for sfx in SPREAD_SUFFIXES)
 
 

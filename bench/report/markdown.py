@@ -8,8 +8,12 @@ from pathlib import Path
 import pandas as pd
 
 from bench.environment import REPO_ROOT, portable_path
+from bench.report.answer_figures import plot_crossovers, plot_stages
+from bench.report.crossover import crossover_table, study_pairs
+from bench.report.derived import add_derived
 from bench.report.exponents import GAP_LIMIT, exponent_table
 from bench.report.figures import plot_metric
+from bench.report.findings import findings_markdown, grid_findings
 from bench.report.frames import (
     Run, load_run, load_summary, ok_frame, status_counts, status_frame, study_names, study_table, study_view,
 )
@@ -32,7 +36,17 @@ EXPONENT_NOTE = (
     "leading terms: at small sizes weights, inputs and other lower-order terms weigh too, which is why "
     "the fit uses the largest sizes. `offset_fit_p` is p in a + b*x^p fitted over all points (4 or "
     "more sizes), the growth once a constant is set apart. A two-point slope has no R^2 (`too few "
-    f"points`). `GAP`: |measured - predicted| > {GAP_LIMIT}, explained in the last column."
+    f"points`). `GAP`: |measured - predicted| > {GAP_LIMIT}. A gap is explained only by a figure of this run "
+    "(weights + gradients + optimizer state from n_params, the transient peak minus saved bytes, the analytic "
+    "FLOP count against the achieved rate, a stage of the profiled step, the load record), else it says "
+    "\"unexplained\"."
+)
+CROSSOVER_NOTE = (
+    "For every pair of series sharing the length axis (LSH or local attention against each dense kind; ours "
+    "against each peer), the ratio a / b per common length on time and on each memory figure. Where it passes "
+    "1 the two measured lengths are given with a log-log interpolated estimate; where it never does, the "
+    "measured span. A crossing next to a point measured under load, or where a ratio lies within the two "
+    "points' spreads (time: interquartile range; memory: min-max over processes), says so."
 )
 
 
@@ -46,8 +60,8 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "study"
 
 
-def header_markdown(run: Run, run_dir: Path) -> str:
-    """Title, environment and the commands that reproduce the run and this report."""
+def header_markdown(run: Run, run_dir: Path, findings: str = "") -> str:
+    """Title, the findings, environment and the commands that reproduce the run and this report."""
     meta, env = run.meta, run.environment
     suite = meta.get("suite") or (run.records[0].get("suite") if run.records else "?")
     run_id = meta.get("run_id") or run_dir.name
@@ -74,6 +88,7 @@ def header_markdown(run: Run, run_dir: Path) -> str:
     return "\n".join([
         f"# Report: suite `{suite}`, run `{run_id}`", "",
         str((meta.get("suite_spec") or {}).get("description") or "").strip(), "",
+        findings,
         "## Environment", "", md(table), "",
         "## Reproduce", "", "```", f"{checkout}{again}", "```", "",
         MEMORY_NOTE, "",
@@ -114,14 +129,14 @@ def write_report(run_dir: Path) -> Path:
     for old in plots.glob("*.png") if plots.exists() else ():
         old.unlink()
 
-    df = ok_frame(run.records)
+    df = add_derived(ok_frame(run.records), run.environment)
     counts, failed = status_counts(run.records), status_frame(run.records)
     df.to_csv(tables / "records.csv", index=False)
     counts.to_csv(tables / "status.csv", index=False)
     failed.to_csv(tables / "not_ok.csv", index=False)
     loaded, known = load_summary(run.records)
 
-    parts = [header_markdown(run, run_dir), "## Status", "", md(counts), "", load_line(loaded, known, len(df)), ""]
+    parts = ["## Status", "", md(counts), "", load_line(loaded, known, len(df)), ""]
     if not failed.empty:
         parts += ["Points that did not finish ok:", "", md(failed), ""]
 
@@ -133,6 +148,10 @@ def write_report(run_dir: Path) -> Path:
             views.append(view)
     exps = exponent_table(views)
     exps.to_csv(tables / "exponents.csv", index=False)
+    cross = crossover_table(views)
+    cross.drop(columns=["a_key", "b_key"]).to_csv(tables / "crossovers.csv", index=False)
+    findings = grid_findings(views, exps, cross, run.environment, run.device)
+    parts.insert(0, header_markdown(run, run_dir, findings_markdown(findings)))
 
     for name in study_names(run):
         view = next((v for v in views if v.name == name), None)
@@ -148,7 +167,14 @@ def write_report(run_dir: Path) -> Path:
             fig = plot_metric(view, metric, plots / f"{slug(name)}__{slug(metric)}.png", run.environment,
                               run.device, exps)
             parts += [f"![{name}: {metric}](plots/{fig.path.name})", "", f"_{fig.caption}_", ""]
+        extra = [plot_crossovers(view, study_pairs(view), plots / f"{slug(name)}__crossover.png"),
+                 plot_stages(view, plots / f"{slug(name)}__stages.png")]
+        for fig in (f for f in extra if f is not None):
+            parts += [f"![{name}: {fig.path.stem.split('__')[-1]}](plots/{fig.path.name})", "", f"_{fig.caption}_", ""]
 
+    if not cross.empty:
+        shown = cross[["study", "metric", "a", "b", "finding"]]
+        parts += ["## Crossover lengths", "", CROSSOVER_NOTE, "", md(shown), ""]
     flagged = exps[exps["flag"] == "GAP"] if not exps.empty else exps
     parts += [
         "## Fitted growth exponents vs Table 3", "", EXPONENT_NOTE, "",
@@ -156,7 +182,7 @@ def write_report(run_dir: Path) -> Path:
         f"### Gaps over {GAP_LIMIT} ({len(flagged)})", "",
     ]
     parts += [f"- `{r.study}` {r.series}, `{r.metric}`: measured {r.measured_slope:.2f} vs Table 3 "
-              f"{r.predicted_slope:.2f}. {r.explanation}." for r in flagged.itertuples()] or ["_none_"]
+              f"{r.predicted_slope:.2f}. {r.explanation[:1].upper() + r.explanation[1:]}." for r in flagged.itertuples()] or ["_none_"]
     parts.append("")
     out = run_dir / "report.md"
     out.write_text("\n".join(parts))

@@ -8,8 +8,11 @@ into n_buckets / 2 directions, n_buckets = 2 * L_padded / chunk_len by default: 
 feed-forward (two d_model x d_ff products) and the LM head. Backward: 2x the forward of every
 differentiable product (the input and the weight gradient); hashing has none. Reversible layers
 recompute attention and feed-forward (not the hash: buckets are replayed) in the backward; a
-checkpointed feed-forward chunk (ff_chunks > 1, not reversible) recomputes the feed-forward.
-Left out: softmax, norms, masks, sorting, gathers and the optimizer (linear in parameters).
+checkpointed feed-forward chunk (ff_chunks > 1, not reversible) recomputes its first product (torch's
+non-reentrant checkpoint stops there). Left out: softmax, norms, masks, sorting, gathers and the
+optimizer (linear in parameters). LSH and local attention count each query's 2 * chunk_len keys, the
+algorithm's work; our kernel also runs the windows of each round's repeated look-back chunk, (C + 1) / C
+of it for C chunks per round, which the count leaves out.
 """
 from __future__ import annotations
 
@@ -109,8 +112,8 @@ def flop_count(params: Mapping[str, Any], effective: Optional[Mapping[str, Any]]
     reversible = bool(_get(params, "reversible")) and _get(params, "residual") == "two_stream"
     if reversible:
         recompute = {k: v * n_l for k, v in per_layer.items()}
-    elif int(_get(params, "ff_chunks")) > 1:
-        recompute = {"feed_forward": ff * n_l}
+    elif int(_get(params, "ff_chunks")) > 1:  # the checkpoint stops once w2's input is rebuilt: w1 only
+        recompute = {"feed_forward": ff / 2 * n_l}
     else:
         recompute = {}
     return FlopCount(forward=fwd, backward=bwd, recompute=recompute)

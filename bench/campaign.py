@@ -167,7 +167,8 @@ def run_campaign(suites: Sequence[str], profile: str, results_root: Path, slice_
                  console: Console, base_opts: Any = None) -> int:
     """Run one slice: each suite in order with what is left of `slice_s` as its time budget; then
     print what remains. Returns the number of items left (0: the campaign is complete)."""
-    from bench.runner import RunOptions, run
+    from bench.lifecycle import run_suite
+    from bench.options import RunOptions
 
     opts = base_opts or RunOptions(profile=profile, results_root=results_root)
     deadline = time.monotonic() + slice_s
@@ -181,7 +182,7 @@ def run_campaign(suites: Sequence[str], profile: str, results_root: Path, slice_
             console.print(f"[yellow]slice spent before {name}[/]")
             break
         console.print(f"[bold]{name}[/]: {len(work.items)} item(s) left, {left:.0f} s of this slice")
-        run(name, replace(opts, time_budget_s=left), console)
+        run_suite(name, replace(opts, time_budget_s=left), console)
     works = [survey_suite(s, profile, results_root) for s in suites]
     left = print_remaining(works, console, profile)
     if left:

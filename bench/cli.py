@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import math
 import signal
 import threading
@@ -13,8 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from bench.executors.base import ClusterLost, ExecutorError
-from bench.runner import ReportFailed, RunError, RunOptions, Terminated, raise_terminated, run
-from bench.training.suites import TRAINING_KINDS
+from bench.options import ReportFailed, RunError, RunOptions, Terminated, raise_terminated
 from bench.reference import promote
 from bench.store import StoreError, is_reference, load_run_json
 from bench.suite import DEFAULT_MAX_POINTS, PROFILES, SUITES_DIR, SuiteError, load_suite, resolve_suite_path, suite_kind
@@ -154,8 +154,11 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
         raise RunError(f"--memory-limit-mib {limit:g}: must be a positive number of MiB")
     if threading.current_thread() is threading.main_thread():  # signals reach the main thread only
         signal.signal(signal.SIGTERM, raise_terminated)  # handled like Ctrl-C: worker killed, exit 143
+    # Imported here: a run pays for torch and the plans; `list`, `report` and `--help` do not.
+    from bench.lifecycle import run_suite
+
     try:
-        run(args.suite, opts, console)
+        run_suite(args.suite, opts, console)
     except ReportFailed as exc:  # the records are complete; the command still fails
         _error(str(exc))
         return 1
@@ -163,6 +166,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_campaign(args: argparse.Namespace, console: Console) -> int:
+    # Imported here: a campaign plans every kind (torch); the other commands do not need it.
     from bench.campaign import SUITES, dry_run, run_campaign
 
     if not 0 < args.slice_s <= 540:
@@ -228,17 +232,16 @@ def cmd_report(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+# Each kind's report module (its `write_report(run_dir)`), imported by name when a report is written.
+REPORTS = {"grid": "bench.report", "capacity": "bench.capacity.report", "duplication": "bench.duplication.report",
+           "quality": "bench.quality.report"}
+
+
 def _write_report(run_dir: Path) -> Path:
     kind = _run_kind(run_dir)
-    if kind == "capacity":
-        from bench.capacity.report import write_report as write
-    elif kind == "duplication":
-        from bench.duplication.report import write_report as write
-    elif kind == "quality":
-        from bench.quality.report import write_report as write
-    else:
-        from bench.report import write_report as write
-    return write(run_dir)
+    if kind not in REPORTS:
+        raise RunError(f"{run_dir}: run.json kind {kind!r}: no report for it (known: {', '.join(REPORTS)})")
+    return importlib.import_module(REPORTS[kind]).write_report(run_dir)
 
 
 def cmd_reference(args: argparse.Namespace, console: Console) -> int:
@@ -254,6 +257,7 @@ def cmd_reference(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_compare(args: argparse.Namespace, console: Console) -> int:
+    # Imported here: the comparison pulls in the report's plotting stack.
     from bench.compare import compare_runs, print_comparison, write_comparison
 
     try:
@@ -267,6 +271,7 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_publish(args: argparse.Namespace, console: Console) -> int:
+    # Imported here: publishing pulls in pandas and the W&B sink.
     from bench.publish import PublishError, publish_report, publish_run
 
     for run_dir in args.run_dirs:

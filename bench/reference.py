@@ -11,9 +11,10 @@ from pathlib import Path
 
 from rich.console import Console
 
+from bench.plans.progress import run_progress as progress
 from bench.store import (
     LOCK, RUN_JSON, RUNS, TORN, StoreError, check_name, is_reference, jsonable, load_run_json, locked, now_iso,
-    progress, reference_dir,
+    reference_dir,
 )
 
 # Checkpoints are for resuming a run; a reference is finished (they stay in the run folder, git-ignored).

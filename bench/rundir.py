@@ -7,26 +7,22 @@ from __future__ import annotations
 import io
 from pathlib import Path
 from platform import node
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from rich.console import Console
 
-from bench.store import (
-    RUN_JSON, RUNS, StoreError, check_name, fresh_run_id, inside, load_run_json, locked, progress, runs_dir,
-)
-
-if TYPE_CHECKING:
-    from bench.runner import RunOptions
+from bench.environment import host_id
+from bench.options import RunOptions
+from bench.plans.progress import run_progress as progress
+from bench.store import RUN_JSON, RUNS, StoreError, check_name, fresh_run_id, inside, load_run_json, locked, runs_dir
 
 
-def choose_run_dir(suite_name: str, profile: str, device: str, opts: "RunOptions", console: Console,
+def choose_run_dir(suite_name: str, profile: str, device: str, opts: RunOptions, console: Console,
                    *, plan_key: str | None = None) -> Path:
     """The run folder of this command, under `<results_root>/runs/<suite>/`: `--run-id` continues or
     creates that run (this host's only); `--fresh` makes a new one; by default this host's newest
     unfinished run of the same suite, profile, device and plan (`plan_key`, see `bench.store.plan_key`)
     is continued, saying so, and otherwise a new run begins. References are never chosen."""
-    from bench.environment import host_id
-
     check_name("suite", suite_name)
     root = Path(opts.results_root)
     if root.exists() and not root.is_dir():
@@ -67,8 +63,6 @@ def continuing_run(suite_name: str, profile: str, device: str, results_root: Pat
                    plan_key: str | None = None) -> Path | None:
     """The run a default command would continue (this host's newest unfinished one), or None when it
     would start a new run; creates nothing (for surveys such as `bench campaign --dry-run`)."""
-    from bench.environment import host_id
-
     base = runs_dir(Path(results_root), check_name("suite", suite_name))
     found = _unfinished_run(base, suite_name, profile, device, host_id(), plan_key, False, Console(file=io.StringIO()))
     return None if found is None else found[0]

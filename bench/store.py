@@ -158,20 +158,6 @@ def same_spec(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
     return strip(a) == strip(b)
 
 
-def progress(run_dir: Path, meta: Mapping[str, Any], retry_failed: bool = False) -> tuple[int, int] | None:
-    """(points done, points planned) of a run from its run.json's `planned` list and its records;
-    None when run.json does not list its points. With retry_failed, error/timeout are not done."""
-    planned = meta.get("planned")
-    if not isinstance(planned, list):
-        return None
-    if meta.get("kind") == "capacity":  # its probes are planned as it goes: done = searches finished
-        from bench.capacity.runner import capacity_progress
-
-        return capacity_progress(read_records(Path(run_dir) / RECORDS), meta["suite_spec"], retry_failed)
-    todo = pending_ids(read_records(Path(run_dir) / RECORDS), planned, retry_failed)
-    return len(planned) - len(todo), len(planned)
-
-
 def watchdog_retryable(record: Record) -> bool:
     """An `oom` that the RSS watchdog decided at a limit the user set: `--retry-failed` runs it
     again (a limit the user chose is not the machine's, unlike an allocator's out-of-memory)."""

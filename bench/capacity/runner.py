@@ -1,27 +1,18 @@
-"""Run (or resume) a capacity suite: for each configuration, ask the planner for the next probe given
-the probes already recorded, run it in a fresh worker under the memory budget, append its record,
-and repeat until the planner is done. The records are the only state, so a kill at any moment
-loses nothing a rerun does not redo exactly once (the probe that was running)."""
+"""A capacity run's probes and their records: a probe's identity, what the planner makes of its record
+(fit, no fit, error), the outcomes so far of each configuration's search and how many searches are
+done. Run by the common lifecycle through `bench.plans.capacity`; read by the capacity report."""
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import time
-from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from rich.console import Console
-from rich.table import Table
-
 from bench.capacity.oom import is_oom, oom_source, parse_oom_message
-from bench.capacity.planner import ERROR, FIT, NO_FIT, Done, Probe, next_probe
+from bench.capacity.planner import ERROR, FIT, NO_FIT, Done, next_probe
 from bench.capacity.probe import enforcement
-from bench.capacity.spec import CapacityConfig, CapacityPlan, load_capacity_suite, resolve
-from bench.capacity.probe import BUDGET_ENV
-from bench.rundir import choose_run_dir
-from bench.store import Record, RunLock, RunStore, jsonable, now_iso, plan_key
+from bench.capacity.spec import CapacityConfig, CapacityPlan
+from bench.store import Record, jsonable
 
 PROBE_MEASURE = "bench.capacity.probe:measure"  # what the fork server's workers call
 _PEAK_RSS = re.compile(r"peak RSS ([0-9.]+) MiB")
@@ -104,106 +95,7 @@ def finish_record(record: Record, plan: CapacityPlan, config: CapacityConfig, va
     return jsonable(record)
 
 
-def plan_for(path: Path | str, opts: Any, has_cuda: bool) -> CapacityPlan:
-    """The suite resolved for the options' profile and device; RunError-worthy problems as ValueError."""
-    from bench.runner import RunError, resolve_profile
-
-    path, spec = load_capacity_suite(path)
-    profile = resolve_profile(opts.profile, opts.device, has_cuda)
-    if profile not in spec.profiles:
-        raise RunError(f"{path}: profiles: no profile '{profile}' (has: {', '.join(spec.profiles)})")
-    wanted = opts.device if opts.device != "auto" else spec.profiles[profile].device
-    device = ("cuda" if has_cuda else "cpu") if wanted == "auto" else wanted
-    if device == "cuda" and not has_cuda:
-        raise RunError(f"{path}: profile '{profile}' runs on cuda, but CUDA is not available; "
-                       "use --profile cpu")
-    return resolve(spec, profile, device, path)
-
-
-def _check_same_plan(kept: Mapping[str, Any], plan: CapacityPlan, run_dir: Path) -> None:
-    from bench.runner import RunError
-
-    now = json.loads(json.dumps(plan.to_json()))
-    old = kept.get("suite_spec") or {}
-    for key in ("memory_budget_gib", "search", "timeout_s"):
-        if old.get(key) != now.get(key):
-            raise RunError(f"{run_dir}: this run was started with {key}={old.get(key)!r}, the suite now "
-                           f"says {now.get(key)!r}; use --fresh or another --run-id")
-
-
-def run_capacity_suite(path: Path | str, opts: Any, console: Console | None = None) -> Path:
-    """Search every configuration of the suite's profile; returns the run directory."""
-    from bench.runner import cuda_available
-
-    console = console or Console()
-    ignored = [flag for flag, on in (("--only", bool(opts.only)), ("--wandb", opts.wandb),
-                                     (f"--executor {opts.executor}", opts.executor != "local")) if on]
-    if ignored:
-        console.print(f"capacity suites ignore {', '.join(ignored)} (probes run one at a time, locally)",
-                      style="yellow", markup=False)
-    plan = plan_for(path, opts, cuda_available())
-    spec = plan.to_json()
-    labels = [c.label for c in plan.configs]
-    key = plan_key(spec, labels)
-    run_dir = choose_run_dir(plan.suite, plan.profile, plan.device, opts, console, plan_key=key)
-    with RunLock(run_dir):
-        return _search_all(plan, spec, labels, key, run_dir, opts, console)
-
-
-def _search_all(plan: CapacityPlan, spec: dict[str, Any], labels: list[str], key: str, run_dir: Path,
-                opts: Any, console: Console) -> Path:
-    from bench.environment import capture_environment, host_id
-    from bench.executors.local import PointRunner
-    from bench.runner import nothing_measured, write_report
-
-    run_id = run_dir.name
-    store = RunStore(run_dir)
-    meta = {"suite": plan.suite, "kind": "capacity", "profile": plan.profile, "run_id": run_id,
-            "device": plan.device, "created_at": now_iso(), "host_id": host_id(),
-            "environment": capture_environment(plan.device), "suite_spec": spec, "planned": labels,
-            "plan_key": key}
-    _check_same_plan(store.write_run_json(meta), plan, run_dir)
-    store.check_writable()
-    budget = budget_mib(plan)
-    watchdog = budget if plan.device == "cpu" else opts.memory_limit_mib
-    console.print(f"{plan.suite} profile={plan.profile} device={plan.device} "
-                  f"budget={plan.memory_budget_gib:g} GiB ({enforcement(plan.device)}) -> {run_dir}", markup=False)
-    records = store.records()
-    done, total = capacity_progress(records, spec, opts.retry_failed)
-    if done == total:
-        nothing_measured(console, f"{run_dir}: every one of its {total} searches is done; its report is left "
-                                  "as it was (--fresh starts a new run)")
-        return run_dir
-    os.environ[BUDGET_ENV] = f"{budget:g}"  # the probes' fork server (started below) hands it to each worker
-    prober = PointRunner(watchdog, processes=1, measure=PROBE_MEASURE)
-    started = time.monotonic()
-    try:
-        for config in plan.configs:
-            search = plan.search_for(config)
-            while True:
-                step = next_probe(search, config_outcomes(records, plan, config, opts.retry_failed))
-                if isinstance(step, Done):
-                    console.print(f"  {config.label}: {_done_line(step, plan.over)}", markup=False)
-                    break
-                if opts.time_budget_s is not None and time.monotonic() - started > opts.time_budget_s:
-                    console.print(f"time budget of {opts.time_budget_s:g} s spent; "
-                                  "run the same command again to resume", style="yellow")
-                    _summary(console, plan, records)
-                    return run_dir
-                assert isinstance(step, Probe)
-                point = plan.point(config, step.value)
-                record = finish_record(prober.run(point, plan.timeout_s), plan, config, step.value, run_id)
-                store.append(record)
-                records.append(record)
-                console.print(f"    {plan.over}={step.value:>7} {_status_line(record)}", markup=False)
-    finally:
-        prober.close()
-    _summary(console, plan, records)
-    write_report(run_dir, console, module="bench.capacity.report")
-    return run_dir
-
-
-def _status_line(record: Mapping[str, Any]) -> str:
+def status_line(record: Mapping[str, Any]) -> str:
     m = record.get("metrics") or {}
     peak = m.get("peak_alloc_mib") if m.get("peak_alloc_mib") is not None else m.get("peak_rss_mib")
     if record["status"] == "ok":
@@ -211,22 +103,9 @@ def _status_line(record: Mapping[str, Any]) -> str:
     return f"{record['status']:<7} {(record.get('reason') or '')[:110]}"
 
 
-def _done_line(done: Done, over: str) -> str:
+def done_line(done: Done, over: str) -> str:
     what = {"bracketed": f"longest {over} {done.longest} (first failure {done.first_failure})",
             "max_value": f"fits up to the search's max_value {done.longest}",
             "nothing_fits": f"nothing fits (smallest failure {done.first_failure})",
             "error": f"stopped by an error (longest fit so far {done.longest})"}[done.why]
     return f"{what}; {len(done.probes)} probes"
-
-
-def _summary(console: Console, plan: CapacityPlan, records: list[Record]) -> None:
-    table = Table(title=f"capacity: longest {plan.over} under {plan.memory_budget_gib:g} GiB")
-    for col in ("configuration", f"longest {plan.over}", "limited by", "probes"):
-        table.add_column(col)
-    for config in plan.configs:
-        step = next_probe(plan.search_for(config), config_outcomes(records, plan, config))
-        if isinstance(step, Done):
-            table.add_row(config.label, str(step.longest or "-"), step.why, str(len(step.probes)))
-        else:
-            table.add_row(config.label, "-", "not finished", str(len(config_outcomes(records, plan, config))))
-    console.print(table)

@@ -39,9 +39,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.command == "report":
         print(write_report(args.run_dir))
         return 0
+    # Imported after parsing: `--help` and `report` need no torch.
     from bench.duplication.spec import resolve_device
-    from bench.runner import RunOptions
-    from bench.training.runner import NothingToMeasure, run_plan
+    from bench.lifecycle import NothingToMeasure
+    from bench.options import RunOptions
+    from bench.training.run import run_plan
     from bench.training.suites import training_plan
 
     try:

@@ -8,7 +8,9 @@ from pathlib import Path
 from rich.console import Console
 
 import bench.campaign as campaign
-import bench.runner as runner
+import bench.lifecycle as lifecycle
+import bench.options as options
+import bench.plans.grid as grid_plan
 from bench.campaign import SUITES, Work, plan_slices, survey_suite
 from bench.cli import main
 from bench.store import RunStore, make_record
@@ -60,7 +62,7 @@ def test_a_slice_hands_each_suite_the_time_left_and_stops_when_spent(tmp_path, m
     calls: list[tuple[str, float]] = []
     clock = iter([0.0, 0.0, 300.0, 470.0] + [470.0] * 20)  # start, then one reading per suite
     monkeypatch.setattr(campaign.time, "monotonic", lambda: next(clock))
-    monkeypatch.setattr(runner, "run", lambda name, opts, console: calls.append((name, opts.time_budget_s)))
+    monkeypatch.setattr(lifecycle, "run_suite", lambda name, opts, console: calls.append((name, opts.time_budget_s)))
     left = campaign.run_campaign(["memory", "speed", "lsh_vs_full"], "gpu", tmp_path, 480.0,
                                  Console(file=io.StringIO()))
     assert calls == [("memory", 480.0), ("speed", 180.0)]  # lsh_vs_full: 10 s left < MIN_START_S

@@ -12,12 +12,19 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-import bench.runner as runner
+import bench.lifecycle as lifecycle
+import bench.options as options
+import bench.plans.grid as grid_plan
 from bench.cli import main
 from bench.store import make_record, read_records
 from bench.suite import load_suite
 
 from .conftest import REPO_ROOT, small_suite
+
+def run_grid_suite(suite, opts, console):
+    """A grid suite through the common lifecycle (what `bench run` does once the suite is loaded)."""
+    return lifecycle.run(grid_plan.GridPlan.for_options(suite, opts, options.cuda_available()), opts, console)
+
 
 
 class FakeExecutor:
@@ -41,14 +48,14 @@ def harness(monkeypatch, write_suite, tmp_path):
     spec["studies"]["kinds"]["skip"] = [{"when": {"attention": "full", "seq_len": 128}, "reason": "too long"}]
     suite = load_suite(write_suite(spec))
     reports: list[Path] = []
-    monkeypatch.setattr(runner, "cuda_available", lambda: False)
-    monkeypatch.setattr(runner, "write_report", lambda run_dir, console, module="bench.report": reports.append(run_dir))
+    monkeypatch.setattr(options, "cuda_available", lambda: False)
+    monkeypatch.setattr(lifecycle, "write_report", lambda run_dir, console, module="bench.report": reports.append(run_dir))
 
     def go(fake=None, **opts):
         fake = fake or FakeExecutor()
-        monkeypatch.setattr(runner, "make_executor", lambda *a, **k: fake)
-        options = runner.RunOptions(**{"profile": "cpu", "results_root": tmp_path / "results", **opts})
-        run_dir = runner.run_grid_suite(suite, options, Console(file=io.StringIO(), width=200))
+        monkeypatch.setattr(grid_plan, "make_executor", lambda *a, **k: fake)
+        run_opts = options.RunOptions(**{"profile": "cpu", "results_root": tmp_path / "results", **opts})
+        run_dir = run_grid_suite(suite, run_opts, Console(file=io.StringIO(), width=200))
         return run_dir, fake
 
     go.reports = reports
@@ -89,20 +96,20 @@ def test_failed_points_rerun_only_when_asked(harness):
 def test_only_fresh_and_device_checks(harness):
     _, fake = harness(only=("hashes",))
     assert len(fake.seen) == 2
-    with pytest.raises(runner.RunError, match="--only nope"):
+    with pytest.raises(options.RunError, match="--only nope"):
         harness(only=("nope",))
-    with pytest.raises(runner.RunError, match="CUDA is not available"):
+    with pytest.raises(options.RunError, match="CUDA is not available"):
         harness(device="cuda")
     run_dir, fake = harness(fresh=True)
     assert run_dir.name.startswith("cpu-cpu-") and len(fake.seen) == 4
-    with pytest.raises(runner.RunError, match="--profile gpu: CUDA is not available"):
+    with pytest.raises(options.RunError, match="--profile gpu: CUDA is not available"):
         harness(profile="gpu")
 
 
 def test_live_logger_sees_every_record(harness, monkeypatch):
     logged, finished = [], []
     logger = types.SimpleNamespace(log_record=logged.append, finish=lambda: finished.append(True))
-    monkeypatch.setattr(runner, "_live_logger", lambda run_dir: logger)
+    monkeypatch.setattr(lifecycle, "_live_logger", lambda run_dir: logger)
     run_dir, _ = harness(wandb=True)
     assert len(logged) == 5 and finished == [True]
     assert all(r["run_id"] == run_dir.name for r in logged)
@@ -112,9 +119,10 @@ def test_ray_executor_is_built_from_options(monkeypatch):
     ray_mod = pytest.importorskip("bench.executors.ray_executor")
     made = {}
     monkeypatch.setattr(ray_mod, "RayExecutor", lambda **kw: made.update(kw) or "ray")
-    plan = runner.Plan(profile="gpu", device="cuda", points=())
-    opts = runner.RunOptions(executor="ray", ray_address="ray://head:10001", ray_connect_timeout_s=7.0)
-    assert runner.make_executor(opts, plan, 60.0) == "ray"  # the real path: tests/bench/test_ray_executor.py
+    from bench.executors.factory import make_executor
+
+    opts = options.RunOptions(executor="ray", ray_address="ray://head:10001", ray_connect_timeout_s=7.0)
+    assert make_executor(opts, 60.0) == "ray"  # the real path: tests/bench/test_ray_executor.py
     assert made == {"address": "ray://head:10001", "timeout_s": 60.0, "connect_timeout_s": 7.0, "log": None}
 
 
@@ -130,18 +138,17 @@ def test_cli_list_and_refusal(write_suite, capsys):
 
 
 def test_cli_dispatches_duplication_suites(write_suite, monkeypatch, tmp_path):
-    import bench.training.runner as training_runner
-    import bench.training.suites as training_suites
+    import bench.plans.training as training_plans
 
     calls = {}
-    plan = types.SimpleNamespace(suite="dup", profile="cpu", trains=(), evals=())
+    plan = types.SimpleNamespace(kind="duplication", suite="dup", profile="cpu", trains=(), evals=())
 
     def training_plan(path, kind, profile, data=None):
         calls["plan"] = (path, kind, profile, data)
         return plan
 
-    def run_plan(plan_, opts, device, console=None, *, wandb=False, **kwargs):
-        calls["run"] = (plan_, opts.run_id, opts.results_root, opts.fresh, device, wandb)
+    def run_plan(plan_, opts, console=None, **kwargs):
+        calls["run"] = (plan_.plan, opts.run_id, opts.results_root, opts.fresh, plan_.device, opts.wandb)
         calls["time_budget_s"] = opts.time_budget_s
         run_dir = opts.results_root / "runs" / "dup" / opts.run_id
         run_dir.mkdir(parents=True)
@@ -149,11 +156,11 @@ def test_cli_dispatches_duplication_suites(write_suite, monkeypatch, tmp_path):
                                                       "suite_spec": {"kind": "duplication"}}))
         return run_dir, True
 
-    monkeypatch.setattr(training_suites, "training_plan", training_plan)
-    monkeypatch.setattr(training_runner, "run_plan", run_plan)
+    monkeypatch.setattr(training_plans, "training_plan", training_plan)
+    monkeypatch.setattr(lifecycle, "run_plan", run_plan)
     monkeypatch.setitem(sys.modules, "bench.duplication.report",
                         types.SimpleNamespace(write_report=lambda d: calls.setdefault("report", []).append(d) or d))
-    monkeypatch.setattr(runner, "cuda_available", lambda: False)
+    monkeypatch.setattr(options, "cuda_available", lambda: False)
     path = write_suite({"kind": "duplication", "name": "dup", "whatever": [1, 2]})
     assert main(["run", str(path), "--results-root", str(tmp_path / "r"), "--run-id", "x",
                  "--time-budget-s", "540"]) == 0

@@ -20,16 +20,18 @@ from rich.console import Console
 import yaml
 
 import bench.quality.spec as quality_spec
-import bench.runner as runner
+import bench.options as options
 import bench.training.runner as training_runner
 from bench.cli import main
 from bench.quality.data import Corpus
 from bench.quality.spec import load_suite, training_plan
-from bench.runner import RunOptions
-from bench.store import read_records
+from bench.options import RunOptions
+from bench.store import latest_by_point, read_records
 from bench.suite import SuiteError
 from bench.training.checkpoint import load_checkpoint
-from bench.training.runner import NothingToMeasure, print_training_summary, run_plan
+from bench.options import NothingToMeasure
+from bench.plans.training import print_training_summary
+from bench.training.run import run_plan
 from reformer_impl import ReformerLM
 
 from .conftest import REPO_ROOT
@@ -269,7 +271,8 @@ def test_an_oom_model_is_a_row_its_evaluations_are_skipped_once_and_it_is_never_
     assert records["approx-full-s0"]["status"] == "ok" and records["eval-full-s1-as-lsh-8"]["status"] == "ok"
 
     console = Console(record=True, width=200)
-    print_training_summary(console, training_plan(load_suite(path), "cpu", corpus=tiny_corpus()), run_dir)
+    print_training_summary(console, training_plan(load_suite(path), "cpu", corpus=tiny_corpus()),
+                           latest_by_point(read_records(run_dir / "records.jsonl")))
     cells = [[c.strip() for c in line.split("│")[1:-1]] for line in console.export_text().splitlines()
              if line.count("│") > 5]
     rows = {tuple(row[:2]): row for row in cells}
@@ -288,7 +291,7 @@ def test_an_oom_model_is_a_row_its_evaluations_are_skipped_once_and_it_is_never_
         raise AssertionError("nothing is left to train")
     monkeypatch.setattr(training_runner, "train_model", no_training)
     monkeypatch.setattr(quality_spec, "load_corpus", lambda data=None: tiny_corpus())
-    monkeypatch.setattr(runner, "cuda_available", lambda: False)
+    monkeypatch.setattr(options, "cuda_available", lambda: False)
     before = read_records(run_dir / "records.jsonl")
     capsys.readouterr()
     assert main(["run", str(path), "--profile", "cpu", "--results-root", str(results), "--run-id", run_dir.name]) == 0

@@ -241,7 +241,7 @@ LOSS_DRIVER = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    import bench.runner as runner
+    import bench.plans.grid as grid_plan
     from bench.cli import main
     from bench.executors.ray_executor import RayExecutor
     from bench.store import make_record
@@ -255,7 +255,7 @@ LOSS_DRIVER = textwrap.dedent(
         running.write_text(point.point_id)
         time.sleep(120)
 
-    runner.make_executor = lambda opts, plan, timeout_s, run_dir=None, log=None, processes=3: RayExecutor(
+    grid_plan.make_executor = lambda opts, timeout_s, run_dir=None, log=None, processes=3, measure=None: RayExecutor(
         address, timeout_s, run_point=run_point, log=log)
     sys.exit(main(argv))
     """

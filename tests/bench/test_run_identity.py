@@ -15,14 +15,16 @@ from pathlib import Path
 
 import pytest
 
-import bench.runner as runner
+import bench.lifecycle as lifecycle
+import bench.options as options
+import bench.plans.grid as grid_plan
 import bench.store as store_mod
 from bench.cli import main
 from bench.store import make_record, read_records
 
 from .conftest import REPO_ROOT, small_suite
 
-REAL_WRITE_REPORT = runner.write_report
+REAL_WRITE_REPORT = lifecycle.write_report
 
 
 class FakeExecutor:
@@ -47,12 +49,12 @@ def bench_cli(monkeypatch, write_suite, tmp_path, capsys):
     executor). Reports are not written; run folders are under `bench.runs`."""
     suite = write_suite(small_suite())
     root = tmp_path / "results"
-    monkeypatch.setattr(runner, "cuda_available", lambda: False)
-    monkeypatch.setattr(runner, "write_report", lambda run_dir, console, module="bench.report": None)
+    monkeypatch.setattr(options, "cuda_available", lambda: False)
+    monkeypatch.setattr(lifecycle, "write_report", lambda run_dir, console, module="bench.report": None)
 
     def bench(*args: str, host: str = "host-a", executor: FakeExecutor | None = None, suite_path=suite):
         fake = executor or FakeExecutor()
-        monkeypatch.setattr(runner, "make_executor", lambda *a, **k: fake)
+        monkeypatch.setattr(grid_plan, "make_executor", lambda *a, **k: fake)
         monkeypatch.setenv("BENCH_HOST_ID", host)
         try:
             code = main(["run", str(suite_path), "--results-root", str(root), *args])
@@ -341,7 +343,7 @@ def test_a_report_that_cannot_be_written_fails_the_command_and_keeps_the_records
     def broken(run_dir):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(runner, "write_report", REAL_WRITE_REPORT)  # the runner's own, with a broken report module
+    monkeypatch.setattr(lifecycle, "write_report", REAL_WRITE_REPORT)  # the runner's own, with a broken report module
     monkeypatch.setattr(bench.report, "write_report", broken)
     code, out, err, fake = bench_cli()
     assert code == 1 and len(fake.seen) == 5

@@ -13,12 +13,19 @@ import psutil
 import pytest
 from rich.console import Console
 
-import bench.runner as runner
+import bench.lifecycle as lifecycle
+import bench.options as options
+import bench.plans.grid as grid_plan
 from bench.cli import main
 from bench.store import RunStore, make_record
 from bench.suite import load_suite
 
 from .conftest import REPO_ROOT, small_suite
+
+def run_grid_suite(suite, opts, console):
+    """A grid suite through the common lifecycle (what `bench run` does once the suite is loaded)."""
+    return lifecycle.run(grid_plan.GridPlan.for_options(suite, opts, options.cuda_available()), opts, console)
+
 
 
 @pytest.mark.parametrize("value", ["-1", "0", "nan"])
@@ -32,8 +39,8 @@ def test_non_positive_memory_limit_is_refused(value, tmp_path, capsys):
 def test_retry_failed_reruns_a_watchdog_kill_at_the_users_limit(monkeypatch, write_suite, tmp_path):
     suite = load_suite(write_suite(small_suite()))
     points = [p.point for p in suite.expand("cpu")]
-    monkeypatch.setattr(runner, "cuda_available", lambda: False)
-    monkeypatch.setattr(runner, "write_report", lambda *a, **k: None)
+    monkeypatch.setattr(options, "cuda_available", lambda: False)
+    monkeypatch.setattr(lifecycle, "write_report", lambda *a, **k: None)
     monkeypatch.setattr("bench.load.busy_reason", lambda: None)
     store = RunStore(tmp_path / "results" / "runs" / suite.name / "r")  # a run of this host, named
     user = {"oom_detected_by": "rss_watchdog", "memory_limit_mib": 100, "memory_limit_set_by": "user"}
@@ -49,11 +56,11 @@ def test_retry_failed_reruns_a_watchdog_kill_at_the_users_limit(monkeypatch, wri
                 seen.append(p.point_id)
                 yield make_record(p, "ok")
 
-    monkeypatch.setattr(runner, "make_executor", lambda *a, **k: Fake())
-    options = runner.RunOptions(profile="cpu", results_root=tmp_path / "results", run_id="r")
-    runner.run_grid_suite(suite, options, Console(file=io.StringIO()))
+    monkeypatch.setattr(grid_plan, "make_executor", lambda *a, **k: Fake())
+    run_opts = options.RunOptions(profile="cpu", results_root=tmp_path / "results", run_id="r")
+    run_grid_suite(suite, run_opts, Console(file=io.StringIO()))
     assert seen == []  # without --retry-failed an oom is final
-    runner.run_grid_suite(suite, runner.RunOptions(profile="cpu", results_root=tmp_path / "results",
+    run_grid_suite(suite, options.RunOptions(profile="cpu", results_root=tmp_path / "results",
                                                    run_id="r", retry_failed=True), Console(file=io.StringIO()))
     assert seen == [points[0].point_id]  # the allocator's oom stays final
 

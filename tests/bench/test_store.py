@@ -7,9 +7,10 @@ import math
 import pytest
 
 from bench.point import GridPoint
+from bench.plans.progress import run_progress as progress
 from bench.store import (
     RunLock, RunStore, StoreError, check_name, fresh_run_id, inside, jsonable, latest_by_point, load_run_json, locked,
-    make_record, plan_key, progress, read_records, reference_dir, same_spec,
+    make_record, plan_key, read_records, reference_dir, same_spec,
 )
 
 

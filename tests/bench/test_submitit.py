@@ -12,7 +12,8 @@ import pytest
 
 from bench.cli import build_parser
 from bench.executors.submitit_executor import JOB_GRACE_S, SubmititExecutor, slurm_options
-from bench.runner import RunOptions, make_executor
+from bench.executors.factory import make_executor
+from bench.options import RunOptions
 from bench.store import read_records
 from tests.bench.conftest import lsh_point as point, small_suite
 
@@ -78,7 +79,7 @@ def test_slurm_flags_reach_the_sbatch_script(tmp_path, monkeypatch):
     opts = RunOptions(executor=args.executor, submitit_cluster=args.submitit_cluster,
                       slurm_partition=args.slurm_partition, slurm_cpus_per_task=args.slurm_cpus_per_task,
                       slurm_gpus_per_task=args.slurm_gpus_per_task, slurm_args=tuple(args.slurm_arg))
-    ex = make_executor(opts, plan=None, timeout_s=600.0, run_dir=tmp_path)
+    ex = make_executor(opts, timeout_s=600.0, run_dir=tmp_path)
     auto = ex._executor()
     assert auto.cluster == "slurm"
     lines = set(auto._executor._make_submission_file_text("cmd", "uid").splitlines())

@@ -296,20 +296,24 @@ def test_points_are_counted_and_refused_above_the_limit_before_expanding(write_s
 
 
 def test_a_run_expands_its_profile_once_and_honours_max_points(write_suite, monkeypatch, tmp_path, capsys):
-    import bench.runner as runner
+    import bench.lifecycle as lifecycle
+    import bench.plans.grid as grid_plan
     import bench.suite as suite_mod
     from bench.cli import main
+    from bench.options import RunOptions
 
     path = write_suite(small_suite())
     real_expand, calls = suite_mod.expand, []
     monkeypatch.setattr(suite_mod, "expand", lambda *a, **k: calls.append(1) or real_expand(*a, **k))
     plans = []
-    monkeypatch.setattr(runner, "run_grid_suite",
-                        lambda suite, opts, console: plans.append(runner.plan_run(suite, opts, False)) or tmp_path)
-    runner.run(path, runner.RunOptions(profile="cpu"))
+    real_plan = grid_plan.GridPlan.for_options
+    monkeypatch.setattr(grid_plan.GridPlan, "for_options",
+                        classmethod(lambda cls, suite, opts, has_cuda: plans.append(real_plan(suite, opts, False)) or plans[-1]))
+    monkeypatch.setattr(lifecycle, "run", lambda plan, opts, console=None: tmp_path)
+    lifecycle.run_suite(path, RunOptions(profile="cpu"))
     assert len(calls) == 1 and len(plans[0].points) == 5  # kinds: 4, hashes: (lsh, 64, n_hashes=2) is new
     with pytest.raises(SuiteError, match="profile 'cpu' has 6 grid points, more than the limit of 5"):
-        runner.run(path, runner.RunOptions(profile="cpu", max_points=5))
+        lifecycle.run_suite(path, RunOptions(profile="cpu", max_points=5))
     monkeypatch.undo()
     root = tmp_path / "results"
     assert main(["run", str(path), "--profile", "cpu", "--max-points", "3", "--results-root", str(root)]) == 2
@@ -326,7 +330,8 @@ def test_measurement_processes_default_override_and_refusal(write_suite):
 
 
 def test_profile_skip_rule_skips_only_that_profiles_points_and_records_them(write_suite, tmp_path):
-    from bench.runner import RunOptions, run
+    from bench.lifecycle import run_suite as run
+    from bench.options import RunOptions
     from bench.store import RunStore
 
     spec = small_suite()

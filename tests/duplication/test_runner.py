@@ -14,9 +14,10 @@ import bench.training.runner as training_runner
 from bench.duplication.__main__ import main as duplication_main
 from bench.duplication.report import write_report
 from bench.duplication.spec import load_suite, resolve_profile, training_plan
-from bench.runner import RunOptions
+from bench.options import RunOptions
 from bench.training.records import CONTRACT_METRICS
-from bench.training.runner import NothingToMeasure, run_plan
+from bench.options import NothingToMeasure
+from bench.training.run import run_plan
 from reformer_impl import ReformerConfig
 
 RECORD_KEYS = {"point_id", "run_id", "suite", "studies", "status", "reason", "point", "params", "effective",

@@ -1,0 +1,177 @@
+"""The capacity plan: for each configuration in turn, the next probe of its search from the
+outcomes recorded so far (doubling, then bisection, then done: `bench.capacity.planner`), run in a
+fresh worker under the suite's memory budget. The records are the only state, so a kill at any
+moment loses nothing a rerun does not redo exactly once (the probe that was running)."""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+from rich.console import Console
+from rich.table import Table
+
+from bench.capacity.planner import Done, Probe, next_probe
+from bench.capacity.probe import BUDGET_ENV, enforcement
+from bench.capacity.runner import (
+    PROBE_MEASURE, budget_mib, config_outcomes, done_line, finish_record, outcome_of, status_line,
+)
+from bench.capacity.spec import CapacityConfig, CapacityPlan, load_capacity_suite, resolve
+from bench.executors.local import PointRunner
+from bench.options import RunError, RunOptions, check_cuda, resolve_profile
+from bench.plans.base import Record, Say, refuse
+from bench.plans.progress import search_progress
+from bench.point import GridPoint
+from bench.store import plan_key
+
+REMOTE = "a probe's outcome is decided by the memory budget this machine's fork-server worker enforces"
+
+
+@dataclass(frozen=True)
+class ProbeUnit:
+    config: CapacityConfig
+    value: int
+    point: GridPoint
+
+
+@dataclass
+class CapacitySearchPlan:
+    """Every configuration's search of one profile, one probe at a time."""
+
+    resolved: CapacityPlan
+    path: Path
+    kind: str = "capacity"
+    report_module: str = "bench.capacity.report"
+    checkpoints: bool = False  # the lifecycle keeps the time budget between probes
+    units_word: str = "searches"
+    say: Say = print
+    _outcomes: dict[str, dict[int, str]] = field(default_factory=dict)
+    _records: list[Record] = field(default_factory=list)
+    run_id: str = ""
+
+    progress = staticmethod(search_progress)
+
+    def __post_init__(self) -> None:
+        self.suite, self.profile, self.device = self.resolved.suite, self.resolved.profile, self.resolved.device
+
+    @classmethod
+    def for_options(cls, path: Path, opts: RunOptions, has_cuda: bool) -> "CapacitySearchPlan":
+        """The suite resolved for the options' profile and device, `--only` keeping named configs."""
+        if opts.executor != "local":
+            refuse("capacity", f"--executor {opts.executor}", REMOTE)
+        if opts.data is not None:
+            refuse("capacity", "--data", "probes run the train_step workload on random tokens")
+        check_cuda(opts.device, has_cuda)
+        path, spec = load_capacity_suite(path)
+        profile = resolve_profile(opts.profile, opts.device, has_cuda)
+        if profile not in spec.profiles:
+            raise RunError(f"{path}: profiles: no profile '{profile}' (has: {', '.join(spec.profiles)})")
+        wanted = opts.device if opts.device != "auto" else spec.profiles[profile].device
+        device = ("cuda" if has_cuda else "cpu") if wanted == "auto" else wanted
+        if device == "cuda" and not has_cuda:
+            raise RunError(f"{path}: profile '{profile}' runs on cuda, but CUDA is not available; "
+                           "use --profile cpu")
+        resolved = resolve(spec, profile, device, path)
+        if opts.only:
+            names = [c.name for c in spec.configs]
+            unknown = sorted(set(opts.only) - set(names))
+            if unknown:
+                raise RunError(f"--only {', '.join(unknown)}: no such config in {path} (has: {', '.join(names)})")
+            resolved = CapacityPlan(**{**resolved.__dict__, "configs": tuple(
+                c for c in resolved.configs if c.label.split(" ")[0] in opts.only)})
+        return cls(resolved, path)
+
+    def spec(self) -> dict[str, Any]:
+        return self.resolved.to_json()
+
+    def planned(self) -> list[str]:
+        return [c.label for c in self.resolved.configs]
+
+    def key(self) -> str:
+        return plan_key(self.spec(), self.planned())
+
+    def check_kept(self, kept: Mapping[str, Any], run_dir: Path, say: Say) -> None:
+        now, old = json.loads(json.dumps(self.spec())), kept.get("suite_spec") or {}
+        for key in ("memory_budget_gib", "search", "timeout_s"):
+            if old.get(key) != now.get(key):
+                raise RunError(f"{run_dir}: this run was started with {key}={old.get(key)!r}, the suite now "
+                               f"says {now.get(key)!r}; use --fresh or another --run-id")
+
+    def start(self, records: Sequence[Record], retry_failed: bool) -> tuple[int, int]:
+        plan = self.resolved
+        self._records = list(records)
+        self._outcomes = {c.label: config_outcomes(records, plan, c, retry_failed) for c in plan.configs}
+        self._reported: set[str] = set()
+        self.say(f"{plan.suite} profile={plan.profile} device={plan.device} "
+                 f"budget={plan.memory_budget_gib:g} GiB ({enforcement(plan.device)})")
+        done = sum(isinstance(self._step(c), Done) for c in plan.configs)
+        return done, len(plan.configs)
+
+    def nothing_left(self, run_dir: Path, total: int) -> str:
+        return (f"{run_dir}: every one of its {total} searches is done; its report is left as it was "
+                "(--fresh starts a new run)")
+
+    def nothing_to_run(self) -> str | None:
+        return None
+
+    def _step(self, config: CapacityConfig) -> Done | Probe:
+        return next_probe(self.resolved.search_for(config), self._outcomes[config.label])
+
+    def ask(self) -> list[ProbeUnit]:
+        for config in self.resolved.configs:
+            step = self._step(config)
+            if isinstance(step, Done):
+                if config.label not in self._reported:
+                    self._reported.add(config.label)
+                    self.say(f"  {config.label}: {done_line(step, self.resolved.over)}")
+                continue
+            return [ProbeUnit(config, step.value, self.resolved.point(config, step.value))]
+        return []
+
+    def tell(self, unit: ProbeUnit, record: Record) -> Record:
+        record = finish_record(record, self.resolved, unit.config, unit.value, record.get("run_id") or self.run_id)
+        self._records.append(record)
+        self._outcomes[unit.config.label][unit.value] = outcome_of(record)
+        return record
+
+    def executor(self, opts: RunOptions, run_dir: Path, say: Say) -> "ProbeExecutor":
+        self.run_id = run_dir.name
+        budget = budget_mib(self.resolved)
+        # The probes' fork server (started on the first probe) hands the budget to each worker.
+        os.environ[BUDGET_ENV] = f"{budget:g}"
+        return ProbeExecutor(budget if self.device == "cpu" else opts.memory_limit_mib, self.resolved.timeout_s)
+
+    def one_line(self, unit: ProbeUnit, record: Record) -> str:
+        return f"    {self.resolved.over}={unit.value:>7} {status_line(record)}"
+
+    def summary(self, console: Console, records: Sequence[Record]) -> None:
+        plan = self.resolved
+        table = Table(title=f"capacity: longest {plan.over} under {plan.memory_budget_gib:g} GiB")
+        for col in ("configuration", f"longest {plan.over}", "limited by", "probes"):
+            table.add_column(col)
+        for config in plan.configs:
+            outcomes = config_outcomes(records, plan, config)
+            step = next_probe(plan.search_for(config), outcomes)
+            if isinstance(step, Done):
+                table.add_row(config.label, str(step.longest or "-"), step.why, str(len(step.probes)))
+            else:
+                table.add_row(config.label, "-", "not finished", str(len(outcomes)))
+        console.print(table)
+
+
+class ProbeExecutor:
+    """One fork server for every probe of the run, one fresh worker per probe."""
+
+    def __init__(self, watchdog_mib: float | None, timeout_s: float) -> None:
+        self.runner = PointRunner(watchdog_mib, processes=1, measure=PROBE_MEASURE)
+        self.timeout_s = timeout_s
+
+    def run(self, units: Sequence[ProbeUnit]) -> Iterator[tuple[ProbeUnit, Record]]:
+        for unit in units:
+            yield unit, self.runner.run(unit.point, self.timeout_s)
+
+    def close(self) -> None:
+        self.runner.close()
+

@@ -15,9 +15,10 @@ from rich.text import Text
 
 from bench.executors.base import ClusterLost, ExecutorError
 from bench.options import ReportFailed, RunError, RunOptions, Terminated, raise_terminated
+from bench.listing import counts_cells, outline
 from bench.reference import promote
 from bench.store import StoreError, is_reference, load_run_json
-from bench.suite import DEFAULT_MAX_POINTS, PROFILES, SUITES_DIR, SuiteError, load_suite, resolve_suite_path, suite_kind
+from bench.suite import DEFAULT_MAX_POINTS, PROFILES, SUITES_DIR, SuiteError, resolve_suite_path, suite_kind
 
 
 WIDE = 160
@@ -182,32 +183,18 @@ def cmd_campaign(args: argparse.Namespace, console: Console) -> int:
 
 def cmd_list(args: argparse.Namespace, console: Console) -> int:
     paths = [resolve_suite_path(args.suite)] if args.suite else sorted(SUITES_DIR.glob("*.yaml"))
-    table = Table(title="suites")
-    for col in ("suite", "study", *(f"{p} points (run/skip)" for p in PROFILES), "description"):
+    table = Table(title="suites", caption="t: trainings, e: evaluations, a: analyses")
+    for col in ("suite", "kind", "study / config", *(f"{p}" for p in PROFILES), "description"):
         table.add_column(col, overflow="fold")
     for path in paths:
-        kind = suite_kind(path)
-        if kind != "grid":
-            table.add_row(Text(path.stem), "-", *("-" for _ in PROFILES), Text(f"kind: {kind} ({'training runner' if kind in TRAINING_KINDS else 'own runner'})"))
-            continue
-        suite = load_suite(path)
-        per_profile = {p: suite.expand(p, auto_device='cuda' if p == 'gpu' else 'cpu') for p in suite.spec.profiles}
+        o = outline(path)
         # User text (names, descriptions) as Text: printed literally, never read as rich markup.
-        table.add_row(Text(suite.name), "[bold]all[/]", *(_counts(per_profile.get(p)) for p in PROFILES),
-                      Text(suite.spec.description.strip().splitlines()[0] if suite.spec.description.strip() else ""))
-        for study, spec in suite.spec.studies.items():
-            table.add_row("", Text(study), *(
-                _counts([x for x in per_profile[p] if study in x.point.studies]) if p in per_profile else "-"
-                for p in PROFILES), Text(spec.description.strip()))
+        table.add_row(Text(o.suite), Text(f"{o.kind}: {o.units}"), "[bold]all[/]",
+                      *(Text(c) for c in counts_cells(o.total)), Text(o.total.description))
+        for row in o.rows:
+            table.add_row("", "", Text(row.name), *(Text(c) for c in counts_cells(row)), Text(row.description))
     console.print(table)
     return 0
-
-
-def _counts(points) -> str:
-    if points is None:
-        return "-"
-    skipped = sum(p.skip_reason is not None for p in points)
-    return f"{len(points) - skipped}/{skipped}"
 
 
 def _run_kind(run_dir: Path) -> str:

@@ -1,93 +1,28 @@
-"""Suites: a YAML file validated once into typed models, then expanded per profile into points.
+"""Grid suites: a YAML file validated once into typed models, then expanded per profile into points.
 
 Every problem (unknown key, wrong type, empty axis, unknown axis, impossible config) is refused
 here, before anything runs, as a SuiteError naming the file, the study or profile and the key.
 """
 from __future__ import annotations
 
-import dataclasses
 import math
-import typing
 from dataclasses import dataclass
-from functools import lru_cache
-import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Mapping, Optional
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from bench.grid import GridError, OverrideRule, PlannedPoint, SkipRule, StudyGrid, expand
-from bench.point import DTYPES, IMPLS
+from bench.loader import (
+    NAME_PATTERN, PROFILES, STRICT as _STRICT, SUITES_DIR, SuiteError, check_model as _check_model,
+    check_name as _check_name, check_settings as _check_settings, describe as _describe, model_defaults,
+    read_yaml, resolve_suite_path, settings_model, suite_kind, validate,
+)
 
-SUITES_DIR = Path(__file__).resolve().parents[1] / "suites"
-PROFILES = ("cpu", "gpu")
-# Workloads a grid suite may use; the duplication task has its own runner (bench.duplication).
-GRID_WORKLOADS = ("attention", "model")
-_STRICT = ConfigDict(extra="forbid", strict=True, frozen=True)
-# Suite and study names become folder names and table cells: letters, digits, '_' and '-' only,
-# so no path component ('.', '..', '/') and no rich markup ('[', ']') can hide in one.
-NAME_PATTERN = r"^[A-Za-z0-9_-]+$"
+__all__ = ["NAME_PATTERN", "PROFILES", "SUITES_DIR", "SuiteError", "Suite", "SuiteSpec", "load_suite", "model_defaults",
+           "read_yaml", "resolve_suite_path", "settings_model", "suite_kind"]
 # More points than this are refused before expansion (`bench run --max-points` changes it).
 DEFAULT_MAX_POINTS = 5000
-
-
-class SuiteError(ValueError):
-    """A suite file that cannot run; the message names the file, where in it, and why."""
-
-
-def _model_config_cls():
-    # Imported lazily: reformer_impl's package import pulls in torch.
-    from reformer_impl.config import ReformerConfig
-
-    return ReformerConfig
-
-
-@lru_cache(maxsize=1)
-def model_defaults() -> dict[str, Any]:
-    """Every ReformerConfig field with its default, in declaration order."""
-    return {f.name: f.default for f in dataclasses.fields(_model_config_cls())}
-
-
-@lru_cache(maxsize=1)
-def settings_model() -> type[BaseModel]:
-    """The typed model of one settings layer (`base`): every ReformerConfig field plus the point
-    settings, all optional, strictly typed, unknown keys refused."""
-    cls = _model_config_cls()
-    hints = typing.get_type_hints(cls)
-    fields: dict[str, Any] = {f.name: (Optional[hints[f.name]], None) for f in dataclasses.fields(cls)}
-    fields.update(
-        workload=(Optional[Literal[GRID_WORKLOADS]], None),
-        impl=(Optional[Literal[IMPLS]], None),
-        device=(Optional[Literal["auto", "cpu", "cuda"]], None),
-        dtype=(Optional[Literal[DTYPES]], None),
-        batch_size=(Optional[Annotated[int, Field(ge=1)]], None),
-        seq_len=(Optional[Annotated[int, Field(ge=1)]], None),
-    )
-    return create_model("Settings", __config__=_STRICT, **fields)
-
-
-def _check_settings(raw: Any) -> dict[str, Any]:
-    """Validate one settings mapping; returns only the keys it sets."""
-    if raw is None:
-        return {}
-    try:
-        return settings_model().model_validate(raw).model_dump(exclude_unset=True)
-    except ValidationError as exc:
-        raise ValueError("; ".join(_describe(err) for err in exc.errors())) from None
-
-
-def _describe(err: Mapping[str, Any]) -> str:
-    """One pydantic error as 'key: message (got value)'."""
-    where = ".".join(str(part) for part in err["loc"]) or "(top level)"
-    msg = err["msg"].removeprefix("Value error, ")
-    if err["type"] == "extra_forbidden":
-        msg = "unknown key"
-    if err["type"] == "value_error":  # our own validators already quote the value
-        return f"{where}: {msg}"
-    got = repr(err.get("input"))
-    got = got if len(got) <= 60 else got[:57] + "..."
-    return f"{where}: {msg} (got {got})"
 
 
 def _check_values(key: str, values: list[Any]) -> None:
@@ -150,12 +85,6 @@ class OverrideSpec(_WhenSpec):
 
     def rule(self) -> OverrideRule:
         return OverrideRule(when=self.when_values(), to=dict(self.set))
-
-
-def _check_name(what: str, name: str) -> str:
-    if not re.fullmatch(NAME_PATTERN, name):
-        raise ValueError(f"{what} {name!r}: use only letters, digits, '_' and '-'")
-    return name
 
 
 class PlotHint(BaseModel):
@@ -365,81 +294,11 @@ class Suite:
         }
 
 
-def _check_model(settings: Mapping[str, Any]) -> None:
-    """Raise ValueError (naming the field) if the point's model config is impossible."""
-    cls = _model_config_cls()
-    cls(**{name: settings[name] for name in model_defaults()})
-
-
-def resolve_suite_path(ref: str | Path) -> Path:
-    """A suite name in suites/ (with or without .yaml) or a path to a YAML file."""
-    path = Path(ref)
-    if path.is_file():
-        return path
-    for candidate in (SUITES_DIR / f"{ref}.yaml", SUITES_DIR / f"{ref}.yml", SUITES_DIR / str(ref)):
-        if candidate.is_file():
-            return candidate
-    known = ", ".join(sorted(p.stem for p in SUITES_DIR.glob("*.yaml")))
-    raise SuiteError(f"suite '{ref}': no such file, and not a suite in {SUITES_DIR} (known: {known})")
-
-
-class DuplicateKeyError(yaml.YAMLError):
-    """One mapping of a YAML file holds the same key twice."""
-
-
-class UniqueKeyLoader(yaml.SafeLoader):
-    """yaml's safe loader, refusing a mapping that holds the same key twice (plain YAML keeps
-    the last one silently, so a repeated study name would drop a whole study)."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: dict[Any, int] = {}
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor` may be overridden on purpose
-                continue
-            key = self.construct_object(key_node, deep=deep)
-            line = key_node.start_mark.line + 1
-            try:
-                first = seen.get(key)
-            except TypeError:  # an unhashable key: SafeLoader's own error names it below
-                continue
-            if first is not None:
-                raise DuplicateKeyError(f"duplicate key {key!r} at line {line} (first at line {first})")
-            seen[key] = line
-        return super().construct_mapping(node, deep=deep)
-
-
-def read_yaml(path: Path) -> dict[str, Any]:
-    """The raw mapping of a suite file; SuiteError if it is not YAML, not a mapping, or holds a
-    key twice in one mapping."""
-    try:
-        raw = yaml.load(path.read_text(), Loader=UniqueKeyLoader)
-    except DuplicateKeyError as exc:
-        raise SuiteError(f"{path}: {exc}") from None
-    except (OSError, yaml.YAMLError) as exc:
-        raise SuiteError(f"{path}: cannot read as YAML: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise SuiteError(f"{path}: top level must be a mapping, got {type(raw).__name__}")
-    return raw
-
-
-def suite_kind(path: Path) -> str:
-    """'grid' for suites this module runs, or another runner's kind (e.g. 'duplication')."""
-    return str(read_yaml(path).get("kind", "grid"))
-
-
-def _format_errors(path: Path, exc: ValidationError) -> str:
-    return "\n".join(f"{path}: {_describe(err)}" for err in exc.errors())
-
-
 def load_suite(ref: str | Path, *, trial_expand: bool = True) -> Suite:
     """Read, validate and (unless `trial_expand` is False, e.g. for a run, which expands its own
     profile once) trial-expand every profile of a grid suite; SuiteError on any problem."""
     path = resolve_suite_path(ref)
-    raw = read_yaml(path)
-    try:
-        spec = SuiteSpec.model_validate(raw)
-    except ValidationError as exc:
-        raise SuiteError(_format_errors(path, exc)) from None
+    spec = validate(path, SuiteSpec, read_yaml(path))
     suite = Suite(path=path, spec=spec)
     for profile in spec.profiles if trial_expand else ():
         suite.expand(profile, auto_device="cuda" if profile == "gpu" else "cpu")

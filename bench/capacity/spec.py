@@ -18,16 +18,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, Mapping, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from bench.capacity.planner import Search
 from bench.grid import POINT_DEFAULTS, canonical_model, product_dict
 from bench.point import GridPoint
-from bench.suite import PROFILES, SuiteError, model_defaults, read_yaml, resolve_suite_path, settings_model
+from bench.loader import (
+    PROFILES, STRICT as _STRICT, SuiteError, check_settings, model_defaults, read_yaml, reformer_config_class,
+    resolve_suite_path, validate,
+)
 
 WORKLOAD = "train_step"  # bench.workloads: forward, backward and optimizer step of the whole model
 SEARCH_AXES = ("seq_len", "batch_size")
-_STRICT = ConfigDict(extra="forbid", strict=True, frozen=True)
 _NOT_SETTABLE = ("workload", "impl", "device", "max_seq_len")  # fixed by the study or by the probe
 
 
@@ -38,13 +40,7 @@ def _settings(raw: Any) -> dict[str, Any]:
     for key in _NOT_SETTABLE:
         if key in raw:
             raise ValueError(f"{key}: not settable in a capacity suite (the study sets it)")
-    try:
-        return settings_model().model_validate(raw).model_dump(exclude_unset=True)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"])
-        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-        raise ValueError(f"{where}: {msg} (got {err.get('input')!r})") from None
+    return check_settings(raw)
 
 
 Settings = Annotated[dict[str, Any], Field(default_factory=dict)]
@@ -248,8 +244,7 @@ def resolve(spec: CapacitySpec, profile: str, device: str, path: Path | str = ""
 
 def _check(settings: Mapping[str, Any], search: SearchSpec, label: str, path: Path | str) -> None:
     """Build the model config at the search's start, so an impossible one is refused before a probe."""
-    from reformer_impl.config import ReformerConfig
-
+    ReformerConfig = reformer_config_class()
     trial = {**settings, search.over: search.start}
     fields = {k: trial[k] for k in model_defaults()}
     fields["max_seq_len"] = trial.get("seq_len", fields["max_seq_len"])
@@ -259,23 +254,10 @@ def _check(settings: Mapping[str, Any], search: SearchSpec, label: str, path: Pa
         raise SuiteError(f"{path}: configs.{label}: {exc}") from None
 
 
-def _format(path: Path, exc: ValidationError) -> str:
-    lines = []
-    for err in exc.errors():
-        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
-        got = "" if err["type"] in ("missing", "value_error") else f" (got {err.get('input')!r})"
-        lines.append(f"{path}: {where}: {msg}{got}")
-    return "\n".join(lines)
-
-
 def load_capacity_suite(ref: str | Path) -> tuple[Path, CapacitySpec]:
     """Read and validate a capacity suite and resolve every profile once; SuiteError on any problem."""
     path = resolve_suite_path(ref)
-    try:
-        spec = CapacitySpec.model_validate(read_yaml(path))
-    except ValidationError as exc:
-        raise SuiteError(_format(path, exc)) from None
+    spec = validate(path, CapacitySpec, read_yaml(path))
     for profile in spec.profiles:
         resolve(spec, profile, "cuda" if profile == "gpu" else "cpu", path)
     return path, spec

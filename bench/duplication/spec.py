@@ -8,12 +8,12 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import torch
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from bench.duplication.data import DuplicationTask
 from bench.duplication.evaluate import AttentionSetting, EvalSettings
 from bench.duplication.task import WORKLOAD, DuplicationTraining
+from bench.loader import read_yaml, validate
 from bench.training.plan import EvalPoint, TrainingPlan, TrainPoint
 from bench.training.settings import TrainSettings
 from reformer_impl import ReformerConfig
@@ -125,25 +125,10 @@ class ResolvedSuite:
         }
 
 
-def _format_validation(path: Path, err: ValidationError) -> str:
-    lines = []
-    for e in err.errors():
-        loc = ".".join(str(part) for part in e["loc"]) or "<top>"
-        got = "" if e["type"] == "missing" else f" (got {e['input']!r})"
-        lines.append(f"  {loc}: {e['msg']}{got}")
-    return f"{path}: invalid duplication suite\n" + "\n".join(lines)
-
-
 def load_suite(path: Path) -> DuplicationSuite:
-    """Parse and validate the YAML; any problem is a ValueError naming the field and value."""
+    """Parse and validate the YAML; any problem is a SuiteError naming the field and value."""
     path = Path(path)
-    raw = yaml.safe_load(path.read_text())
-    if not isinstance(raw, dict):
-        raise ValueError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
-    try:
-        return DuplicationSuite.model_validate(raw)
-    except ValidationError as err:
-        raise ValueError(_format_validation(path, err)) from None
+    return validate(path, DuplicationSuite, read_yaml(path))
 
 
 def resolve_profile(suite: DuplicationSuite, profile: str) -> ResolvedSuite:

@@ -17,6 +17,16 @@ from typing import Any, Sequence
 from rich.console import Console
 from rich.table import Table
 
+from bench.capacity.planner import Done, next_probe
+from bench.capacity.runner import config_outcomes
+from bench.capacity.spec import load_capacity_suite, resolve
+from bench.lifecycle import run_suite
+from bench.options import RunOptions
+from bench.rundir import continuing_run
+from bench.store import FINISHED, RECORDS, latest_by_point, read_records, runs_dir
+from bench.suite import load_suite, resolve_suite_path, suite_kind
+from bench.training.suites import training_plan
+
 SUITES = ("memory", "speed", "lsh_vs_full", "peers", "capacity", "duplication", "quality")
 SLICE_S = 480.0  # launches stop after 8 minutes, so the last point ends within the ninth
 MIN_START_S = 20.0  # a suite is not begun with less than this left in the slice
@@ -44,8 +54,6 @@ def _estimate(records: Sequence[dict[str, Any]]) -> float:
 
 def _run_dir(suite: str, profile: str, device: str, results_root: Path) -> Path:
     """The run a slice would continue, or where a new one would go (nothing is created here)."""
-    from bench.rundir import continuing_run
-    from bench.store import runs_dir
 
     found = continuing_run(suite, profile, device, results_root)
     return found if found is not None else runs_dir(Path(results_root), suite) / "(new run)"
@@ -54,16 +62,14 @@ def _run_dir(suite: str, profile: str, device: str, results_root: Path) -> Path:
 def survey_suite(name: str, profile: str, results_root: Path) -> Work:
     """The remaining work of one suite for a profile, read from the run directory a run would use
     (the gpu profile's points on cuda, the cpu profile's on cpu); nothing runs, no CUDA needed."""
-    from bench.store import FINISHED, RECORDS, latest_by_point, read_records
-    from bench.suite import load_suite, resolve_suite_path, suite_kind
 
     path = resolve_suite_path(name)
     kind = suite_kind(path)
     device = "cuda" if profile == "gpu" else "cpu"
-    if kind in ("duplication", "quality"):
-        return _survey_training(path, kind, profile, device, results_root)
-    if kind == "capacity":
-        return _survey_capacity(path, profile, device, results_root)
+    return SURVEYS[kind](path, kind, profile, device, results_root)
+
+
+def _survey_grid(path: Path, kind: str, profile: str, device: str, results_root: Path) -> Work:
     suite = load_suite(path, trial_expand=False)  # expanded once, below, for this profile only
     run_dir = _run_dir(suite.name, profile, device, results_root)
     records = read_records(run_dir / RECORDS)
@@ -76,11 +82,7 @@ def survey_suite(name: str, profile: str, results_root: Path) -> Work:
     return Work(suite.name, kind, run_dir, items, len(points) - len(todo), _estimate(records))
 
 
-def _survey_capacity(path: Path, profile: str, device: str, results_root: Path) -> Work:
-    from bench.capacity.planner import Done, next_probe
-    from bench.capacity.runner import config_outcomes
-    from bench.capacity.spec import load_capacity_suite, resolve
-    from bench.store import RECORDS, read_records
+def _survey_capacity(path: Path, kind: str, profile: str, device: str, results_root: Path) -> Work:
 
     path, spec = load_capacity_suite(path)
     plan = resolve(spec, profile, device, path)
@@ -101,8 +103,6 @@ def _survey_capacity(path: Path, profile: str, device: str, results_root: Path) 
 
 def _survey_training(path: Path, kind: str, profile: str, device: str, results_root: Path) -> Work:
     """What a training suite (duplication, quality) has left: trainings, evaluations and analyses."""
-    from bench.store import RECORDS, latest_by_point, read_records
-    from bench.training.suites import training_plan
 
     plan = training_plan(path, kind, profile)
     run_dir = _run_dir(plan.suite, plan.profile, device, results_root)
@@ -113,6 +113,10 @@ def _survey_training(path: Path, kind: str, profile: str, device: str, results_r
     total = len(plan.planned_ids())
     return Work(plan.suite, kind, run_dir, tuple(items), total - len(items), SLICE_S,
                 note="training resumes from its checkpoint in every slice; estimate: a whole slice per item")
+
+
+SURVEYS = {"grid": _survey_grid, "capacity": _survey_capacity, "duplication": _survey_training,
+           "quality": _survey_training}
 
 
 def plan_slices(works: Sequence[Work], slice_s: float) -> list[list[tuple[str, list[str]]]]:
@@ -167,8 +171,6 @@ def run_campaign(suites: Sequence[str], profile: str, results_root: Path, slice_
                  console: Console, base_opts: Any = None) -> int:
     """Run one slice: each suite in order with what is left of `slice_s` as its time budget; then
     print what remains. Returns the number of items left (0: the campaign is complete)."""
-    from bench.lifecycle import run_suite
-    from bench.options import RunOptions
 
     opts = base_opts or RunOptions(profile=profile, results_root=results_root)
     deadline = time.monotonic() + slice_s

@@ -24,8 +24,11 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 from typing import IO, Any, Callable
+
+import psutil
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 DEFAULT_MEASURE = "bench.measure_point:measure"
@@ -67,6 +70,7 @@ def serve(measure_ref: str, parent_pid: int) -> int:
     requests = sys.stdin.buffer
     replies = os.fdopen(os.dup(1), "wb", buffering=0)
     os.dup2(2, 1)  # stray prints (from imports) must not reach the protocol channel
+    # Imported only now, in the server, after stdout is redirected: the measuring stack's imports may print.
     from bench import worker
 
     measure = load_measure(measure_ref)
@@ -107,8 +111,6 @@ def _child(request: dict[str, Any], measure: Callable[..., Any], worker: Any, ch
     try:
         worker.serve(request, measure)
     except BaseException:
-        import traceback
-
         traceback.print_exc()
         code = 1
     finally:
@@ -200,8 +202,6 @@ class ForkServer:
     def cpu_s(self) -> float:
         """CPU seconds the server itself used (its children are counted apart)."""
         try:
-            import psutil
-
             times = psutil.Process(self.pid).cpu_times() if self.pid else None
         except Exception:
             return 0.0

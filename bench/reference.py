@@ -11,6 +11,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from bench.environment import REPO_ROOT
 from bench.plans.progress import run_progress as progress
 from bench.store import (
     LOCK, RUN_JSON, RUNS, TORN, StoreError, check_name, is_reference, jsonable, load_run_json, locked, now_iso,
@@ -64,8 +65,6 @@ def promote(run_dir: Path, results_root: Path, replace: bool = False) -> Path:
 def scrub_paths(text: str) -> str:
     """Text without this checkout's or this user's folders: the repository root becomes relative,
     the home folder `~`."""
-    from bench.environment import REPO_ROOT
-
     text = text.replace(f"{REPO_ROOT}/", "").replace(str(REPO_ROOT), ".")
     home = str(Path.home())
     return text.replace(home, "~") if len(home) > 1 else text

@@ -17,6 +17,7 @@ import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from bench.environment import host_id
 from bench.grid import point_params
 from bench.point import GridPoint
 
@@ -197,8 +198,6 @@ class RunLock:
             f.close()
             raise StoreError(f"{self.path.parent}: in use by {holder}; one run writes to a run folder at a "
                              "time (wait for it, or start another run)") from None
-        from bench.environment import host_id
-
         f.seek(0)
         f.truncate()
         f.write(json.dumps({"pid": os.getpid(), "hostname": platform.node(), "host_id": host_id(),

@@ -13,6 +13,7 @@ import time
 import traceback as tb
 from typing import Any, Callable, Mapping
 
+from bench.environment import _cpu_name
 from bench.point import GridPoint
 from bench.store import Record, make_record
 
@@ -91,7 +92,7 @@ def apply_thread_count() -> int | None:
     value = os.environ.get(THREADS_ENV)
     if not value:
         return None
-    import torch
+    import torch  # only here: the worker's own modules stay torch-free; the measurement imports it anyway
 
     torch.set_num_threads(int(value))
     return int(value)
@@ -99,8 +100,6 @@ def apply_thread_count() -> int | None:
 
 def node_info(device: str) -> dict[str, Any]:
     """Where a point ran: host, CPU, CPU count, torch threads and GPU (cuda points), for `record["node"]`."""
-    from bench.environment import _cpu_name
-
     torch = sys.modules.get("torch")  # only read if the measurement imported it
     gpu = None
     if torch is not None and device.startswith("cuda") and torch.cuda.is_available():
@@ -115,6 +114,7 @@ def node_info(device: str) -> dict[str, Any]:
 
 
 def _default_measure(point: GridPoint, **kwargs: Any) -> Mapping[str, Any]:
+    # The measuring stack (torch, the workloads) loads here, once per fork server, never in the runner.
     from bench.measure_point import measure
 
     return measure(point, **kwargs)

@@ -34,6 +34,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
+    # Imported after parsing, like the rest below: `--help` needs neither torch nor the report stack.
     from bench.duplication.report import write_report
 
     if args.command == "report":
@@ -41,7 +42,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     # Imported after parsing: `--help` and `report` need no torch.
     from bench.duplication.spec import resolve_device
-    from bench.lifecycle import NothingToMeasure
+    from bench.options import NothingToMeasure
     from bench.options import RunOptions
     from bench.training.run import run_plan
     from bench.training.suites import training_plan

@@ -107,7 +107,7 @@ def _deadline(seconds: float, message: str) -> Iterator[None]:
 def run_point_task(point: GridPoint, timeout_s: float, memory_limit_mib: int | None,
                    run_point: RunPoint | None, threads: int | None = None) -> Record:
     """The body of one Ray task: as many torch threads as CPUs the task holds (the whole node's)."""
-    import ray
+    import ray  # optional dependency, imported only where Ray runs
 
     ctx = ray.get_runtime_context()
     cpus = int(ctx.get_assigned_resources().get("CPU", 1))
@@ -200,7 +200,7 @@ class RayExecutor:
     # ---- running ----------------------------------------------------------------------------
 
     def run(self, points: Iterable[GridPoint]) -> Iterator[Record]:
-        import ray
+        import ray  # optional dependency, imported only when this executor runs
 
         connected = self._connect(ray)
         lost = False
@@ -214,7 +214,7 @@ class RayExecutor:
                 ray.shutdown()
 
     def _dispatch(self, ray: Any, queue: deque[GridPoint]) -> Iterator[Record]:
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy  # optional dependency
 
         node_died = getattr(ray.exceptions, "NodeDiedError", ())
         task = ray.remote(max_calls=1, max_retries=0)(run_point_task)

@@ -7,7 +7,8 @@ import os
 from typing import Any, Callable, Mapping
 
 from bench.point import GridPoint
-from bench.executors.local import STDERR_TAIL  # as much error text as a local failure keeps
+from bench.executors.local import STDERR_TAIL, run_point_subprocess  # STDERR_TAIL: as much error text as a local failure keeps
+from bench.store import make_record
 from bench.worker import THREADS_ENV, node_info
 
 Record = dict[str, Any]
@@ -19,8 +20,6 @@ THREAD_VARS = (THREADS_ENV, "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_
 def failure_record(point: GridPoint, reason: str, traceback: str | None = None) -> Record:
     """The `error` record of a point whose task returned none, shaped exactly as the local
     executor's failures are (bench.store.make_record); the runner fills in run_id."""
-    from bench.store import make_record
-
     return make_record(point, "error", reason, traceback=traceback[-STDERR_TAIL:] if traceback else None)
 
 
@@ -44,8 +43,7 @@ def run_point_remote(
     `node` block says where it ran (plus `node_extra`, e.g. the Ray node id or Slurm job id)."""
     for var in THREAD_VARS:  # the worker subprocess inherits these; this process runs one point only
         os.environ[var] = str(threads)
-    if run_point is None:
-        from bench.executors.local import run_point_subprocess as run_point
+    run_point = run_point or run_point_subprocess
     record = run_point(point, timeout_s, memory_limit_mib=memory_limit_mib)
     if isinstance(record, dict):
         # A worker that wrote its record knows its threads; a killed one gets this process's view.

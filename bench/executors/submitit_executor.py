@@ -56,7 +56,7 @@ def slurm_options(partition: str | None = None, time_min: int | None = None, cpu
 def run_point_job(point: GridPoint, timeout_s: float, memory_limit_mib: int | None,
                   run_point: RunPoint | None) -> Record:
     """The body of one job: as many torch threads as CPUs Slurm gave the task (else this process's)."""
-    import submitit
+    import submitit  # optional dependency, imported only where a job runs
 
     threads = int(os.environ.get("SLURM_CPUS_PER_TASK") or node_cpus())
     try:
@@ -101,7 +101,7 @@ class SubmititExecutor:
         self.poll_s = poll_s  # None: 5 s against Slurm, 0.2 s for local processes
 
     def _executor(self) -> Any:
-        import submitit
+        import submitit  # optional dependency, imported only when this executor runs
 
         ex = submitit.AutoExecutor(folder=self.folder, cluster=self.cluster)
         ex.update_parameters(**{

@@ -62,7 +62,7 @@ def test_a_slice_hands_each_suite_the_time_left_and_stops_when_spent(tmp_path, m
     calls: list[tuple[str, float]] = []
     clock = iter([0.0, 0.0, 300.0, 470.0] + [470.0] * 20)  # start, then one reading per suite
     monkeypatch.setattr(campaign.time, "monotonic", lambda: next(clock))
-    monkeypatch.setattr(lifecycle, "run_suite", lambda name, opts, console: calls.append((name, opts.time_budget_s)))
+    monkeypatch.setattr(campaign, "run_suite", lambda name, opts, console: calls.append((name, opts.time_budget_s)))
     left = campaign.run_campaign(["memory", "speed", "lsh_vs_full"], "gpu", tmp_path, 480.0,
                                  Console(file=io.StringIO()))
     assert calls == [("memory", 480.0), ("speed", 180.0)]  # lsh_vs_full: 10 s left < MIN_START_S

@@ -401,7 +401,8 @@ def exclusive_stage_us(events: Iterable[Any], selected: Callable[[Any], bool], c
 
 def profile_stages(run_once: Callable[[], None], device: str, names: Sequence[str] | None = None) -> StageTimes:
     """Run `run_once` under torch.profiler and return the time of its record_function ranges by name:
-    those in `names` (e.g. reformer_impl.STAGES) or, without names, every user-annotated range."""
+    those in `names` (e.g. reformer_impl.STAGES) and torch's optimizer step or, without names, every
+    user-annotated range."""
     from torch.profiler import ProfilerActivity, profile
 
     cuda = is_cuda(device) and torch.cuda.is_available()
@@ -409,8 +410,8 @@ def profile_stages(run_once: Callable[[], None], device: str, names: Sequence[st
     wanted = set(names) if names is not None else None
 
     def selected(event: Any) -> bool:
-        if wanted is not None:
-            return event.name in wanted
+        if wanted is not None:  # the optimizer's own range (torch names it) counts as a stage too
+            return event.name in wanted or event.name.startswith("Optimizer.step")
         return bool(getattr(event, "is_user_annotation", False)) and not event.name.startswith("ProfilerStep")
 
     synchronize(device)

@@ -89,9 +89,16 @@ def wants_breakdown(point: GridPoint, breakdown: bool | None = None) -> bool:
 
 def stage_names() -> Sequence[str] | None:
     """reformer_impl's public stage range names, or None (then every user-annotated range counts)."""
+    import importlib
+
     import reformer_impl
 
     names = getattr(reformer_impl, "STAGES", None)
+    if not names:
+        try:
+            names = getattr(importlib.import_module("reformer_impl.profiling"), "STAGES", None)
+        except ImportError:
+            names = None
     return tuple(names) if names else None
 
 

@@ -20,7 +20,7 @@ def plot_crossovers(view: StudyView, pairs: Sequence[Pair], path: Path) -> Figur
     hollow markers where either point was measured under load, crossings marked."""
     import seaborn as sns
     from matplotlib.figure import Figure as MplFigure
-    from matplotlib.ticker import FuncFormatter, NullFormatter
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     if not pairs:
         return None
@@ -49,6 +49,7 @@ def plot_crossovers(view: StudyView, pairs: Sequence[Pair], path: Path) -> Figur
         ticks = sorted({x for p in pairs if p.metric == metric for x in p.frame["x"]})
         ax.set_xticks(ticks, [str(plain(v)) for v in ticks], rotation=45 if len(ticks) > 6 else 0)
         ax.minorticks_off()
+        ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
         ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         ax.yaxis.set_minor_formatter(NullFormatter())
         ax.set_title(short(metric) if metric != "step_ms_median" else "time per step", fontsize="medium")

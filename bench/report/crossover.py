@@ -80,16 +80,16 @@ def describe(a: str, b: str, metric: str, xs: Sequence[float], ratio: Sequence[f
     span = f"{_n(xs[0])}-{_n(xs[-1])} tokens"
     if not found:
         side = f"{a} costs less" if rs[-1] < 1 else f"{b} costs less"
-        return (f"{a} vs {b} on {what}: no crossover, not within {span}; {side} throughout "
+        return (f"{what}, {a} vs {b}: no crossover, not within {span}; {side} throughout "
                 f"(ratio {rs[0]:.2g}x at {_n(xs[0])} to {rs[-1]:.2g}x at {_n(xs[-1])}).")
     parts = []
     for c in found:
-        winner = a if c.a_wins_above else b
+        winner, loser = (a, b) if c.a_wins_above else (b, a)
         caveats = [w for w, on in (("measured under load", c.under_load), ("within the noise", c.within_noise)) if on]
         note = f" ({', '.join(caveats)})" if caveats else ""
-        parts.append(f"{winner} costs less from about {_n(c.estimate)} tokens (between {_n(c.lo)} and "
+        parts.append(f"{winner} costs less than {loser} from about {_n(c.estimate)} tokens (between {_n(c.lo)} and "
                      f"{_n(c.hi)}){note}")
-    return f"{a} vs {b} on {what}: " + "; then ".join(parts) + f"; ratio {rs[-1]:.2g}x at {_n(xs[-1])}."
+    return f"{what}: " + "; then ".join(parts) + f"; {a} / {b} = {rs[-1]:.2g}x at {_n(xs[-1])}."
 
 
 # --------------------------------------------------------------------------- pairs of a study

@@ -26,7 +26,7 @@ def test_one_crossing_is_bracketed_and_interpolated_in_log_log():
     assert (c.lo, c.hi) == (512, 1024)
     assert c.estimate == pytest.approx(1000, rel=1e-9)
     assert c.a_wins_above and not c.under_load and not c.within_noise
-    assert "LSH costs less from about 1,000 tokens (between 512 and 1,024)" in describe(
+    assert "time: LSH costs less than full from about 1,000 tokens (between 512 and 1,024)" in describe(
         "LSH", "full", "step_ms_median", X, ratio, [c])
 
 

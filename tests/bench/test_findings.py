@@ -49,7 +49,7 @@ def test_findings_follow_the_records():
     fast = _findings(_records(lambda n: n / 2))  # 500 / n: crosses at 500
     assert slow != fast
     assert "no crossover, not within 256-2,048 tokens; full (naive) costs less throughout" in slow
-    assert "LSH costs less from about 500 tokens (between 256 and 512)" in fast
+    assert "LSH costs less than full (naive) from about 500 tokens (between 256 and 512)" in fast
     assert re.search(r"at 2,048 tokens LSH takes 0\.24x full \(naive\)'s time", fast)
     assert "fitted exponent vs Table 3's" in fast and "(agrees)" in fast
     assert "no matmul calibration" in fast

@@ -1,5 +1,5 @@
 """A W&B Report for one or more runs of a suite, built with the official `wandb-workspaces` API
-(`wandb_workspaces.reports.v2`): the title and environment, per study our report's text and live
+(`wandb_workspaces.reports.v2`): the title, report.md's findings and the environment, per study our report's text and live
 line plots over the logged curves (a training study's learning curves against `train/step`; a quality
 study led by its figure, hypothesis and verdict), the exponent table beside Table 3, Table 2 for
 duplication, the final bits-per-byte and LSH approximation tables for quality.
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -194,6 +195,14 @@ def _without_images(markdown: str) -> str:
     return "\n".join(line for line in markdown.splitlines() if not line.lstrip().startswith("![")).strip()
 
 
+LINKS = re.compile(r" \((?:\[[^\]]*\]\([^)]*\)(?:, )?)+\)$", re.M)
+
+
+def _without_links(markdown: str) -> str:
+    """Findings' trailing '([table](#...), [plot](plots/...))': files and anchors of report.md."""
+    return LINKS.sub("", markdown)
+
+
 def _per_run(runs: Sequence[ReportRun], texts: Sequence[str]) -> list[Any]:
     """One markdown block when every run says the same, else one per run under its id."""
     import wandb_workspaces.reports.v2 as wr
@@ -224,7 +233,12 @@ def build_report(runs: Sequence[ReportRun], *, project: str, entity: str = "",
         raise ValueError(f"one report gathers runs of one suite, got {', '.join(suites)}")
     first, several = runs[0], len(runs) > 1
     description = str(first.info.suite_spec.get("description") or first.text.intro or "").strip()
-    blocks: list[Any] = [wr.TableOfContents(), wr.H1("Environment")]
+    blocks: list[Any] = [wr.TableOfContents()]
+    findings = [r.text.section("findings") for r in runs]
+    if any(findings):  # report.md's computed findings open the W&B Report too
+        blocks.append(wr.H1("Findings"))
+        blocks += _per_run(runs, [_without_links(f[1]) if f else "" for f in findings])
+    blocks.append(wr.H1("Environment"))
     for run in runs:
         if several:
             blocks.append(wr.H3(f"{run.info.run_id} ({run.info.device_name or run.info.device or '?'})"))
@@ -248,6 +262,11 @@ def build_report(runs: Sequence[ReportRun], *, project: str, entity: str = "",
         blocks += [wr.H1(f"Study {study}"), *text]
         if panels:
             blocks.append(wr.PanelGrid(runsets=[_runset(runs, runset_entity, runset_project)], panels=panels))
+
+    crossovers = [r.text.section("crossover") for r in runs]
+    if any(crossovers):
+        blocks.append(wr.H1("Crossover lengths"))
+        blocks += _per_run(runs, [c[1] if c else "" for c in crossovers])
 
     exponents = [r.text.section("exponent") or r.text.section("table 3") for r in runs]
     if any(exponents):

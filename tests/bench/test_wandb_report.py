@@ -319,3 +319,17 @@ def test_publish_without_the_wandb_extra_says_what_to_install(tmp_path, offline_
     assert missing in err and "pip install -e '.[wandb]'" in err
     with pytest.raises(PublishError):
         publish_report([run_dir], create=True, secrets=frozenset(), env={})
+
+
+def test_report_opens_with_the_findings_of_report_md(tmp_path, offline_env):
+    from bench.report import write_report
+
+    run_dir = copy_run(reference("memory"), tmp_path / "memory" / "ref")
+    write_report(run_dir)  # the findings block is the regenerated report's
+    spec = json.loads(publish_report([run_dir], secrets=frozenset(), env={}, log=lambda m: None).spec.read_text())
+    assert headings(spec)[:2] == ["Findings", "Environment"]
+    body = read_report_text(run_dir).section("findings")[1]
+    first = next(line for line in body.splitlines() if line.startswith("- "))
+    sentence = first[: first.rindex(" ([")]
+    assert sentence in markdown(spec) and "](plots/" not in markdown(spec).split("Environment")[0]
+    assert "Crossover lengths" in headings(spec)

@@ -3,8 +3,9 @@ project's vocabulary (YAML keys, record columns, plot labels)."""
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import Literal, Optional, Union
 
 ATTENTION_KINDS = ("full", "sdpa", "lsh", "local")
 POS_EMB_KINDS = ("axial", "absolute")
@@ -12,6 +13,12 @@ POS_EMB_KINDS = ("axial", "absolute")
 # whether the backward recomputes); 'standard': x + F(x) then + G(x), the ordinary Transformer that
 # the paper compares reversible layers with (Fig. 5 left).
 RESIDUAL_KINDS = ("two_stream", "standard")
+# n_buckets = "factorised": the automatic count 2 * padded_len / chunk_len as a product a x b of two
+# small rotations (a ~ b ~ its square root), hashing in O(L (a + b)) instead of O(L a b); see
+# factor_buckets. An explicit (a, b) (HF's num_buckets=[a, b]) factorises a chosen count.
+FACTORISED = "factorised"
+# Below this many buckets a product of two rotations saves nothing: "factorised" hashes with one.
+MIN_FACTORISED_BUCKETS = 16
 
 
 @dataclass(frozen=True)
@@ -26,7 +33,10 @@ class ReformerConfig:
     shared_qk: bool = True
     n_hashes: int = 2
     chunk_len: int = 64
-    n_buckets: Optional[int] = None  # None: 2 * padded_len / chunk_len, as in the paper
+    # None: 2 * padded_len / chunk_len, one rotation, as in the paper; an int: that many, one rotation;
+    # (a, b): two rotations of a/2 and b/2 columns, bucket h_a + a * h_b; "factorised": the automatic
+    # count as such a product (see FACTORISED). Lists are taken as tuples (YAML has no tuples).
+    n_buckets: Union[None, int, tuple[int, int], list[int], Literal["factorised"]] = None
     causal: bool = True
     reversible: bool = True
     ff_chunks: int = 1
@@ -42,6 +52,8 @@ class ReformerConfig:
     residual: str = "two_stream"  # see RESIDUAL_KINDS
 
     def __post_init__(self) -> None:
+        if isinstance(self.n_buckets, list):  # hashable and equal to the tuple it means
+            object.__setattr__(self, "n_buckets", tuple(self.n_buckets))
         validate(self)
 
     @property
@@ -49,13 +61,47 @@ class ReformerConfig:
         return self.d_model // self.n_heads
 
     def buckets_for(self, padded_len: int) -> int:
-        """Bucket count for a padded length: the configured one or 2 * L / chunk_len (even, >= 2)."""
-        if self.n_buckets is not None:
+        """Bucket count for a padded length: the configured one or 2 * L / chunk_len (even, >= 2);
+        for factorised buckets the product a * b."""
+        factors = self.bucket_factors(padded_len)
+        if factors is not None:
+            return factors[0] * factors[1]
+        if isinstance(self.n_buckets, int):
             return self.n_buckets
         return max(2, 2 * padded_len // self.chunk_len)
 
+    def bucket_factors(self, padded_len: int) -> Optional[tuple[int, int]]:
+        """(a, b) when the hash is a product of two rotations at this padded length, else None."""
+        if isinstance(self.n_buckets, tuple):
+            return self.n_buckets
+        if self.n_buckets == FACTORISED:
+            return factor_buckets(max(2, 2 * padded_len // self.chunk_len))
+        return None
+
     def replace(self, **changes) -> "ReformerConfig":
         return dataclasses.replace(self, **changes)
+
+
+def factor_buckets(n_buckets: int) -> Optional[tuple[int, int]]:
+    """Two even factors a <= b with a * b >= n_buckets, a in [sqrt(n)/2, sqrt(n)]: the fewest spare
+    buckets, then the most balanced (512 -> (16, 32), 256 -> (16, 16)). None below
+    MIN_FACTORISED_BUCKETS, where one rotation is as cheap."""
+    if n_buckets < MIN_FACTORISED_BUCKETS:
+        return None
+    root = math.isqrt(n_buckets)
+    best = None
+    for a in range(2, root + 1, 2):
+        if 2 * a < math.sqrt(n_buckets):
+            continue
+        b = 2 * math.ceil(n_buckets / (2 * a))
+        key = (a * b - n_buckets, b - a)
+        if best is None or key < best[0]:
+            best = (key, (a, b))
+    return best[1]
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _refuse(field: str, value, why: str) -> None:
@@ -80,11 +126,7 @@ def validate(cfg: ReformerConfig) -> None:
         _refuse("chunk_len", cfg.chunk_len, "must be an integer >= 1")
     if isinstance(cfg.ff_chunks, bool) or not isinstance(cfg.ff_chunks, int) or cfg.ff_chunks < 1:
         _refuse("ff_chunks", cfg.ff_chunks, "must be an integer >= 1")
-    if cfg.n_buckets is not None:
-        if isinstance(cfg.n_buckets, bool) or not isinstance(cfg.n_buckets, int) or cfg.n_buckets < 2:
-            _refuse("n_buckets", cfg.n_buckets, "must be None or an even integer >= 2")
-        if cfg.n_buckets % 2:
-            _refuse("n_buckets", cfg.n_buckets, "must be even (angular LSH takes argmax over [xR; -xR])")
+    _validate_buckets(cfg.n_buckets)
     if not isinstance(cfg.dropout, (int, float)) or not 0.0 <= cfg.dropout < 1.0:
         _refuse("dropout", cfg.dropout, "must be in [0, 1)")
     for name in ("shared_qk", "causal", "reversible", "same_bucket", "dup_correction"):
@@ -103,3 +145,16 @@ def validate(cfg: ReformerConfig) -> None:
         _refuse("shared_qk", cfg.shared_qk, "LSH attention hashes one shared query/key projection; set shared_qk=True")
     if cfg.attention == "local" and not cfg.shared_qk:
         _refuse("shared_qk", cfg.shared_qk, "local attention is LSH's windows sorted by position, shared QK; set shared_qk=True")
+
+
+def _validate_buckets(n_buckets) -> None:
+    if n_buckets is None or n_buckets == FACTORISED:
+        return
+    if isinstance(n_buckets, tuple):
+        if len(n_buckets) != 2 or not all(_is_int(f) and f >= 2 and f % 2 == 0 for f in n_buckets):
+            _refuse("n_buckets", list(n_buckets), "a factorised count is two even integers [a, b], each >= 2")
+        return
+    if not _is_int(n_buckets) or n_buckets < 2:
+        _refuse("n_buckets", n_buckets, f"must be None, an even integer >= 2, [a, b] or {FACTORISED!r}")
+    if n_buckets % 2:
+        _refuse("n_buckets", n_buckets, "must be even (angular LSH takes argmax over [xR; -xR])")

@@ -152,6 +152,29 @@ def plot_curves(curves: pd.DataFrame, path: Path) -> Path:
     return path
 
 
+def findings(measured: pd.DataFrame, paper: pd.DataFrame) -> list[str]:
+    """Sentences with numbers from the accuracy matrix: each trained model's best and worst evaluation
+    setting, and where and by how much the measured matrix differs from the paper's."""
+    if measured.empty:
+        return []
+    where = " ([matrix](#accuracy-trained-rows-x-evaluated-columns-measured-paper), [heatmap](table2_heatmap.png))"
+    out = []
+    for row in measured.index:
+        values = measured.loc[row].dropna()
+        if values.empty:
+            continue
+        hi, lo = values.idxmax(), values.idxmin()
+        out.append(f"- `{row}` scores {values[hi]:.1f}% evaluated as `{hi}` and {values[lo]:.1f}% as `{lo}` "
+                   f"({values[lo] - values[hi]:+.1f} points).{where}")
+    diff = (measured - paper).stack().dropna() if not paper.empty else pd.Series(dtype=float)
+    if not diff.empty:
+        (row, col), worst = diff.abs().idxmax(), diff.loc[diff.abs().idxmax()]
+        out.append(f"- Against the paper's Table 2 ({len(diff)} cells in common): mean absolute difference "
+                   f"{diff.abs().mean():.1f} points; the largest, `{row}` evaluated as `{col}`: "
+                   f"{measured.loc[row, col]:.1f}% measured vs {paper.loc[row, col]:.1f}% ({worst:+.1f}).{where}")
+    return out
+
+
 def _table(df: pd.DataFrame, **kw) -> str:
     return df.to_markdown(**kw) if not df.empty else "_nothing recorded yet_"
 
@@ -183,6 +206,12 @@ def write_report(run_dir: Path) -> Path:
         f"from 1..{task.get('n_symbols')}; accuracy = argmax next-symbol accuracy on the second copy of w, "
         f"{spec.get('eval', {}).get('batches')} x {spec.get('eval', {}).get('batch_size')} held-out sequences "
         f"(seed {spec.get('eval', {}).get('seed')}). Chance: {100 / max(1, task.get('n_symbols', 1)):.1f}%.",
+        "",
+        "## Findings",
+        "",
+        "_Computed from this run's records._",
+        "",
+        *(findings(measured, paper) or ["_No evaluated model yet._"]),
         "",
         "## Accuracy %, trained (rows) x evaluated (columns): measured (paper)",
         "",

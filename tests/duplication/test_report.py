@@ -63,3 +63,18 @@ def test_curves_come_from_training_records():
     df = training_curves([train_rec("dense", "full", curve=curve), train_rec("hash1", "lsh", 1)])
     assert df["model"].tolist() == ["dense", "dense"] and df["loss"].tolist() == [2.0, 1.0]
     assert accuracy_matrix([]).empty
+
+
+def test_findings_come_from_the_matrix_and_change_with_it():
+    from bench.duplication.report import findings
+
+    recs = sample()
+    m = accuracy_matrix(recs, SPEC)
+    text = "\n".join(findings(m, paper_matrix(m, recs)))
+    assert "`dense` scores 100.0% evaluated as `dense` and 50.0% as `h1` (-50.0 points)" in text
+    # paper cells in common: dense x {dense 100, h8 94.8, h1 52.5}, hash1 x h1 77.9 (hash1 x dense unmeasured)
+    assert "(4 cells in common)" in text and "`hash1` evaluated as `h1`: 25.0% measured vs 77.9% (-52.9)" in text
+    recs.append(eval_rec("hash1", "h1", 0.8, "lsh", 1))  # a later, better evaluation
+    m2 = accuracy_matrix(recs, SPEC)
+    assert findings(m2, paper_matrix(m2, recs)) != text.splitlines()
+    assert findings(pd.DataFrame(dtype=float), pd.DataFrame(dtype=float)) == []

@@ -221,6 +221,28 @@ def study_section(name: str, study: Mapping[str, Any], meta: Mapping[str, Any], 
     return verdict, checks, lines
 
 
+def findings(spec: Mapping[str, Any], table: pd.DataFrame, trains: pd.DataFrame, by_seed: Mapping) -> list[str]:
+    """The findings that open the report, from its numbers: the lowest and highest held-out bpb as
+    trained, and each study's verdict with its first comparison (means and paired difference)."""
+    out = []
+    trained = table[(table["setting"] == AS_TRAINED) & table["bpb_mean"].notna()] if not table.empty else table
+    if not trained.empty:
+        best, worst = trained.loc[trained["bpb_mean"].idxmin()], trained.loc[trained["bpb_mean"].idxmax()]
+        out.append(f"- Lowest held-out bits per byte as trained: `{best['model']}` {best['bpb_mean']:.3f} "
+                   f"({int(best['n_seeds'])} seeds); highest: `{worst['model']}` {worst['bpb_mean']:.3f} "
+                   f"([final table](#final-table)).")
+    for name, study in (spec.get("studies") or {}).items():
+        models = list(study.get("models") or ())
+        x_of = study_x(trains, models, study.get("x"))
+        verdict, parts = study_verdict(name, study, x_of, by_seed, spec.get("eval_settings") or {})
+        first = next((c for p in parts for c in p.comparisons), None)
+        evidence = (f": `{first.name}` {first.a.mean:.3f} vs `{first.versus}` {first.b.mean:.3f} bpb, paired "
+                    f"difference {first.diff:+.4f} over {len(first.d.diffs)} seed(s)" if first is not None else "")
+        anchor = re.sub(r"[^a-z0-9_ -]", "", f"study {name} {study.get('paper') or ''}".lower()).strip().replace(" ", "-")
+        out.append(f"- `{name}` ({study.get('paper')}): **{verdict}**{evidence} ([study](#{anchor})).")
+    return out
+
+
 def write_report(run_dir: Path) -> Path:
     """Write report.md, plots/*.png and tables/*.csv into `run_dir` from its run.json and records."""
     run_dir = Path(run_dir)
@@ -237,7 +259,12 @@ def write_report(run_dir: Path) -> Path:
     table = final_table(evals, trains, models, list(spec.get("eval_settings") or {}))
     table.to_csv(tables / "final_table.csv", index=False)
     by_seed = bpb_by_seed(evals)
-    out_md = [setup_markdown(meta, run_dir), *models_markdown(trains, spec, models), "## Final table", "",
+    setup = setup_markdown(meta, run_dir)
+    title, _, rest = setup.partition("## Setup (as run)")
+    found = findings(spec, table, trains, by_seed) or ["_No evaluated model yet._"]
+    setup = "\n".join([title.rstrip(), "", "## Findings", "", "_Computed from this run's records._", "", *found, "",
+                       "## Setup (as run)" + rest])
+    out_md = [setup, *models_markdown(trains, spec, models), "## Final table", "",
               SPREAD_NOTE + " Step time and memory describe training the model and sit on its as-trained row "
               "(means over seeds of each seed's median step); activation memory is what autograd keeps for one "
               "training forward (the same on every device).", "", load_note(trains), "",

@@ -160,3 +160,19 @@ def test_write_report_writes_sections_figures_and_csv_without_machine_paths(run_
     t = table.set_index(["model", "setting"])
     assert t.loc[("lsh-4", AS_TRAINED), "bpb_mean"] == pytest.approx(2.1 + SEED_SHIFT / 2)
     assert t.loc[("lsh-2", AS_TRAINED), "under_load"] and not t.loc[("lsh-4", AS_TRAINED), "under_load"]
+
+
+def test_findings_open_the_report_and_follow_the_records(run_dir: Path):
+    text = write_report(run_dir).read_text()
+    assert text.index("## Findings") < text.index("## Setup (as run)")
+    block = text[text.index("## Findings"):text.index("## Setup (as run)")]
+    assert "- `shared_qk` (Fig. 3): **reproduces**" in block and "paired difference" in block
+    assert "Lowest held-out bits per byte as trained" in block
+    records = [json.loads(line) for line in (run_dir / "records.jsonl").read_text().splitlines()]
+    for rec in records:  # make full's evaluations worse by 1 bpb: the lowest model changes
+        if rec["params"].get("train_model") == "full" and rec["params"].get("role") == "eval":
+            rec["metrics"]["bpb"] += 1.0
+    (run_dir / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    changed = write_report(run_dir).read_text()
+    new_block = changed[changed.index("## Findings"):changed.index("## Setup (as run)")]
+    assert new_block != block and "highest: `full`" in new_block

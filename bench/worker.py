@@ -78,11 +78,16 @@ def run_point(point: GridPoint, measure: Measure, timing: bool = True) -> Record
 
 
 def serve(request: Mapping[str, Any], measure: Measure) -> None:
-    """Measure the request's point and print its record line, with the node it ran on."""
-    point = GridPoint.from_json(request["point"])
+    """Measure the request's point (or run its `unit`: `measure(unit)` returns the record) and print
+    its record line, with the node it ran on."""
     apply_thread_count()
-    record = run_point(point, measure, timing=bool(request.get("timing", True)))
-    record["node"] = node_info(point.device)
+    if "unit" in request:
+        record = dict(measure(request["unit"]))
+        record["node"] = node_info(str(request["unit"].get("device", "cpu")))
+    else:
+        point = GridPoint.from_json(request["point"])
+        record = run_point(point, measure, timing=bool(request.get("timing", True)))
+        record["node"] = node_info(point.device)
     sys.stdout.write(RECORD_PREFIX + json.dumps(record, separators=(",", ":"), allow_nan=False) + "\n")
     sys.stdout.flush()
 

@@ -12,7 +12,7 @@ import signal
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import psutil
 
@@ -23,6 +23,8 @@ from bench.point import GridPoint
 from bench.store import Record, make_record
 from bench.worker import RECORD_PREFIX
 
+# fail(status, reason, effective=None, wall_s=0.0, traceback=None) -> the row of a unit without a record.
+Fail = Callable[..., Record]
 MEMORY_FRACTION = 0.75  # default watchdog limit: this share of the RAM available at start
 DEFAULT_PROCESSES = 3
 POLL_S = 0.1
@@ -102,6 +104,7 @@ class PointRunner:
         self.memory_limit_mib = memory_limit_mib
         self.processes = processes
         self.server = ForkServer(measure)
+        self.last_stdout = ""  # the last worker's stdout (its own lines beside the record line)
         self._tmp = Path(tempfile.mkdtemp(prefix="bench-worker-"))
 
     def close(self) -> None:
@@ -140,16 +143,25 @@ class PointRunner:
 
     def run_process(self, point: GridPoint, timeout_s: float, timing: bool) -> tuple[Record, float]:
         """One worker process: its record (any status) and the CPU seconds it used."""
+        def fail(status: str, reason: str, effective: dict[str, Any] | None = None, wall_s: float = 0.0,
+                 traceback: str | None = None) -> Record:
+            return make_record(point, status, reason, effective=effective, wall_s=wall_s, traceback=traceback)
+
+        return self.run_request({"point": point.to_json(), "timing": timing}, timeout_s, fail)
+
+    def run_request(self, request: dict[str, Any], timeout_s: float, fail: Fail) -> tuple[Record, float]:
+        """One fresh worker process for one request (a grid point, a probe, a training unit): the
+        record it printed, else the row `fail(status, reason, ...)` makes of its timeout, its kill by
+        the memory watchdog, its crash or its silence; and the CPU seconds it used."""
         user_limit = self.memory_limit_mib is not None
         limit = self.memory_limit_mib if user_limit else default_memory_limit_mib()
         out, err = self._tmp / "stdout", self._tmp / "stderr"
         start = time.perf_counter()
         try:
-            pid = self.server.spawn({"point": point.to_json(), "timing": timing,
-                                     "stdout": str(out), "stderr": str(err)})
+            pid = self.server.spawn({**request, "stdout": str(out), "stderr": str(err)})
         except ServerDied as exc:
             self.server.close()
-            return make_record(point, "error", f"no worker started: {exc}", wall_s=time.perf_counter() - start), 0.0
+            return fail("error", f"no worker started: {exc}", wall_s=time.perf_counter() - start), 0.0
         killed: tuple[str, str] | None = None
         exited: dict[str, Any] | None = None
         try:
@@ -168,27 +180,28 @@ class PointRunner:
         except ServerDied as exc:
             kill_group(pid)
             self.server.close()
-            return make_record(point, "error", f"fork server died while the worker ran: {exc}",
-                               wall_s=time.perf_counter() - start), 0.0
+            return fail("error", f"fork server died while the worker ran: {exc}",
+                        wall_s=time.perf_counter() - start), 0.0
         finally:
             if exited is None:  # interrupted (Ctrl-C, SIGTERM): leave no orphan behind
                 kill_group(pid)
         wall_s = time.perf_counter() - start
         cpu_s = float(exited.get("cpu_s") or 0.0)
+        self.last_stdout = _read(out, 2**31)
         if killed:
             effective = None
             if killed[0] == "oom":
                 effective = {"oom_detected_by": "rss_watchdog", "memory_limit_mib": limit,
                              "memory_limit_set_by": "user" if user_limit else "default"}
-            return make_record(point, killed[0], killed[1], effective=effective, wall_s=wall_s), cpu_s
-        return self._finish(point, int(exited["code"]), _read(out, 2**31), _read(err, STDERR_TAIL), wall_s), cpu_s
+            return fail(killed[0], killed[1], effective=effective, wall_s=wall_s), cpu_s
+        return self._finish(fail, int(exited["code"]), self.last_stdout, _read(err, STDERR_TAIL), wall_s), cpu_s
 
     @staticmethod
-    def _finish(point: GridPoint, code: int, stdout: str, stderr_tail: str, wall_s: float) -> Record:
+    def _finish(fail: Fail, code: int, stdout: str, stderr_tail: str, wall_s: float) -> Record:
         record = find_record(stdout)
         if record is None:
             reason = f"{describe_exit(code)} without a record line" if code else "worker printed no record line"
-            return make_record(point, "error", reason, wall_s=wall_s, traceback=stderr_tail or None)
+            return fail("error", reason, wall_s=wall_s, traceback=stderr_tail or None)
         if code:  # the measurement finished, but the process did not end cleanly: say so
             _note(record, f"{describe_exit(code)} after writing its record")
         record["wall_s"] = wall_s

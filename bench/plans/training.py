@@ -4,22 +4,27 @@ whose model did not). A training keeps to the time budget itself, stopping at a 
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from rich.console import Console
 from rich.table import Table
 
+from bench.executors.local import PointRunner
 from bench.options import RunError, RunOptions, check_cuda, check_gpu_profile, resolve_profile
 from bench.plans.base import Record, Say, refuse
 from bench.plans.progress import planned_progress
 from bench.store import StoreError, latest_by_point, pending_ids
 from bench.training.checkpoint import checkpoint_progress
 from bench.training.plan import AnalysisPoint, EvalPoint, TrainingPlan, TrainPoint, resume_spec
+from bench.training import unit_worker
+from bench.training.records import analysis_record, eval_record, train_record
 from bench.training.runner import Units, checkpoint_path
 from bench.training.suites import training_plan
+from bench.worker import RECORD_PREFIX
 
 REMOTE = ("a training is one long unit that checkpoints into this machine's run folder; "
           "only the local executor runs trainings")
@@ -50,6 +55,9 @@ class TrainingRunPlan:
     reevaluate: bool = False
     train: bool = True
     checkpoints: bool = True  # the units keep to the time budget themselves
+    # Where the plan comes from (path, kind, profile, data), so that a fresh worker process can rebuild
+    # it and run one unit; None for a plan built in code (then its units run in this process).
+    source: dict[str, Any] | None = None
     _latest: dict[str, Record] = field(default_factory=dict)
 
     progress = staticmethod(planned_progress)
@@ -71,7 +79,8 @@ class TrainingRunPlan:
             plan = training_plan(path, kind, profile, opts.data)
         except ValueError as exc:  # a bad suite, an unknown profile, a corpus refused: nothing ran
             raise RunError(str(exc)) from exc
-        return cls(only_studies(plan, opts.only, path), device)
+        source = {"path": str(path), "kind": kind, "profile": profile, "data": None if opts.data is None else str(opts.data)}
+        return cls(only_studies(plan, opts.only, path), device, source=source)
 
     def spec(self) -> dict[str, Any]:
         return self.plan.spec_json()
@@ -147,10 +156,12 @@ class TrainingRunPlan:
         self._latest[record["point_id"]] = record
         return record
 
-    def executor(self, opts: RunOptions, run_dir: Path, say: Say) -> "TrainingExecutor":
+    def executor(self, opts: RunOptions, run_dir: Path, say: Say) -> "TrainingExecutor | WorkerExecutor":
         self.run_dir = run_dir
-        return TrainingExecutor(Units(self.plan, run_dir, self.device, deadline=_deadline(opts),
-                                      say=lambda m: say(f"[{self.kind}] {m}")))
+        units = Units(self.plan, run_dir, self.device, deadline=_deadline(opts), say=lambda m: say(f"[{self.kind}] {m}"))
+        if self.source is None:
+            return TrainingExecutor(units)
+        return WorkerExecutor(units, self.source, opts.memory_limit_mib)
 
     def one_line(self, unit: Unit, record: Record) -> str:
         return ""  # the units say their own lines as they go
@@ -179,6 +190,51 @@ class TrainingExecutor:
 
     def close(self) -> None:
         pass
+
+
+class WorkerExecutor:
+    """Runs each unit in a fresh worker process of one fork server (`bench.training.unit_worker`), under
+    the host-memory watchdog: a worker the kernel or the watchdog kills is the unit's `error` or
+    `oom` row, and the run goes on (a training resumes from its checkpoint on a rerun)."""
+
+    def __init__(self, units: Units, source: Mapping[str, Any], memory_limit_mib: float | None) -> None:
+        self.units, self.source = units, dict(source)
+        self.runner = PointRunner(memory_limit_mib, processes=1, measure=unit_worker.MEASURE)
+
+    def run(self, units: Sequence[Unit]) -> Iterator[tuple[Unit, Record | None]]:
+        for unit in units:
+            if unit.why:
+                yield unit, self.units.skipped(unit.point, unit.why)
+                continue
+            left = None if self.units.deadline is None else max(0.0, self.units.deadline - time.monotonic())
+            req = unit_worker.request(self.source, unit.point.point_id, self.units.run_dir, self.units.device, left)
+            record, _ = self.runner.run_request({"unit": req}, math.inf, self._fail(unit))
+            for line in self.runner.last_stdout.splitlines():
+                if not line.startswith(RECORD_PREFIX):
+                    self.units.say(line)
+            if record.get("status") != unit_worker.STOPPED:
+                self.units.say(f"{unit.point.point_id}: {record['status']} {record.get('reason') or ''}".rstrip())
+            yield unit, None if record.get("status") == unit_worker.STOPPED else record
+
+    def _fail(self, unit: Unit) -> Callable[..., Record]:
+        """The row of a unit whose worker left no record (killed, crashed, silent)."""
+        def fail(status: str, reason: str, effective: Mapping[str, Any] | None = None, wall_s: float = 0.0,
+                 traceback: str | None = None) -> Record:
+            point, u = unit.point, self.units
+            if isinstance(point, TrainPoint):
+                record = train_record(u.plan, u.run_id, point, u.device, None, status, reason, wall_s)
+            elif isinstance(point, EvalPoint):
+                record = eval_record(u.plan, u.run_id, point, u.device, None, status, reason, wall_s,
+                                     u.plan.task.eval_batch_size)
+            else:
+                record = analysis_record(u.plan, u.run_id, point, u.device, None, status, reason, wall_s)
+            record["effective"] = {**(record.get("effective") or {}), **(effective or {})}
+            record["traceback"] = traceback
+            return record
+        return fail
+
+    def close(self) -> None:
+        self.runner.close()
 
 
 def only_studies(plan: TrainingPlan, only: Sequence[str], path: Path) -> TrainingPlan:

@@ -130,13 +130,14 @@ def time_reasons(tail: pd.DataFrame, x: str, metric: str, measured: float, predi
             explained = abs(measured - s_flops) <= GAP_LIMIT
     stages = [c for c in stage_columns(tail) if not c.endswith(".other")]
     if stages and "stage_total_ms" in tail:
-        growth = {c: slope(tail[x], tail[c]) for c in stages}
-        growth = {c: s for c, s in growth.items() if s is not None}
-        if growth:
-            fastest = max(growth, key=growth.get)
-            share = tail[fastest] / tail["stage_total_ms"]
-            reasons.append(f"stage `{stage_name(fastest)}` grows fastest (slope {growth[fastest]:.2f}), its share of "
-                           f"the profiled step from {share.iloc[0]:.0%} to {share.iloc[-1]:.0%}")
+        shares = {c: (tail[c] / tail["stage_total_ms"]).fillna(0.0) for c in stages}
+        growing = max(shares, key=lambda c: shares[c].iloc[-1] - shares[c].iloc[0])
+        share = shares[growing]
+        if share.iloc[-1] - share.iloc[0] >= 0.01:  # the stage whose share of the step grows most
+            s_stage = slope(tail[x], tail[growing])
+            reasons.append(f"stage `{stage_name(growing)}` takes a growing share of the profiled step, "
+                           f"{share.iloc[0]:.0%} to {share.iloc[-1]:.0%}"
+                           + (f" (slope {s_stage:.2f})" if s_stage is not None else ""))
     return reasons, explained
 
 

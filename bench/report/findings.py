@@ -205,7 +205,8 @@ def stage_finding(view: StudyView) -> Optional[Finding]:
         rows = rows.sort_values(view.x).dropna(subset=["stage_total_ms"])
         for c in stages:
             s = slope(rows[view.x], rows[c]) if len(rows) >= 2 else None
-            if s is not None and (best is None or s > best[0]):
+            last_share = rows[c].iloc[-1] / rows["stage_total_ms"].iloc[-1] if len(rows) else 0.0
+            if s is not None and last_share >= 0.01 and (best is None or s > best[0]):
                 best = (s, c, rows)
     if best is None:
         return None

@@ -10,7 +10,7 @@ import pandas as pd
 from bench.environment import REPO_ROOT, portable_path
 from bench.report.answer_figures import plot_crossovers, plot_stages
 from bench.report.crossover import crossover_table, study_pairs
-from bench.report.derived import add_derived
+from bench.report.derived import add_derived, stage_columns
 from bench.report.exponents import GAP_LIMIT, exponent_table
 from bench.report.figures import plot_metric
 from bench.report.findings import findings_markdown, grid_findings
@@ -171,6 +171,11 @@ def write_report(run_dir: Path) -> Path:
                  plot_stages(view, plots / f"{slug(name)}__stages.png")]
         for fig in (f for f in extra if f is not None):
             parts += [f"![{name}: {fig.path.stem.split('__')[-1]}](plots/{fig.path.name})", "", f"_{fig.caption}_", ""]
+        stages = stage_columns(view.frame)
+        if stages:  # the numbers behind the stacked bars
+            keep = [*view.series, view.x, "stage_total_ms", *stages]
+            view.frame[[c for c in keep if c in view.frame]].to_csv(tables / f"{slug(name)}__stages.csv", index=False)
+            parts += [f"Stage times per point: `tables/{slug(name)}__stages.csv`.", ""]
 
     if not cross.empty:
         shown = cross[["study", "metric", "a", "b", "finding"]]

@@ -16,6 +16,7 @@ from bench.report.labels import plain, short
 LENGTH_AXES = ("seq_len",)
 DENSE = ("full", "sdpa")
 TIME_METRIC = "step_ms_median"
+TIE_RTOL = 0.02  # ratios this close to 1 at every length: a tie, not a winner
 WORDS = {TIME_METRIC: "time", "rss_delta_mib": "peak memory", "peak_alloc_mib": "peak memory",
          "saved_for_backward_mib": "saved-for-backward bytes"}
 COLUMNS = ["study", "metric", "a", "b", "a_key", "b_key", "finding", "lo", "hi", "estimate", "a_wins_above",
@@ -78,6 +79,8 @@ def describe(a: str, b: str, metric: str, xs: Sequence[float], ratio: Sequence[f
     xs = [float(xs[i]) for i in order]
     rs = [float(ratio[i]) for i in order]
     span = f"{_n(xs[0])}-{_n(xs[-1])} tokens"
+    if all(abs(r - 1) <= TIE_RTOL for r in rs):
+        return f"{what}, {a} vs {b}: the same within {TIE_RTOL:.0%} at every length in {span}."
     if not found:
         side = f"{a} costs less" if rs[-1] < 1 else f"{b} costs less"
         return (f"{what}, {a} vs {b}: no crossover, not within {span}; {side} throughout "

@@ -51,6 +51,11 @@ def test_a_crossing_inside_the_noise_says_so():
     assert (c.lo, c.hi) == (512, 1024) and c.within_noise
 
 
+def test_equal_costs_are_a_tie_not_a_winner():
+    text = describe("LSH", "full", "saved_for_backward_mib", X, [1.0, 1.01, 0.995, 1.0, 1.0], [])
+    assert text == "saved-for-backward bytes, LSH vs full: the same within 2% at every length in 256-4,096 tokens."
+
+
 def test_unsorted_input_and_mismatched_lengths():
     (c,) = crossings(list(reversed(X)), list(reversed([1000 / x for x in X])))
     assert (c.lo, c.hi) == (512, 1024)

@@ -62,7 +62,7 @@ def _run_in(plan: Plan, run_dir: Path, opts: RunOptions, console: Console, on_re
     records = store.records()
     done, total = plan.start(records, opts.retry_failed)
     console.print(f"[bold]{escape(plan.suite)}[/] profile={plan.profile} device={plan.device} -> {escape(str(run_dir))}")
-    console.print(f"{total} {_units(plan)}: {done} already recorded, {total - done} to do")
+    console.print(f"{total} {plan.units_word}: {done} already recorded, {total - done} to do")
     if done >= total:
         raise NothingToMeasure(run_dir, plan.nothing_left(run_dir, total))
     if why := plan.nothing_to_run():
@@ -83,10 +83,6 @@ def _run_in(plan: Plan, run_dir: Path, opts: RunOptions, console: Console, on_re
             logger.finish()
     plan.summary(console, store.records())
     return complete
-
-
-def _units(plan: Plan) -> str:
-    return getattr(plan, "units_word", "points")
 
 
 def _loop(plan: Plan, executor: Any, store: RunStore, records: list[Record], opts: RunOptions, console: Console,

@@ -10,11 +10,10 @@ from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
 from rich.console import Console
 
 from bench.options import RunError
+from bench.plans.progress import Progress
 
 Record = dict[str, Any]
 Say = Callable[[str], None]
-# progress(run.json, records, retry_failed) -> (done, planned), or None when run.json lists no plan.
-Progress = Callable[[Mapping[str, Any], Sequence[Record], bool], "tuple[int, int] | None"]
 
 # Flags that a kind may refuse, by the name the user typed.
 FLAGS = ("--only", "--retry-failed", "--time-budget-s", "--wandb", "--executor", "--fresh", "--run-id", "--data")
@@ -37,6 +36,9 @@ class Plan(Protocol):
     profile: str
     device: str
     report_module: str  # its `write_report(run_dir)`
+    units_word: str  # what its units are called in "N points: x already recorded, y to do"
+    checkpoints: bool  # its units keep to the time budget themselves (else the lifecycle stops between units)
+    say: Say  # set by the lifecycle: where the plan's own lines go
 
     def spec(self) -> dict[str, Any]:
         """The resolved suite run.json keeps as `suite_spec`."""
@@ -54,6 +56,9 @@ class Plan(Protocol):
 
     def start(self, records: Sequence[Record], retry_failed: bool) -> tuple[int, int]:
         """Take the records a continued run holds; returns (done, planned)."""
+
+    def nothing_left(self, run_dir: Path, total: int) -> str:
+        """Why a run folder with a final record of every unit measures nothing (NOTHING MEASURED)."""
 
     def nothing_to_run(self) -> str | None:
         """Why the units left measure nothing (e.g. every one is skipped), or None."""

@@ -31,6 +31,7 @@ class GridPlan:
     kind: str = "grid"
     report_module: str = "bench.report"
     checkpoints: bool = False  # the lifecycle keeps the time budget between points
+    units_word: str = "points"
 
     def __post_init__(self) -> None:
         self.suite = self.suite_.name

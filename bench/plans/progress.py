@@ -8,6 +8,7 @@ from typing import Any, Callable, Mapping, Sequence
 from bench.capacity.runner import capacity_progress
 from bench.store import RECORDS, Record, pending_ids, read_records
 
+# progress(run.json, records, retry_failed) -> (done, planned), or None when run.json lists no plan.
 Progress = Callable[[Mapping[str, Any], Sequence[Record], bool], "tuple[int, int] | None"]
 
 

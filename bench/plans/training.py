@@ -55,6 +55,7 @@ class TrainingRunPlan:
     reevaluate: bool = False
     train: bool = True
     checkpoints: bool = True  # the units keep to the time budget themselves
+    units_word: str = "points"
     # Where the plan comes from (path, kind, profile, data), so that a fresh worker process can rebuild
     # it and run one unit; None for a plan built in code (then its units run in this process).
     source: dict[str, Any] | None = None

@@ -1,6 +1,6 @@
 """A training run's plan: what to train (a model configuration and seed per point), how to evaluate
 each trained model (one point per evaluation setting) and which analyses read its weights. Built by
-each kind's suite (duplication, quality); run by `bench.training.runner`."""
+each kind's suite (duplication, quality); run through the common lifecycle by `bench.plans.training`."""
 from __future__ import annotations
 
 import json

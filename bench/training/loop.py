@@ -199,9 +199,13 @@ def step_ms_summary(step_ms: tuple[float, ...]) -> dict[str, Optional[float]]:
 
 
 def load_trained(checkpoint: Path, cfg: ReformerConfig, device: str | torch.device = "cpu") -> ReformerLM:
-    """A fresh ReformerLM(cfg) carrying the weights saved in `checkpoint` (strict: every name must match)."""
+    """A fresh ReformerLM(cfg) carrying the weights saved in `checkpoint` (strict: every name must match),
+    built under the training seed (as `Session` built it), so the hash_seed an LSH layer without one
+    draws is the training's, whatever the global RNG holds; the caller's RNG is left as it was."""
     payload = load_checkpoint(checkpoint)
-    model = ReformerLM(cfg)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(payload["identity"]["train"]["seed"]))
+        model = ReformerLM(cfg)
     model.load_state_dict(payload["model"], strict=True)
     return model.to(device).eval()
 

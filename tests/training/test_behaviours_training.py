@@ -1,6 +1,7 @@
 """Behaviours of the training code that a slip would break silently: a shorter last log interval
 is averaged over its own length, a training record's final figures are its last curve point's,
-and the batch streams of different (seed, step) pairs never coincide."""
+the batch streams of different (seed, step) pairs never coincide, and a trained model loads and
+scores the same whatever the global RNG holds at load time."""
 import hashlib
 
 import pytest
@@ -11,7 +12,7 @@ from bench.duplication.evaluate import EvalSettings
 from bench.duplication.task import DuplicationTraining
 from bench.quality.data import Corpus
 from bench.quality.task import TextLM
-from bench.training.loop import CurvePoint, TrainOutcome, train_model
+from bench.training.loop import CurvePoint, TrainOutcome, load_trained, train_model
 from bench.training.plan import TrainingPlan, TrainPoint
 from bench.training.records import train_record
 
@@ -84,3 +85,25 @@ def test_every_seed_and_step_draws_its_own_training_batch(kind):
     assert not same, f"{kind}: (seed, step) pairs drew the same batch: {same[:4]}"
     again = task.stream(2)  # and a stream is reproducible from its seed
     assert [again.next_batch(4).inputs.numpy().tobytes() for _ in range(6)] == [batches[(2, s)][0] for s in range(6)]
+
+
+def test_a_checkpoint_scores_the_same_bpb_whatever_the_global_rng_at_load_time(tmp_path):
+    """An LSH layer built without hash_seed draws its seed from the global RNG; dropout draws from it
+    too. Loading and evaluating one checkpoint with the global RNG in two other states (another
+    process history) gives the same bits per byte: as trained, with more rounds, and a model
+    trained with full attention evaluated with LSH."""
+    task = TASKS["text"]()
+    device = torch.device("cpu")
+    lsh = toy_config(vocab_size=256, dropout=0.1)  # 16 tokens in chunks of 4: 8 buckets, hashing matters
+    full = lsh.replace(attention="full")
+    for name, cfg in (("lsh", lsh), ("full", full)):
+        train_model(name, cfg, task, settings(steps=4, checkpoint_every=2), tmp_path / f"{name}.pt")
+    explicit = [task.evaluate(load_trained(tmp_path / "lsh.pt", lsh.replace(hash_seed=s)), device)["bpb"] for s in (1, 2)]
+    assert explicit[0] != explicit[1]  # the hash seed shows in the score
+    for name, cfg in (("lsh", lsh), ("lsh", lsh.replace(n_hashes=4)), ("full", lsh)):
+        scores = []
+        for history in (1, 2):
+            torch.manual_seed(history)
+            torch.rand(17 * history)
+            scores.append(task.evaluate(load_trained(tmp_path / f"{name}.pt", cfg), device)["bpb"])
+        assert scores[0] == scores[1], (name, cfg.attention, cfg.n_hashes)

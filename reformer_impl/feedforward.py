@@ -8,6 +8,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from reformer_impl.config import ReformerConfig
+from reformer_impl.profiling import FEED_FORWARD, stage
 
 
 class FeedForward(nn.Module):
@@ -21,9 +22,10 @@ class FeedForward(nn.Module):
         self.dropout = cfg.dropout
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = F.gelu(self.w1(self.norm(x)))
-        h = F.dropout(h, p=self.dropout, training=self.training)
-        return F.dropout(self.w2(h), p=self.dropout, training=self.training)
+        with stage(FEED_FORWARD):
+            h = F.gelu(self.w1(self.norm(x)))
+            h = F.dropout(h, p=self.dropout, training=self.training)
+            return F.dropout(self.w2(h), p=self.dropout, training=self.training)
 
 
 def sequence_chunks(length: int, n_chunks: int) -> list[slice]:

@@ -11,6 +11,7 @@ from torch import nn
 from reformer_impl.attention.lsh import lsh_layout
 from reformer_impl.config import ReformerConfig
 from reformer_impl.feedforward import sequence_chunks
+from reformer_impl.profiling import LM_HEAD, stage
 from reformer_impl.reversible import ReformerStack, StandardStack
 
 
@@ -65,9 +66,12 @@ class ReformerLM(nn.Module):
             raise ValueError(f"sequence length {length} exceeds ReformerConfig.max_seq_len={self.cfg.max_seq_len}")
         x = self.token_emb(tokens) + self.pos_emb(length)
         if self.cfg.residual == "standard":
-            return self.head(self.norm(self.stack(x)))
-        y1, y2 = self.stack(torch.cat([x, x], dim=-1)).chunk(2, dim=-1)
-        return self.head(self.norm((y1 + y2) / 2))
+            y = self.stack(x)
+        else:
+            y1, y2 = self.stack(torch.cat([x, x], dim=-1)).chunk(2, dim=-1)
+            y = (y1 + y2) / 2
+        with stage(LM_HEAD):
+            return self.head(self.norm(y))
 
 
 def lm_loss(logits: torch.Tensor, targets: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:

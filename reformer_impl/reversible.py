@@ -16,6 +16,7 @@ from torch import nn
 from reformer_impl.attention import build_attention
 from reformer_impl.config import ReformerConfig
 from reformer_impl.feedforward import ChunkedFeedForward, sequence_chunks
+from reformer_impl.profiling import REVERSIBLE_BACKWARD, REVERSIBLE_RECOMPUTE, stage
 
 
 class AttentionBranch(nn.Module):
@@ -113,15 +114,19 @@ def _block_backward(block, rng_f, rng_g, buckets, y1, y2, dy1, dy2):
         # forward's chunk order so the replayed dropout masks match.
         with rng_g.replay():
             for s in sequence_chunks(y1.shape[1], ff.n_chunks):
-                g_out = ff.ff(y1[:, s])
-                torch.autograd.backward(g_out, dy2[:, s])
-                x2[:, s] = y2[:, s] - g_out.detach()
+                with stage(REVERSIBLE_RECOMPUTE):
+                    g_out = ff.ff(y1[:, s])
+                with stage(REVERSIBLE_BACKWARD):
+                    torch.autograd.backward(g_out, dy2[:, s])
+                with stage(REVERSIBLE_RECOMPUTE):
+                    x2[:, s] = y2[:, s] - g_out.detach()
                 del g_out
         dx1 = dy1 + y1.grad
         x2 = x2.detach().requires_grad_()
-        with rng_f.replay():
+        with rng_f.replay(), stage(REVERSIBLE_RECOMPUTE):
             f_out, _ = block.f.compute(x2, buckets)
-        torch.autograd.backward(f_out, dx1)
+        with stage(REVERSIBLE_BACKWARD):
+            torch.autograd.backward(f_out, dx1)
         x1 = y1.detach() - f_out.detach()
         dx2 = dy2 + x2.grad
     return x1, x2.detach(), dx1, dx2

@@ -52,15 +52,19 @@ def _gather(src: torch.Tensor, layout: Layout, w0: int, w1: int) -> torch.Tensor
 
 def _softmax_block(logits, w0, w1, masks, counts):
     """Masked softmax of one block (n, m, 2m) in place, keys divided by their duplicate counts
-    (logits minus log N_ij); returns the log normaliser per query (n, m). Half precision runs it in float32."""
+    (logits minus log N_ij, as renormalised p / N); returns the log normaliser per query (n, m).
+    Half precision runs it in float32."""
     work = logits if logits.dtype in (torch.float32, torch.float64) else logits.float()
     masks.apply_(work, w0, w1)
-    if counts is not None:
-        with stage(DUP_COUNTS):
-            work.sub_(counts.log_counts(w0, w1, work.dtype))
     top = work.amax(dim=-1)
     probs = torch.softmax(work, dim=-1)
     lse = top - probs.amax(dim=-1).log()  # the largest probability is exp(top - lse)
+    if counts is not None:
+        with stage(DUP_COUNTS):
+            probs.div_(counts.counts(w0, w1, probs.dtype))
+            total = probs.sum(dim=-1, keepdim=True)
+            probs.div_(total)
+            lse.add_(total.squeeze(-1).log())
     masks.zero_padding_queries_(probs, w0, w1)
     logits.copy_(probs)
     return lse

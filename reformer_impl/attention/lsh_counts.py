@@ -73,8 +73,8 @@ class DuplicateCounts:
         self.chunks = other_rounds((layout.slot // layout.chunk_len).to(id_dtype), layout)  # (R - 1, G m)
         self.buckets = None if buckets is None else other_rounds(buckets.reshape(layout.slot.shape), layout)
 
-    def log_counts(self, w0: int, w1: int, dtype: torch.dtype) -> torch.Tensor:
-        """log N for the block's windows [w0, w1): (n, m, 2m) of `dtype`."""
+    def counts(self, w0: int, w1: int, dtype: torch.dtype) -> torch.Tensor:
+        """N for the block's windows [w0, w1): (n, m, 2m) of `dtype`."""
         m, n_real = self.layout.chunk_len, self.layout.n_real_chunks
         shape = (w1 - w0, m, 2 * m)
         counter = torch.ones(shape, dtype=torch.uint8, device=self.chunks.device)
@@ -95,4 +95,4 @@ class DuplicateCounts:
             if self.buckets is not None:
                 hit.logical_and_(kb_all[r] == qb_all[r])
             counter.add_(hit)
-        return counter.to(dtype).log_()
+        return counter.to(dtype)

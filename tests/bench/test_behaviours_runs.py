@@ -122,9 +122,10 @@ def test_a_finished_checkpoint_without_its_ok_record_gets_the_record_on_the_reru
 
 
 def test_evaluating_a_checkpoint_does_not_depend_on_the_global_rng(quality_run, tmp_path, capsys):
-    """The LSH model evaluated again in another process history (the global RNG somewhere else at
-    load time: an LSH layer built without hash_seed draws its seed from it, dropout draws from it)
-    scores the same bits per byte."""
+    """The LSH model evaluated again with the global RNG somewhere else at load time (an LSH layer
+    built without hash_seed draws its seed from it, dropout draws from it) scores the same bits per
+    byte. Where evaluations run in fresh workers this process's RNG does not reach them: then this
+    is the end-to-end check, and tests/training/test_behaviours_training.py the one that bites."""
     suite, original = quality_run
     root = tmp_path / "results"
     run_dir = copy_run(original, root)

@@ -74,8 +74,13 @@ def plot_crossovers(view: StudyView, pairs: Sequence[Pair], path: Path) -> Figur
     return Figure(path=path, caption=caption)
 
 
+def _short_stage(column: str) -> str:
+    """A stage's legend name: the range name without its package prefix ('reformer.hash' -> 'hash')."""
+    return stage_name(column).split(".", 1)[-1] if stage_name(column).startswith("reformer.") else stage_name(column)
+
+
 def plot_stages(view: StudyView, path: Path) -> Figure | None:
-    """A stacked bar per point (panel per series) of the profiled step's stage times, in ms."""
+    """A stacked bar per point (panel per series) of the profiled step's stage shares, its wall time on top."""
     import seaborn as sns
     from matplotlib.figure import Figure as MplFigure
 
@@ -90,25 +95,34 @@ def plot_stages(view: StudyView, path: Path) -> Figure | None:
     fig = MplFigure(figsize=(3.2 * len(groups) + 3.0, 4.0), layout="constrained")
     with sns.axes_style("whitegrid"):
         axes = np.atleast_1d(fig.subplots(1, len(groups), sharey=False, squeeze=False)[0])
+    loaded_any = False
     for ax, (_, rows) in zip(axes, groups):
         rows = rows.sort_values(view.x)
         pos = np.arange(len(rows))
+        total = rows["stage_total_ms"].to_numpy(float)
         bottom = np.zeros(len(rows))
         for c in stages:
-            values = rows[c].fillna(0.0).to_numpy(float)
-            ax.bar(pos, values, bottom=bottom, color=colours[c], label=stage_name(c), width=0.7)
+            values = 100 * rows[c].fillna(0.0).to_numpy(float) / total
+            ax.bar(pos, values, bottom=bottom, color=colours[c], label=_short_stage(c), width=0.7)
             bottom += values
+        loaded = rows["under_load"].fillna(False).astype(bool).to_numpy() if "under_load" in rows else np.zeros(len(rows), bool)
+        loaded_any |= bool(loaded.any())
+        for p, ms, busy in zip(pos, total, loaded):
+            ax.text(p, 101, f"{ms:,.0f} ms" + (" *" if busy else ""), ha="center", va="bottom", fontsize="x-small")
+        ax.set_ylim(0, 110)
         ax.set_xticks(pos, [str(plain(v)) for v in rows[view.x]], rotation=45 if len(rows) > 5 else 0)
         ax.set_xlabel(label(view.x))
         ax.set_title(series_words(rows.iloc[0].to_dict(), cols) if cols else view.name, fontsize="medium")
-    axes[0].set_ylabel("time in the profiled step (ms)")
+    axes[0].set_ylabel("share of the profiled step (%)")
     handles, names = axes[0].get_legend_handles_labels()
     axes[-1].legend(handles[::-1], names[::-1], loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize="small",
                     frameon=False, title="stage", title_fontsize="small")
     fig.suptitle(f"Where the time of a step goes ({view.name})", fontsize="medium")
     caption = ("One extra iteration per point under torch.profiler, split by the model's record_function ranges "
-               "(each range's own time, nested ranges taken out); 'other' is the rest of the step. The profiler "
-               "adds overhead, so the bars are shares, not the timed step.")
+               "(each range's own time, nested ranges taken out; 'other' is the rest of the step), as shares of "
+               "that iteration; above each bar its wall time, profiler overhead included.")
+    if loaded_any:
+        caption += " *: measured while other processes used the CPU."
     _caption_below(fig, caption)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110, bbox_inches="tight")

@@ -15,7 +15,7 @@ import torch
 
 from bench import measure as m
 from bench import nvml
-from bench import flops
+from bench import flops, stages as st
 from bench.complexity import table3_terms
 from bench.point import GridPoint
 from bench.workloads import Workload, build_workload
@@ -134,7 +134,7 @@ def measure(point: GridPoint, *, timing: bool = True, breakdown: bool | None = N
             state_start = reader.state() if reader is not None else None
             stats = m.time_phases(workload.iteration, point.device, repeats=point.repeats, warmup=point.warmup)
             state_end = reader.state() if reader is not None else None
-            stages = (m.profile_stages(lambda: m.run_untimed(workload.iteration, point.device, 1), point.device,
+            stages = (st.profile_stages(lambda: m.run_untimed(workload.iteration, point.device, 1), point.device,
                                        stage_names()) if profiled else None)
         else:
             m.run_untimed(workload.iteration, point.device, point.warmup)

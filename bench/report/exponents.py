@@ -3,7 +3,7 @@ term dominates), with R^2 and the number of points, and every gap over GAP_LIMIT
 figure of the same run, or called unexplained (bench.report.explain). Pure."""
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import pandas as pd
 

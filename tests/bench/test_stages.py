@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.profiler import record_function
 
-from bench import measure as m
+from bench import stages as m
 
 
 @dataclass

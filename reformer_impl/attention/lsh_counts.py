@@ -69,30 +69,41 @@ class DuplicateCounts:
 
     def __init__(self, layout: Layout, buckets: Optional[torch.Tensor]):
         self.layout = layout
-        id_dtype = torch.int16 if layout.n_chunks < 2**15 else torch.int32
+        id_dtype = torch.int16 if layout.n_chunks < 2**14 else torch.int32  # differences fit the type
         self.chunks = other_rounds((layout.slot // layout.chunk_len).to(id_dtype), layout)  # (R - 1, G m)
-        self.buckets = None if buckets is None else other_rounds(buckets.reshape(layout.slot.shape), layout)
+        self.buckets = None
+        if buckets is not None:
+            self.buckets = other_rounds(buckets.reshape(layout.slot.shape).to(torch.int32), layout)
 
     def counts(self, w0: int, w1: int, dtype: torch.dtype) -> torch.Tensor:
-        """N for the block's windows [w0, w1): (n, m, 2m) of `dtype`."""
-        m, n_real = self.layout.chunk_len, self.layout.n_real_chunks
-        shape = (w1 - w0, m, 2 * m)
-        counter = torch.ones(shape, dtype=torch.uint8, device=self.chunks.device)
-        hit = torch.empty(shape, dtype=torch.bool, device=self.chunks.device)
-        before = torch.empty_like(hit) if n_real > 1 else None
+        """N for the block's windows [w0, w1): (n, m, 2m) of `dtype`.
+
+        Comparisons against a broadcast operand do not vectorise on CPU, integer arithmetic does:
+        a miss is min(|k - q|, 1) (0 where the chunks agree), in the window is 1 - miss_same * miss_before.
+        """
+        m, n_real, n_other = self.layout.chunk_len, self.layout.n_real_chunks, self.layout.n_rounds - 1
         q_all, k_all = _block_ids(self.chunks, w0, w1, m)  # (R - 1, n, m, 1), (R - 1, n, 1, 2m)
+        shape = (w1 - w0, m, 2 * m)
+        # N = R - (rounds r' != r where j is not in i's window); R <= 255 fits uint8
+        counter = torch.full(shape, n_other + 1, dtype=torch.uint8, device=q_all.device)
+        miss = torch.empty(shape, dtype=q_all.dtype, device=q_all.device)
+        other = torch.empty_like(miss) if n_real > 1 or self.buckets is not None else None
         if self.buckets is not None:
             qb_all, kb_all = _block_ids(self.buckets, w0, w1, m)
-        for r in range(q_all.shape[0]):
+        for r in range(n_other):
             q, k = q_all[r], k_all[r]
-            torch.eq(k, q, out=hit)
-            if before is not None:  # the chunk before, exclusive with the same chunk when n_real > 1
-                torch.eq(k, (q - 1) % n_real, out=before)
-                if self.buckets is None:
-                    counter.add_(before)
-                else:
-                    hit.logical_or_(before)
-            if self.buckets is not None:
-                hit.logical_and_(kb_all[r] == qb_all[r])
-            counter.add_(hit)
+            _miss(k, q, miss)
+            if n_real > 1:  # or the chunk before (cyclically over the real chunks)
+                miss.mul_(_miss(k, (q - 1).remainder_(n_real), other))
+            if self.buckets is not None:  # and the same bucket: a miss unless both agree
+                hit = miss.neg_().add_(1).mul_(_miss(kb_all[r], qb_all[r], other).neg_().add_(1))
+                miss = hit.neg_().add_(1)
+            counter.sub_(miss)
         return counter.to(dtype)
+
+
+def _miss(k: torch.Tensor, q: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """min(|k - q|, 1) broadcast into `out`: 0 where k == q, else 1."""
+    if out.dtype != torch.promote_types(k.dtype, q.dtype):
+        out = torch.empty(out.shape, dtype=torch.promote_types(k.dtype, q.dtype), device=out.device)
+    return torch.sub(k, q, out=out).abs_().clamp_max_(1)

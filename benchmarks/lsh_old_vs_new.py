@@ -1,0 +1,189 @@
+"""One causal LSH layer (d_model 256, 4 heads of 64, chunk_len 64, batch 1, fp32), old code against
+new in one run: fwd + bwd time at each length and round count (interleaved, median of repeats), then
+peak RSS against bytes saved for backward, each configuration in a fresh process.
+
+    .venv/bin/python benchmarks/lsh_old_vs_new.py --old-rev REV [--threads 2] [--out results/micro/x.md]
+
+REV: the commit whose reformer_impl is the old code (extracted with `git archive` into a temporary
+folder). Not a test: timings belong here, never in pass/fail tests.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+D_MODEL, N_HEADS, CHUNK_LEN = 256, 4, 64
+
+
+def _load(path: str):
+    """reformer_impl imported from `path`, replacing any copy already imported."""
+    for name in [n for n in sys.modules if n == "reformer_impl" or n.startswith("reformer_impl.")]:
+        del sys.modules[name]
+    sys.path.insert(0, path)
+    try:
+        return importlib.import_module("reformer_impl")
+    finally:
+        sys.path.pop(0)
+
+
+def _layer_step(ri, seq_len: int, n_hashes: int, n_buckets=None):
+    import torch
+
+    cfg = ri.ReformerConfig(d_model=D_MODEL, n_heads=N_HEADS, chunk_len=CHUNK_LEN, causal=True, attention="lsh",
+                            n_hashes=n_hashes, hash_seed=0, max_seq_len=seq_len, n_buckets=n_buckets)
+    torch.manual_seed(0)
+    layer = ri.build_attention(cfg)
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(1, seq_len, D_MODEL, generator=gen, requires_grad=True)
+    grad = torch.randn(1, seq_len, D_MODEL, generator=gen)
+
+    def forward():
+        x.grad = None
+        layer.zero_grad(set_to_none=True)
+        return layer(x)
+
+    def step():
+        forward().backward(grad)
+
+    return layer, forward, grad, step
+
+
+def _impls(old_dir: str) -> dict:
+    return {"old": (old_dir, None), "new": (str(ROOT), None), "new factorised": (str(ROOT), "factorised")}
+
+
+def time_all(old_dir: str, lengths, rounds, repeats: int) -> list[dict]:
+    """Median fwd + bwd seconds per (impl, length, rounds); impls interleaved repeat by repeat."""
+    rows = []
+    for seq_len in lengths:
+        for n_hashes in rounds:
+            steps = {}
+            for name, (path, n_buckets) in _impls(old_dir).items():
+                ri = _load(path)
+                *_, step = _layer_step(ri, seq_len, n_hashes, n_buckets)
+                step()  # warm-up
+                steps[name] = step
+            times = {name: [] for name in steps}
+            for _ in range(repeats):
+                for name, step in steps.items():
+                    t0 = time.perf_counter()
+                    step()
+                    times[name].append(time.perf_counter() - t0)
+            for name, ts in times.items():
+                rows.append(dict(impl=name, seq_len=seq_len, n_hashes=n_hashes, median_s=sorted(ts)[len(ts) // 2]))
+            print(json.dumps([r for r in rows if r["seq_len"] == seq_len and r["n_hashes"] == n_hashes]), flush=True)
+            del steps
+    return rows
+
+
+def memory_one(path: str, n_buckets, seq_len: int, n_hashes: int, threads: int) -> dict:
+    """In this (fresh) process: saved-for-backward bytes and the peak RSS of one fwd + bwd over the
+    RSS before the layer was built (as bench.measure reads it: large allocations mmapped, heap trimmed)."""
+    import torch
+
+    sys.path.insert(0, str(ROOT))
+    from bench.measure import (SavedTensorCounter, current_rss_mib, mmap_large_allocations, peak_rss_mib,
+                               reset_peak_rss, trim_host_heap)
+
+    torch.set_num_threads(threads)
+    ri = _load(path)
+    baseline = current_rss_mib()
+    layer, forward, grad, step = _layer_step(ri, seq_len, n_hashes, n_buckets)
+    step()
+    with SavedTensorCounter(exclude=list(layer.parameters())) as counter:
+        out = forward()
+    out.backward(grad)
+    del out
+    mmap_large_allocations()
+    trim_host_heap()
+    resident = current_rss_mib()  # libraries, weights, inputs and their gradients, after a step
+    scope = "iteration" if reset_peak_rss() else "process"
+    step()
+    peak = peak_rss_mib()
+    return dict(saved_mib=counter.mib, peak_rss_mib=peak, baseline_rss_mib=baseline, rss_delta_mib=peak - baseline,
+                step_rss_mib=peak - resident, ratio=(peak - resident) / counter.mib, scope=scope)
+
+
+def memory_all(old_dir: str, seq_len: int, rounds, threads: int) -> list[dict]:
+    rows = []
+    for n_hashes in rounds:
+        for name, (path, n_buckets) in _impls(old_dir).items():
+            arg = json.dumps([path, n_buckets, seq_len, n_hashes, threads])
+            done = subprocess.run([sys.executable, __file__, "--memory-one", arg], capture_output=True, text=True, check=True)
+            row = dict(impl=name, seq_len=seq_len, n_hashes=n_hashes, **json.loads(done.stdout.strip().splitlines()[-1]))
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    return rows
+
+
+def _uptime() -> str:
+    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+
+
+def _markdown(args, timing, memory, load_before, load_after) -> str:
+    lines = [
+        "# One causal LSH layer, old code against new, in one run", "",
+        f"d_model {D_MODEL}, {N_HEADS} heads of {D_MODEL // N_HEADS}, chunk_len {CHUNK_LEN}, batch 1, fp32, "
+        f"{args.threads} threads. Old: reformer_impl at {args.old_rev}. `new factorised`: n_buckets='factorised'.", "",
+        f"Command: `.venv/bin/python benchmarks/lsh_old_vs_new.py --old-rev {args.old_rev} --threads {args.threads}`", "",
+        f"Load before: `{load_before}`; after: `{load_after}`.", "",
+        "## fwd + bwd time (median of repeats, s)", "",
+        "| seq_len | n_hashes | old | new | new / old | new factorised | factorised / old |", "|---|---|---|---|---|---|---|",
+    ]
+    by = {(r["impl"], r["seq_len"], r["n_hashes"]): r["median_s"] for r in timing}
+    for seq_len in args.lengths:
+        for n in args.rounds:
+            old, new, fac = by[("old", seq_len, n)], by[("new", seq_len, n)], by[("new factorised", seq_len, n)]
+            lines.append(f"| {seq_len} | {n} | {old:.3f} | {new:.3f} | {new / old:.2f} | {fac:.3f} | {fac / old:.2f} |")
+    lines += ["", f"## peak RSS against bytes saved for backward, {args.memory_len} tokens (fresh process each)", "",
+              "RSS delta: peak RSS of one fwd + bwd minus the RSS before the layer was built (weights, inputs, "
+              "their gradients and the libraries' first-use pages included). Step RSS: that peak minus the RSS "
+              "just before the step (after a warm-up step, heap trimmed): what the step itself adds.", "",
+              "| n_hashes | impl | saved MiB | peak RSS MiB | RSS delta MiB | step RSS MiB | step RSS / saved |",
+              "|---|---|---|---|---|---|---|"]
+    for r in memory:
+        lines.append(f"| {r['n_hashes']} | {r['impl']} | {r['saved_mib']:.1f} | {r['peak_rss_mib']:.0f} "
+                     f"| {r['rss_delta_mib']:.0f} | {r['step_rss_mib']:.0f} | {r['ratio']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--old-rev", required=True)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--lengths", type=lambda s: [int(x) for x in s.split(",")], default=[4096, 16384])
+    parser.add_argument("--rounds", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2, 4, 8])
+    parser.add_argument("--memory-len", type=int, default=16384)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=ROOT / "results/micro/lsh_old_vs_new_cpu.md")
+    args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", args.old_rev, "reformer_impl"],
+                                 capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
+        load_before = _uptime()
+        timing = time_all(tmp, args.lengths, args.rounds, args.repeats)
+        memory = memory_all(tmp, args.memory_len, args.rounds, args.threads)
+        load_after = _uptime()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(_markdown(args, timing, memory, load_before, load_after))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--memory-one":
+        path, n_buckets, seq_len, n_hashes, threads = json.loads(sys.argv[2])
+        print(json.dumps(memory_one(path, n_buckets, seq_len, n_hashes, threads)))
+    else:
+        main()

@@ -4,12 +4,14 @@ What the lifecycle's capacity plan asks the planner with; the report replays sea
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 from bench.capacity.calibrate import memory_form, time_form
 from bench.capacity.oom import is_oom
 from bench.capacity.planner import ERROR, FIT, MEMORY, NO_FIT, TIME, Outcome, Search
-from bench.capacity.spec import CapacityConfig, CapacityPlan
+
+if TYPE_CHECKING:  # spec imports this module's `calibrated` lazily; no import circle at load time
+    from bench.capacity.spec import CapacityConfig, CapacityPlan
 
 
 def budget_gib(plan: CapacityPlan, config: CapacityConfig) -> float:
@@ -24,20 +26,28 @@ def timeout_for(plan: CapacityPlan, config: CapacityConfig) -> float:
     return float(own) if own is not None else float(plan.timeout_s)
 
 
+def calibrated(base: Search, *, budget_mib: float, attention: str, over: str, timeout_s: float | None,
+               calibration: Sequence[int] | None = None) -> Search:
+    """`base` made calibrated: the budget, the forms of the attention's memory and time in the
+    searched axis (both linear in batch_size at a fixed length), the timeout, the calibration lengths."""
+    linear_axis = over == "batch_size"
+    return dataclasses.replace(
+        base, budget_mib=float(budget_mib),
+        memory_form="linear" if linear_axis else memory_form(str(attention)),
+        time_form="linear" if linear_axis else time_form(str(attention)),
+        timeout_s=timeout_s, calibration=tuple(int(v) for v in calibration) if calibration else None,
+    )
+
+
 def search_for(plan: CapacityPlan, config: CapacityConfig) -> Search:
     """The calibrated search of one configuration: the plan's search with the budget, the forms of
     the configuration's attention and the timeout (calibration lengths from the suite where given)."""
     base = plan.search_for(config)
-    calibration = {**plan.search.model_dump(), **dict(config.search)}.get("calibration")
-    attention = str(config.settings.get("attention"))
-    linear_axis = plan.over == "batch_size"  # at a fixed length, memory and time grow linearly in b
-    return dataclasses.replace(
-        base, budget_mib=budget_gib(plan, config) * 1024,
-        memory_form="linear" if linear_axis else memory_form(attention),
-        time_form="linear" if linear_axis else time_form(attention),
-        timeout_s=timeout_for(plan, config),
-        calibration=tuple(int(v) for v in calibration) if calibration else None,
-    )
+    if base.budget_mib is not None:  # the loader already made it calibrated
+        return base
+    return calibrated(base, budget_mib=budget_gib(plan, config) * 1024, attention=config.settings.get("attention"),
+                      over=plan.over, timeout_s=timeout_for(plan, config),
+                      calibration={**plan.search.model_dump(), **dict(config.search)}.get("calibration"))
 
 
 def peak_of(record: Mapping[str, Any], device: str) -> float | None:

@@ -43,7 +43,8 @@ def outcome_of(record: Mapping[str, Any]) -> str:
 def config_outcomes(records: Iterable[Mapping[str, Any]], plan: CapacityPlan, config: CapacityConfig,
                     retry_failed: bool = False) -> dict[int, str]:
     """The recorded outcomes of one configuration's probes under this plan's budget, by searched
-    value (the latest record of a value wins; with retry_failed, errors count as not probed)."""
+    value (the latest record of a value wins; with retry_failed, errors and timeouts count as not
+    probed, as `--retry-failed` reruns them for every kind)."""
     out: dict[int, str] = {}
     for r in records:
         params = r.get("params") or {}
@@ -53,7 +54,7 @@ def config_outcomes(records: Iterable[Mapping[str, Any]], plan: CapacityPlan, co
             continue
         outcome = outcome_of(r)
         value = int(params[plan.over])
-        if outcome == ERROR and retry_failed:
+        if retry_failed and (outcome == ERROR or r.get("status") == "timeout"):
             out.pop(value, None)
             continue
         out[value] = outcome

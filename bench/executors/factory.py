@@ -1,5 +1,8 @@
 """The executor a run's units go to: local worker processes (fork server), a Ray cluster or Slurm
-jobs through submitit. A kind says which it supports; the rest are refused before anything runs."""
+jobs through submitit. A kind says which it supports; the rest are refused before anything runs:
+grid points go to any of the three; capacity probes and training units run locally only (a probe's
+outcome is the memory budget this machine's worker enforces; a training checkpoints into this
+machine's run folder)."""
 from __future__ import annotations
 
 from pathlib import Path

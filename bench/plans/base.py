@@ -15,10 +15,6 @@ from bench.plans.progress import Progress
 Record = dict[str, Any]
 Say = Callable[[str], None]
 
-# Flags that a kind may refuse, by the name the user typed.
-FLAGS = ("--only", "--retry-failed", "--time-budget-s", "--wandb", "--executor", "--fresh", "--run-id", "--data")
-
-
 class UnitExecutor(Protocol):
     """Runs a plan's units and yields (unit, record) for each as soon as it finishes, in any order;
     `close()` stops its workers (it may serve several rounds of `run`)."""

@@ -317,23 +317,25 @@ def _calibrated(search: Search, replay: _Replay) -> Done:
         guess = min(guess, b.hi - search.multiple)
     gap = search.tolerance(max(guess, b.lo))
     anchor = b.lo  # the longest calibration fit
-    if guess > b.lo:
-        b.probe(guess)
+    if guess > b.lo and not b.probe(guess):
+        while b.hi - b.lo > search.tolerance(b.lo):  # down from a failed prediction: hi - gap, gap doubling
+            value = search.down(b.hi - gap)
+            if value <= b.lo or b.probe(value):
+                break
+            gap *= 2
+        return b.bisect()
     first = True
-    while b.hi is None:  # up: just above the prediction, then lo + gap (gap doubling) or a re-prediction
-        if b.lo >= search.top:
+    while True:  # up: just above the prediction, then lo + gap (gap doubling) or a re-prediction
+        if b.hi is None and b.lo >= search.top:
             return b.done("max_value", MAX_VALUE)
         value = b.lo + gap
         again = 0.0 if first else min(_secant(search, b.fits, anchor, b.lo), 2 * b.lo)
         jump = search.down(again) > value
-        b.probe(min(search.down(again if jump else value), search.top))
+        value = min(search.down(again if jump else value), search.top)
+        if b.hi is not None and value >= b.hi:
+            break  # the bracket is known: bisect it
+        if not b.probe(value):
+            break
         # after a re-prediction, just above it again; else twice as far
         first, gap = False, search.tolerance(b.lo) if jump else gap * 2
-    while b.hi - b.lo > search.tolerance(b.lo):  # down from a failed prediction: hi - gap, gap doubling
-        value = search.down(b.hi - gap)
-        if value <= b.lo:
-            break
-        if b.probe(value):
-            break
-        gap *= 2
     return b.bisect()

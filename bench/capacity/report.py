@@ -80,6 +80,8 @@ def markdown(df: pd.DataFrame, plan: CapacityPlan, meta: Mapping[str, Any], ref:
         errors[c] = errors[c].map(lambda v: _fmt(v, ",.0f"))
     errors["prediction_error"] = errors.prediction_error.map(lambda v: _fmt(v, "+.1%"))
     errors["table3_over_measured"] = errors.table3_over_measured.map(lambda v: _fmt(v, ".2f"))
+    errors.loc[capped, col] = ">= " + errors.loc[capped, col]
+    errors.loc[capped, "table3_over_measured"] = "<= " + errors.loc[capped, "table3_over_measured"]
     errors = errors.rename(columns={**COLUMN_LABELS, "limit": "limit", "predicted_limit": "predicted limit"})
     peak = "allocator peak" if str(plan.device).startswith("cuda") else "peak RSS of the worker"
     lines = [

@@ -185,8 +185,8 @@ def test_the_cap_says_which_limit_capped_it():
 def test_failing_calibration_lengths_fit_what_fits_and_halve_for_two_points():
     # the 8,192 calibration probe fails: a line through 2,048 and 4,096, clamped below the failure
     order, done, _ = drive(Search(**CAL), machine(lambda v: 300 + 0.25 * v))
-    assert order[:3] == [2048, 4096, 8192] and done.limit == MEMORY
-    assert done.predicted == 6912 and done.longest <= 6992 < done.first_failure
+    assert order == [2048, 4096, 8192, 6912, 7424]  # the prediction, then just above it (not down from 8,192)
+    assert done.predicted == 6912 and done.longest <= 6992 < done.first_failure and done.limit == MEMORY
     # only 2,048 fits: 1,024 is probed so two points fit
     order, done, _ = drive(Search(**CAL), machine(lambda v: 300 + 0.6 * v))
     assert order[:3] == [2048, 4096, 1024]

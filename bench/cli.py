@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop launching points after S seconds (e.g. within a 10-minute GPU lease); rerun to resume")
     p.add_argument("--memory-limit-mib", type=float,
                    help="local executor: kill a worker whose RSS exceeds this many MiB (> 0; default 75%% of free RAM)")
-    p.add_argument("--max-points", type=_positive_int, default=DEFAULT_MAX_POINTS, metavar="N",
+    p.add_argument("--max-points", type=_positive_int, default=None, metavar="N",
                    help=f"refuse a profile with more than N grid points, counted before expanding (default {DEFAULT_MAX_POINTS})")
 
     p = sub.add_parser("campaign", help="every suite's profile in resumable slices (make bench-gpu)")

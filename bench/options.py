@@ -6,8 +6,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.suite import DEFAULT_MAX_POINTS
-
 
 class RunError(RuntimeError):
     """The run cannot start as asked (no CUDA, unknown study, a flag this kind refuses, ...)."""
@@ -56,7 +54,8 @@ class RunOptions:
     only: tuple[str, ...] = ()
     memory_limit_mib: float | None = None  # local executor's watchdog; None = 75% of free RAM
     time_budget_s: float | None = None  # stop launching units after this long; a rerun resumes
-    max_points: int = DEFAULT_MAX_POINTS  # refuse a profile with more grid points, counted before expanding
+    # Grid suites: refuse a profile with more grid points, counted before expanding (None: bench.suite.DEFAULT_MAX_POINTS).
+    max_points: int | None = None
     data: Path | None = None  # quality suites: enwik8 at this path instead of the standard library's source
 
 

@@ -63,6 +63,8 @@ class CapacitySearchPlan:
             refuse("capacity", f"--executor {opts.executor}", REMOTE)
         if opts.data is not None:
             refuse("capacity", "--data", "probes run the train_step workload on random tokens")
+        if opts.max_points is not None:
+            refuse("capacity", "--max-points", "a search plans its probes one at a time; it expands no grid")
         check_cuda(opts.device, has_cuda)
         path, spec = load_capacity_suite(path)
         profile = resolve_profile(opts.profile, opts.device, has_cuda)

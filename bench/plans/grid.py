@@ -17,7 +17,7 @@ from bench.plans.base import Record, Say
 from bench.plans.progress import planned_progress
 from bench.plans.grid_summary import one_line, print_summary
 from bench.store import latest_by_point, make_record, pending_ids, plan_key, same_spec
-from bench.suite import Suite
+from bench.suite import DEFAULT_MAX_POINTS, Suite
 
 
 @dataclass
@@ -47,7 +47,7 @@ class GridPlan:
         check_gpu_profile(profile, opts.device, has_cuda)
         points = suite.expand(profile, auto_device="cuda" if has_cuda else "cpu",
                               force_device=None if opts.device == "auto" else opts.device,
-                              max_points=opts.max_points)
+                              max_points=DEFAULT_MAX_POINTS if opts.max_points is None else opts.max_points)
         if opts.only:
             unknown = set(opts.only) - set(suite.spec.studies)
             if unknown:

@@ -72,6 +72,8 @@ class TrainingRunPlan:
     def for_options(cls, path: Path, kind: str, opts: RunOptions, has_cuda: bool) -> "TrainingRunPlan":
         if opts.executor != "local":
             refuse(kind, f"--executor {opts.executor}", REMOTE)
+        if opts.max_points is not None:
+            refuse(kind, "--max-points", "its points are the suite's models and evaluations; it expands no grid")
         check_cuda(opts.device, has_cuda)
         profile = resolve_profile(opts.profile, opts.device, has_cuda)
         check_gpu_profile(profile, opts.device, has_cuda)

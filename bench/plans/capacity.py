@@ -75,6 +75,8 @@ class CapacitySearchPlan:
         if device == "cuda" and not has_cuda:
             raise RunError(f"{path}: profile '{profile}' runs on cuda, but CUDA is not available; "
                            "use --profile cpu")
+        if device == "cpu" and opts.memory_limit_mib is not None:
+            refuse("capacity", "--memory-limit-mib", "on cpu the suite's memory_budget_gib is the watchdog's limit")
         resolved = resolve(spec, profile, device, path)
         if opts.only:
             names = [c.name for c in spec.configs]

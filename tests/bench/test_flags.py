@@ -27,6 +27,7 @@ def no_cuda(monkeypatch):
     ("tiny", ["--fresh", "--run-id", "r"], "--fresh and --run-id are exclusive"),
     ("capacity", ["--max-points", "9"], "--max-points: not available for capacity suites"),
     ("quality", ["--max-points", "9"], "--max-points: not available for quality suites"),
+    ("capacity", ["--memory-limit-mib", "900"], "--memory-limit-mib: not available for capacity suites (on cpu"),
 ])
 def test_a_flag_a_kind_cannot_honour_is_refused_naming_it(suite, flags, needle, tmp_path, capsys):
     code = main(["run", suite, "--profile", "cpu", "--results-root", str(tmp_path), *flags])

@@ -5,6 +5,7 @@ messages naming the file and the field. Each kind's schema (bench.suite, bench.c
 bench.quality.schema, bench.duplication.spec) builds on these."""
 from __future__ import annotations
 
+import copy
 import dataclasses
 import importlib.util
 import re
@@ -129,7 +130,7 @@ class DuplicateKeyError(yaml.YAMLError):
     """One mapping of a YAML file holds the same key twice."""
 
 
-class UniqueKeyLoader(yaml.SafeLoader):
+class UniqueKeyLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # libyaml's parser when built with it
     """yaml's safe loader, refusing a mapping that holds the same key twice (plain YAML keeps
     the last one silently, so a repeated study name would drop a whole study)."""
 
@@ -152,7 +153,16 @@ class UniqueKeyLoader(yaml.SafeLoader):
 
 def read_yaml(path: Path) -> dict[str, Any]:
     """The raw mapping of a suite file; SuiteError if it is not YAML, not a mapping, or holds a
-    key twice in one mapping."""
+    key twice in one mapping. Parsed once per version of the file (kind, then schema)."""
+    try:
+        stat = Path(path).stat()
+    except OSError as exc:
+        raise SuiteError(f"{path}: cannot read as YAML: {exc}") from exc
+    return copy.deepcopy(_parse(str(path), stat.st_mtime_ns, stat.st_size))
+
+
+@lru_cache(maxsize=64)
+def _parse(path: str, mtime_ns: int, size: int) -> dict[str, Any]:
     try:
         raw = yaml.load(Path(path).read_text(), Loader=UniqueKeyLoader)
     except DuplicateKeyError as exc:

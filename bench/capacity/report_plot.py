@@ -26,7 +26,8 @@ def plot(df: pd.DataFrame, plan: CapacityPlan, path: Path, caption: str) -> Path
     import matplotlib.pyplot as plt
 
     col = f"longest_{plan.over}"
-    fig, ax = plt.subplots(figsize=(11, 0.62 * len(df) + 2.2))
+    height = 0.62 * len(df) + 3.0
+    fig, ax = plt.subplots(figsize=(11, height))
     h = 0.38
     measured = [_num(v) for v in df[col]]
     predicted = [_num(v) for v in df.predicted]
@@ -56,15 +57,17 @@ def plot(df: pd.DataFrame, plan: CapacityPlan, path: Path, caption: str) -> Path
     ax.set_xlabel(f"longest {plan.over.replace('_', ' ')} under the budget ({UNIT[plan.over]}, log scale)")
     handles = [plt.Rectangle((0, 0), 1, 1, color=c, alpha=0.9) for c in KINDS.values()]
     labels = [f"measured, attention={k}" for k in KINDS]
-    handles.append(plt.Rectangle((0, 0), 1, 1, facecolor="#bbbbbb", hatch="///", edgecolor="#777777"))
-    labels.append("calibrated prediction (3 small probes, fitted, solved for the budget)")
+    if any(predicted):
+        handles.append(plt.Rectangle((0, 0), 1, 1, facecolor="#bbbbbb", hatch="///", edgecolor="#777777"))
+        labels.append("calibrated prediction (3 small probes, fitted, solved for the budget)")
     hs, ls = ax.get_legend_handles_labels()
     ax.legend(handles + hs, labels + ls, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     budgets = sorted(set(df.budget_gib))
     ax.set_title(f"{plan.suite} ({plan.profile}): how long a sequence fits in "
                  f"{' / '.join(f'{b:g}' for b in budgets)} GiB", fontsize=10)
-    fig.text(0.01, 0.005, "\n".join(textwrap.wrap(caption, 150)), fontsize=7, va="bottom")
-    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    lines = textwrap.wrap(caption, 150)
+    fig.text(0.01, 0.005, "\n".join(lines), fontsize=7, va="bottom")
+    fig.tight_layout(rect=(0, min(0.5, (0.14 * len(lines) + 0.15) / height), 1, 1))  # room for the caption
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return path

@@ -74,11 +74,13 @@ def time_all(old_dir: str, lengths, rounds, repeats: int) -> list[dict]:
             times = {name: [] for name in steps}
             for _ in range(repeats):
                 for name, step in steps.items():
-                    t0 = time.perf_counter()
+                    t0, c0 = time.perf_counter(), time.process_time()
                     step()
-                    times[name].append(time.perf_counter() - t0)
+                    times[name].append((time.perf_counter() - t0, time.process_time() - c0))
             for name, ts in times.items():
-                rows.append(dict(impl=name, seq_len=seq_len, n_hashes=n_hashes, median_s=sorted(ts)[len(ts) // 2]))
+                rows.append(dict(impl=name, seq_len=seq_len, n_hashes=n_hashes,
+                                 median_s=sorted(t for t, _ in ts)[len(ts) // 2],
+                                 cpu_s=sorted(c for _, c in ts)[len(ts) // 2]))
             print(json.dumps([r for r in rows if r["seq_len"] == seq_len and r["n_hashes"] == n_hashes]), flush=True)
             del steps
     return rows
@@ -133,16 +135,24 @@ def _markdown(args, timing, memory, load_before, load_after) -> str:
         "# One causal LSH layer, old code against new, in one run", "",
         f"d_model {D_MODEL}, {N_HEADS} heads of {D_MODEL // N_HEADS}, chunk_len {CHUNK_LEN}, batch 1, fp32, "
         f"{args.threads} threads. Old: reformer_impl at {args.old_rev}. `new factorised`: n_buckets='factorised'.", "",
-        f"Command: `.venv/bin/python benchmarks/lsh_old_vs_new.py --old-rev {args.old_rev} --threads {args.threads}`", "",
+        f"Command: `.venv/bin/python benchmarks/lsh_old_vs_new.py --old-rev {args.old_rev} --threads {args.threads}"
+        f"{' --skip-memory' if args.skip_memory else ''}{' --skip-timing' if args.skip_timing else ''}`", "",
         f"Load before: `{load_before}`; after: `{load_after}`.", "",
         "## fwd + bwd time (median of repeats, s)", "",
-        "| seq_len | n_hashes | old | new | new / old | new factorised | factorised / old |", "|---|---|---|---|---|---|---|",
+        "Wall time, and the process's CPU time (all threads; with one thread it is the least disturbed by load).", "",
+        "| seq_len | n_hashes | old | new | new / old | new factorised | factorised / old "
+        "| old CPU | new CPU | new / old CPU |", "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    by = {(r["impl"], r["seq_len"], r["n_hashes"]): r["median_s"] for r in timing}
-    for seq_len in args.lengths:
+    by = {(r["impl"], r["seq_len"], r["n_hashes"]): r for r in timing}
+    for seq_len in args.lengths if timing else ():
         for n in args.rounds:
-            old, new, fac = by[("old", seq_len, n)], by[("new", seq_len, n)], by[("new factorised", seq_len, n)]
-            lines.append(f"| {seq_len} | {n} | {old:.3f} | {new:.3f} | {new / old:.2f} | {fac:.3f} | {fac / old:.2f} |")
+            old, new, fac = (by[(impl, seq_len, n)] for impl in ("old", "new", "new factorised"))
+            lines.append(f"| {seq_len} | {n} | {old['median_s']:.3f} | {new['median_s']:.3f} "
+                         f"| {new['median_s'] / old['median_s']:.2f} | {fac['median_s']:.3f} "
+                         f"| {fac['median_s'] / old['median_s']:.2f} | {old['cpu_s']:.3f} | {new['cpu_s']:.3f} "
+                         f"| {new['cpu_s'] / old['cpu_s']:.2f} |")
+    if not memory:
+        return "\n".join(lines) + "\n"
     lines += ["", f"## peak RSS against bytes saved for backward, {args.memory_len} tokens (fresh process each)", "",
               "RSS delta: peak RSS of one fwd + bwd minus the RSS before the layer was built (weights, inputs, "
               "their gradients and the libraries' first-use pages included). Step RSS: that peak minus the RSS "
@@ -163,7 +173,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2, 4, 8])
     parser.add_argument("--memory-len", type=int, default=16384)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--out", type=Path, default=ROOT / "results/micro/lsh_old_vs_new_cpu.md")
+    parser.add_argument("--out", type=Path, default=None, help="default results/micro/lsh_old_vs_new_cpu_<threads>t.md")
+    parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--skip-timing", action="store_true")
     args = parser.parse_args()
     import torch
 
@@ -173,9 +185,11 @@ def main() -> None:
                                  capture_output=True, check=True).stdout
         subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
         load_before = _uptime()
-        timing = time_all(tmp, args.lengths, args.rounds, args.repeats)
-        memory = memory_all(tmp, args.memory_len, args.rounds, args.threads)
+        timing = [] if args.skip_timing else time_all(tmp, args.lengths, args.rounds, args.repeats)
+        memory = [] if args.skip_memory else memory_all(tmp, args.memory_len, args.rounds, args.threads)
         load_after = _uptime()
+    part = "memory" if args.skip_timing else f"time_{args.threads}t" if args.skip_memory else f"{args.threads}t"
+    args.out = args.out or ROOT / f"results/micro/lsh_old_vs_new_cpu_{part}.md"
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(_markdown(args, timing, memory, load_before, load_after))
     print(f"wrote {args.out}")

@@ -24,6 +24,8 @@ _NORM_EPS = 1e-12  # F.normalize's default, which shared_keys uses
 # in cache. One thread runs as fast with 32 to 256 windows a block; with more threads every op is a
 # parallel region to join, so fewer, larger blocks lose less to synchronisation (most under load).
 BLOCK_ELEMENTS = 1 << 20
+# Long, many-round layers take larger blocks, up to 4x, so a step has about this many blocks at most.
+MAX_BLOCKS = 32
 # Layout rows per group of heads whose round outputs are held before they are combined.
 GROUP_ROWS = 1 << 16
 
@@ -41,6 +43,7 @@ def _window_blocks(layout: Layout, h0: int, h1: int) -> Iterator[tuple[int, int]
     per_head = layout.head_rows // m
     lo, hi = h0 * per_head, h1 * per_head - 1
     size = max(1, BLOCK_ELEMENTS // (2 * m * m))
+    size = min(4 * size, max(size, -(-layout.n_query_chunks // MAX_BLOCKS)))
     for w0 in range(lo, hi, size):
         yield w0, min(hi, w0 + size)
 
@@ -94,7 +97,7 @@ class _LSHCore(torch.autograd.Function):
                 n = w1 - w0
                 with stage(GATHER):
                     x_k, x_v = _gather(k_src, layout, w0, w1), _gather(v_src, layout, w0, w1)
-                    x_q = _gather(q_src, layout, w0 + 1, w1)[:n * m].view(n, m, dh)
+                    x_q = _gather(q_src, layout, w0 + 1, w1).view(n, m, dh)
                 with stage(WINDOW_ATTENTION):
                     block = probs[w0:w1] if probs is not None else qk.new_empty(n, m, 2 * m)
                     torch.bmm(x_q, window_view(x_k, n, m).transpose(1, 2), out=block)
@@ -164,8 +167,8 @@ def _backward(ctx, grad_out):
             n = w1 - w0
             with stage(GATHER):
                 x_k, x_v = _gather(k_src, layout, w0, w1), _gather(v_src, layout, w0, w1)
-                x_q = _gather(q_src, layout, w0 + 1, w1)[: n * m].view(n, m, dh)
-                g_q = _gather(grad, layout, w0 + 1, w1)[: n * m].mul_(w_rows[(w0 + 1) * m : (w1 + 1) * m, None])
+                x_q = _gather(q_src, layout, w0 + 1, w1).view(n, m, dh)
+                g_q = _gather(grad, layout, w0 + 1, w1).mul_(w_rows[(w0 + 1) * m : (w1 + 1) * m, None])
                 g_q = g_q.view(n, m, dh)
             k_win, v_win = window_view(x_k, n, m), window_view(x_v, n, m)
             p = probs[w0:w1]

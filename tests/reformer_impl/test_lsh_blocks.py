@@ -32,6 +32,7 @@ def _old_duplicate_counts(layout, buckets):
 @pytest.mark.parametrize("few_buckets", [False, True])  # many positions share a bucket
 def test_duplicate_counts_equal_the_all_rounds_computation(n_rounds, seq_len, same_bucket, few_buckets, monkeypatch):
     monkeypatch.setattr(lsh_core, "BLOCK_ELEMENTS", 3 * 2 * 4 * 4)  # 3 windows a block
+    monkeypatch.setattr(lsh_core, "MAX_BLOCKS", 10**9)
     gen = torch.Generator().manual_seed(n_rounds * 100 + seq_len)
     lp, m = 24, 4
     buckets = torch.randint(0, 2 if few_buckets else 12, (2, 2, n_rounds, lp), generator=gen)
@@ -63,6 +64,7 @@ def test_core_in_small_blocks_and_groups_equals_the_dense_reference(causal, same
     cot = torch.randn_like(want)
     want_grads = torch.autograd.grad(want, (qk, v), cot)
     monkeypatch.setattr(lsh_core, "GROUP_ROWS", 1)
+    monkeypatch.setattr(lsh_core, "MAX_BLOCKS", 10**9)
     for windows in (1, 2, 5):
         monkeypatch.setattr(lsh_core, "BLOCK_ELEMENTS", windows * 2 * m * m)
         got = lsh_attention_core(qk, v, buckets, dropout_p=0.0, **kw)

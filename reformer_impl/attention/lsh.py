@@ -52,7 +52,7 @@ def lsh_attention_core(
     """
     with torch.no_grad(), stage(SORT):
         layout = sorted_layout(buckets, chunk_len, seq_len)
-    return lsh_core(qk.contiguous(), v.contiguous(), layout, seq_len=seq_len, causal=causal,
+    return lsh_core(qk, v, layout, seq_len=seq_len, causal=causal,
                     buckets=buckets if same_bucket else None, dup_correction=dup_correction, dropout_p=dropout_p)
 
 

@@ -48,10 +48,34 @@ def _window_blocks(layout: Layout, h0: int, h1: int) -> Iterator[tuple[int, int]
         yield w0, min(hi, w0 + size)
 
 
-def _gather(src: torch.Tensor, layout: Layout, w0: int, w1: int) -> torch.Tensor:
+def _gather(src: torch.Tensor, rows: torch.Tensor, w0: int, w1: int, m: int) -> torch.Tensor:
     """Source rows of the block's layout rows [w0 m, (w1 + 1) m): ((n + 1) m, d)."""
-    m = layout.chunk_len
-    return src.index_select(0, layout.rows[w0 * m : (w1 + 1) * m])
+    return src.index_select(0, rows[w0 * m : (w1 + 1) * m])
+
+
+def _as_rows(*tensors: torch.Tensor) -> tuple[list[torch.Tensor], bool]:
+    """(B, H, Lp, dh) tensors as (rows, dh) without a copy where they are views of (B, Lp, H, dh)
+    storage (the projections' and the output projection's layout): then True, rows (b, p, h)."""
+    _, h, _, dh = tensors[0].shape
+    if h > 1 and all(t.permute(0, 2, 1, 3).is_contiguous() for t in tensors):
+        return [t.permute(0, 2, 1, 3).reshape(-1, dh) for t in tensors], True
+    return [t.contiguous().view(-1, dh) for t in tensors], False
+
+
+def _source_rows(layout: Layout, n_heads: int, heads_inner: bool) -> torch.Tensor:
+    """layout.rows (head * Lp + position) as row numbers of a (B, Lp, H, dh) source when heads_inner."""
+    if not heads_inner:
+        return layout.rows
+    lp = layout.slot.shape[-1]
+    head, pos = layout.rows // lp, layout.rows % lp
+    return ((head // n_heads) * lp + pos) * n_heads + head % n_heads
+
+
+def _from_rows(rows: torch.Tensor, shape, heads_inner: bool) -> torch.Tensor:
+    b, h, lp, dh = shape
+    if heads_inner:
+        return rows.contiguous().view(b, lp, h, dh).permute(0, 2, 1, 3)
+    return rows.contiguous().view(shape)
 
 
 def _softmax_block(logits, w0, w1, masks, counts):
@@ -79,7 +103,8 @@ class _LSHCore(torch.autograd.Function):
     def forward(ctx, qk, v, layout, seq_len, causal, buckets, dup_correction, dropout_p, keep):
         b, h, lp, dh = qk.shape
         m, n_rounds = layout.chunk_len, layout.n_rounds
-        q_src, v_src = qk.reshape(-1, dh), v.reshape(-1, dh)
+        (q_src, v_src), heads_inner = _as_rows(qk, v)
+        rows = _source_rows(layout, h, heads_inner)
         k_src = shared_keys(q_src)
         masks = BlockMasks(layout, seq_len=seq_len, causal=causal, buckets=buckets)
         counts = DuplicateCounts(layout, buckets) if dup_correction and n_rounds > 1 else None
@@ -96,8 +121,8 @@ class _LSHCore(torch.autograd.Function):
             for w0, w1 in _window_blocks(layout, h0, h1):
                 n = w1 - w0
                 with stage(GATHER):
-                    x_k, x_v = _gather(k_src, layout, w0, w1), _gather(v_src, layout, w0, w1)
-                    x_q = _gather(q_src, layout, w0 + 1, w1).view(n, m, dh)
+                    x_k, x_v = _gather(k_src, rows, w0, w1, m), _gather(v_src, rows, w0, w1, m)
+                    x_q = _gather(q_src, rows, w0 + 1, w1, m).view(n, m, dh)
                 with stage(WINDOW_ATTENTION):
                     block = probs[w0:w1] if probs is not None else qk.new_empty(n, m, 2 * m)
                     torch.bmm(x_q, window_view(x_k, n, m).transpose(1, 2), out=block)
@@ -109,14 +134,14 @@ class _LSHCore(torch.autograd.Function):
                     if dropout_p > 0:
                         mask = kept[w0:w1] if kept is not None else torch.empty_like(block, dtype=torch.bool)
                         dropped = block * mask.bernoulli_(1 - dropout_p) / (1 - dropout_p)
-                    rows = o_rows[(w0 + 1) * m - base : (w1 + 1) * m - base]
-                    torch.bmm(dropped, window_view(x_v, n, m), out=rows.view(n, m, dh))
+                    o_block = o_rows[(w0 + 1) * m - base : (w1 + 1) * m - base]
+                    torch.bmm(dropped, window_view(x_v, n, m), out=o_block.view(n, m, dh))
             with stage(ROUND_COMBINE):
                 w = _combine_rounds(o_rows, lse_rows, layout, h0, h1, out_heads)
                 if weights is None:
                     weights = w.new_empty(layout.slot.shape)
                 weights[h0:h1] = w
-        ctx.layout, ctx.dropout_p = layout, dropout_p
+        ctx.layout, ctx.dropout_p, ctx.heads_inner = layout, dropout_p, heads_inner
         if keep:
             ctx.save_for_backward(q_src, v_src, probs, kept, weights, out_heads)
         return out_heads
@@ -153,7 +178,9 @@ def _backward(ctx, grad_out):
     layout, dropout_p = ctx.layout, ctx.dropout_p
     b, h, lp, dh = grad_out.shape
     m = layout.chunk_len
-    grad = grad_out.reshape(-1, dh)
+    rows = _source_rows(layout, h, ctx.heads_inner)
+    (grad,), grad_inner = _as_rows(grad_out)
+    grad_rows = _source_rows(layout, h, grad_inner)
     k_src = shared_keys(q_src)
     # Softmax and round weights (eq. 14) together: dS = P (dP - w_r (g . out)) per round.
     g_dot_out = (grad_out * out).sum(dim=-1).reshape(-1)
@@ -166,9 +193,9 @@ def _backward(ctx, grad_out):
         for w0, w1 in _window_blocks(layout, h0, h1):
             n = w1 - w0
             with stage(GATHER):
-                x_k, x_v = _gather(k_src, layout, w0, w1), _gather(v_src, layout, w0, w1)
-                x_q = _gather(q_src, layout, w0 + 1, w1).view(n, m, dh)
-                g_q = _gather(grad, layout, w0 + 1, w1).mul_(w_rows[(w0 + 1) * m : (w1 + 1) * m, None])
+                x_k, x_v = _gather(k_src, rows, w0, w1, m), _gather(v_src, rows, w0, w1, m)
+                x_q = _gather(q_src, rows, w0 + 1, w1, m).view(n, m, dh)
+                g_q = _gather(grad, grad_rows, w0 + 1, w1, m).mul_(w_rows[(w0 + 1) * m : (w1 + 1) * m, None])
                 g_q = g_q.view(n, m, dh)
             k_win, v_win = window_view(x_k, n, m), window_view(x_v, n, m)
             p = probs[w0:w1]
@@ -183,14 +210,15 @@ def _backward(ctx, grad_out):
             fold[1:, :, :dh] = torch.bmm(d_s, k_win)
             _fold_windows(torch.bmm(d_s.transpose(1, 2), x_q), fold[..., dh : 2 * dh])
             _fold_windows(torch.bmm(dropped.transpose(1, 2), g_q), fold[..., 2 * dh :])
-            acc.index_add_(0, layout.rows[w0 * m : (w1 + 1) * m], fold.view(-1, 3 * dh))
+            acc.index_add_(0, rows[w0 * m : (w1 + 1) * m], fold.view(-1, 3 * dh))
     dq, dk, dv = acc[:, :dh], acc[:, dh : 2 * dh], acc[:, 2 * dh :]
     # k = q / max(|q|, eps) (F.normalize): its backward, added to the query path's.
     norm = q_src.norm(dim=-1, keepdim=True)
     radial = torch.where(norm > _NORM_EPS, (k_src * dk).sum(-1, keepdim=True), torch.zeros_like(norm))
     dq = dq + (dk - k_src * radial) / norm.clamp_min(_NORM_EPS)
     shape = (b, h, lp, dh)
-    return dq.view(shape), dv.contiguous().view(shape), None, None, None, None, None, None, None
+    return (_from_rows(dq, shape, ctx.heads_inner), _from_rows(dv, shape, ctx.heads_inner),
+            None, None, None, None, None, None, None)
 
 
 def _fold_windows(window_grads: torch.Tensor, dst: torch.Tensor) -> None:

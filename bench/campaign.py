@@ -18,7 +18,8 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.capacity.planner import Done, next_probe
-from bench.capacity.runner import config_outcomes
+from bench.capacity.runner import search_outcomes
+from bench.capacity.searches import search_for
 from bench.capacity.spec import load_capacity_suite, resolve
 from bench.lifecycle import run_suite
 from bench.options import RunOptions
@@ -90,8 +91,8 @@ def _survey_capacity(path: Path, kind: str, profile: str, device: str, results_r
     records = read_records(run_dir / RECORDS)
     items, done = [], 0
     for config in plan.configs:
-        search = plan.search_for(config)
-        step = next_probe(search, config_outcomes(records, plan, config))
+        search = search_for(plan, config)
+        step = next_probe(search, search_outcomes(records, plan, config))
         if isinstance(step, Done):
             done += 1
             continue

@@ -10,6 +10,7 @@ from typing import Any, Iterable, Mapping
 
 from bench.capacity.oom import is_oom, oom_source, parse_oom_message
 from bench.capacity.planner import ERROR, FIT, NO_FIT, Done, next_probe
+from bench.capacity import searches
 from bench.capacity.probe import enforcement
 from bench.capacity.spec import CapacityConfig, CapacityPlan
 from bench.store import Record, jsonable
@@ -61,12 +62,24 @@ def config_outcomes(records: Iterable[Mapping[str, Any]], plan: CapacityPlan, co
     return out
 
 
+def search_outcomes(records: Iterable[Mapping[str, Any]], plan: CapacityPlan, config: CapacityConfig,
+                    retry_failed: bool = False) -> dict[int, Any]:
+    """What the run's (calibrated) search of one configuration knows: its probes' outcomes
+    (`bench.capacity.searches`), without the errors and timeouts `--retry-failed` probes again."""
+    records = list(records)
+    if retry_failed:
+        latest = {int((r.get("params") or {}).get(plan.over, -1)): r.get("status") for r in records
+                  if (r.get("params") or {}).get("config") == config.label}
+        records = [r for r in records if latest.get(int((r.get("params") or {}).get(plan.over, -1))) != "timeout"]
+    return searches.config_outcomes(records, plan, config, retry_failed)
+
+
 def capacity_progress(records: Iterable[Mapping[str, Any]], spec: Mapping[str, Any],
                       retry_failed: bool = False) -> tuple[int, int]:
     """(searches done, searches planned) of a capacity run from its run.json suite_spec and records:
     what decides whether a run is finished or is continued."""
     records, plan = list(records), CapacityPlan.from_json(spec)
-    done = sum(isinstance(next_probe(plan.search_for(c), config_outcomes(records, plan, c, retry_failed)), Done)
+    done = sum(isinstance(next_probe(searches.search_for(plan, c), search_outcomes(records, plan, c, retry_failed)), Done)
                for c in plan.configs)
     return done, len(plan.configs)
 

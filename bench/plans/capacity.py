@@ -15,9 +15,8 @@ from rich.table import Table
 
 from bench.capacity.planner import Done, Probe, next_probe
 from bench.capacity.probe import BUDGET_ENV, enforcement
-from bench.capacity.runner import (
-    PROBE_MEASURE, budget_mib, config_outcomes, done_line, finish_record, outcome_of, status_line,
-)
+from bench.capacity.runner import PROBE_MEASURE, budget_mib, done_line, finish_record, search_outcomes, status_line
+from bench.capacity.searches import outcome_of, search_for
 from bench.capacity.spec import CapacityConfig, CapacityPlan, load_capacity_suite, resolve
 from bench.executors.local import PointRunner
 from bench.options import RunError, RunOptions, check_cuda, resolve_profile
@@ -106,7 +105,7 @@ class CapacitySearchPlan:
     def start(self, records: Sequence[Record], retry_failed: bool) -> tuple[int, int]:
         plan = self.resolved
         self._records = list(records)
-        self._outcomes = {c.label: config_outcomes(records, plan, c, retry_failed) for c in plan.configs}
+        self._outcomes = {c.label: search_outcomes(records, plan, c, retry_failed) for c in plan.configs}
         self._reported: set[str] = set()
         self.say(f"{plan.suite} profile={plan.profile} device={plan.device} "
                  f"budget={plan.memory_budget_gib:g} GiB ({enforcement(plan.device)})")
@@ -121,7 +120,7 @@ class CapacitySearchPlan:
         return None
 
     def _step(self, config: CapacityConfig) -> Done | Probe:
-        return next_probe(self.resolved.search_for(config), self._outcomes[config.label])
+        return next_probe(search_for(self.resolved, config), self._outcomes[config.label])
 
     def ask(self) -> list[ProbeUnit]:
         for config in self.resolved.configs:
@@ -137,7 +136,7 @@ class CapacitySearchPlan:
     def tell(self, unit: ProbeUnit, record: Record) -> Record:
         record = finish_record(record, self.resolved, unit.config, unit.value, record.get("run_id") or self.run_id)
         self._records.append(record)
-        self._outcomes[unit.config.label][unit.value] = outcome_of(record)
+        self._outcomes[unit.config.label][unit.value] = outcome_of(record, self.device)
         return record
 
     def executor(self, opts: RunOptions, run_dir: Path, say: Say) -> "ProbeExecutor":
@@ -156,8 +155,8 @@ class CapacitySearchPlan:
         for col in ("configuration", f"longest {plan.over}", "limited by", "probes"):
             table.add_column(col)
         for config in plan.configs:
-            outcomes = config_outcomes(records, plan, config)
-            step = next_probe(plan.search_for(config), outcomes)
+            outcomes = search_outcomes(records, plan, config)
+            step = next_probe(search_for(plan, config), outcomes)
             if isinstance(step, Done):
                 table.add_row(config.label, str(step.longest or "-"), step.why, str(len(step.probes)))
             else:

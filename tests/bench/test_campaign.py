@@ -48,7 +48,15 @@ def test_dry_run_lists_every_gpu_suite_and_counts_recorded_points(tmp_path, caps
         assert suite in out
     assert "slice 1" in out and points[3].point.point_id in out
     assert points[0].point.point_id not in out.split("slice 1", 1)[1]  # recorded: not run again
-    assert "full reversible=false: next seq_len=8192" in out  # capacity: the planner's next probe
+    from bench.capacity.planner import next_probe
+    from bench.capacity.searches import search_for
+    from bench.capacity.spec import load_capacity_suite, resolve
+
+    cap_path, cap_spec = load_capacity_suite("capacity")
+    cap = resolve(cap_spec, "gpu", "cuda", cap_path)
+    config = next(c for c in cap.configs if c.label == "full reversible=false")
+    first = next_probe(search_for(cap, config), {}).value  # the run's (calibrated) search's first probe
+    assert f"full reversible=false: next seq_len={first}" in out  # capacity: the planner's next probe
 
 
 def test_bad_slice_and_unknown_suite_refused(tmp_path, capsys):

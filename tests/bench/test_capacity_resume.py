@@ -14,7 +14,8 @@ from pathlib import Path
 
 from bench.capacity.planner import Done, next_probe
 from bench.capacity.report import capacity_frame, plan_from_meta
-from bench.capacity.runner import config_outcomes
+from bench.capacity.runner import search_outcomes
+from bench.capacity.searches import search_for
 from bench.store import read_records
 
 from .conftest import REPO_ROOT
@@ -73,7 +74,7 @@ def test_kill_mid_search_then_rerun_loses_and_repeats_no_probe(tmp_path):
 
     meta = json.loads((records_path.parent / "run.json").read_text())
     plan = plan_from_meta(meta)
-    result = next_probe(plan.search_for(plan.configs[0]), config_outcomes(records, plan, plan.configs[0]))
+    result = next_probe(search_for(plan, plan.configs[0]), search_outcomes(records, plan, plan.configs[0]))
     assert isinstance(result, Done)
     assert list(result.probes) == values  # exactly the planner's sequence: nothing lost, nothing extra
 

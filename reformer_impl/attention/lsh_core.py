@@ -72,10 +72,11 @@ def _source_rows(layout: Layout, n_heads: int, heads_inner: bool) -> torch.Tenso
 
 
 def _from_rows(rows: torch.Tensor, shape, heads_inner: bool) -> torch.Tensor:
+    """(rows, dh) (possibly strided rows) -> (B, H, Lp, dh), a view, in the order _as_rows read them."""
     b, h, lp, dh = shape
     if heads_inner:
-        return rows.contiguous().view(b, lp, h, dh).permute(0, 2, 1, 3)
-    return rows.contiguous().view(shape)
+        return rows.view(b, lp, h, dh).permute(0, 2, 1, 3)
+    return rows.view(shape)
 
 
 def _softmax_block(logits, w0, w1, masks, counts):
@@ -212,10 +213,11 @@ def _backward(ctx, grad_out):
             _fold_windows(torch.bmm(dropped.transpose(1, 2), g_q), fold[..., 2 * dh :])
             acc.index_add_(0, rows[w0 * m : (w1 + 1) * m], fold.view(-1, 3 * dh))
     dq, dk, dv = acc[:, :dh], acc[:, dh : 2 * dh], acc[:, 2 * dh :]
-    # k = q / max(|q|, eps) (F.normalize): its backward, added to the query path's.
+    # k = q / max(|q|, eps) (F.normalize): its backward, added to the query path's, in place in acc.
     norm = q_src.norm(dim=-1, keepdim=True)
-    radial = torch.where(norm > _NORM_EPS, (k_src * dk).sum(-1, keepdim=True), torch.zeros_like(norm))
-    dq = dq + (dk - k_src * radial) / norm.clamp_min(_NORM_EPS)
+    radial = torch.bmm(k_src.unsqueeze(1), dk.unsqueeze(2)).view(-1, 1)  # k . dk per row
+    radial = torch.where(norm > _NORM_EPS, radial, torch.zeros_like(norm))
+    dq.add_(dk.addcmul_(k_src, radial, value=-1).div_(norm.clamp_min(_NORM_EPS)))
     shape = (b, h, lp, dh)
     return (_from_rows(dq, shape, ctx.heads_inner), _from_rows(dv, shape, ctx.heads_inner),
             None, None, None, None, None, None, None)

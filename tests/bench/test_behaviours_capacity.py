@@ -99,10 +99,6 @@ def test_an_errored_probe_is_not_done_under_retry_failed_and_is_probed_again(sea
     assert run_folders(root, "capretry") == [run_dir]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bench/capacity/runner.py outcome_of() reads a timeout as NO_FIT and config_outcomes() drops "
-    "only ERROR under retry_failed, so a timed-out probe stays done: --retry-failed starts a new "
-    "run instead of continuing this one (grid points: bench.store.pending_ids reruns timeouts)"))
 def test_a_timed_out_probe_is_not_done_under_retry_failed(searched, tmp_path, capsys):
     suite, original = searched
     root = tmp_path / "results"

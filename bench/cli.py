@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib
 import math
+import os
 import signal
 import threading
 from pathlib import Path
@@ -22,6 +24,17 @@ from bench.suite import DEFAULT_MAX_POINTS, PROFILES, SUITES_DIR, SuiteError, re
 
 
 WIDE = 160
+CAMPAIGN = Path(__file__).with_name("campaign.py")
+# measure_point's switch, named here so the parser does not import torch (tests check they agree).
+BREAKDOWN_ENV = "BENCH_BREAKDOWN"
+
+
+def campaign_suites() -> tuple[str, ...]:
+    """bench.campaign.SUITES, read from its source: the parser lists them without importing torch."""
+    for node in ast.parse(CAMPAIGN.read_text()).body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "SUITES" for t in node.targets):
+            return tuple(ast.literal_eval(node.value))
+    return ()
 
 
 def _positive_float(text: str) -> float:
@@ -95,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="local executor: kill a worker whose RSS exceeds this many MiB (> 0; default 75%% of free RAM)")
     p.add_argument("--max-points", type=_positive_int, default=None, metavar="N",
                    help=f"refuse a profile with more than N grid points, counted before expanding (default {DEFAULT_MAX_POINTS})")
+    p.add_argument("--breakdown", action="store_true",
+                   help="grid suites: also record the stage times of one extra profiled iteration at every point "
+                        "(stage_ms.*, the report's stage plot); a study's `breakdown: true` does it per study")
 
     p = sub.add_parser("campaign", help="every suite's profile in resumable slices (make bench-gpu)")
     p.add_argument("--profile", choices=PROFILES, default="gpu")
@@ -102,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--slice-s", type=float, default=480.0, metavar="S",
                    help="stop launching work after S seconds (default 480: the slice ends within 9 minutes)")
     p.add_argument("--suite", action="append", default=[], metavar="NAME",
-                   help="only these suites, in this order (default: memory speed lsh_vs_full peers capacity duplication)")
+                   help=f"only these suites, in this order (default: {' '.join(campaign_suites()) or 'bench.campaign.SUITES'})")
     p.add_argument("--results-root", type=Path, default=Path("results"))
 
     p = sub.add_parser("list", help="suites, their studies and point counts per profile")
@@ -153,17 +169,39 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     limit = opts.memory_limit_mib
     if limit is not None and (math.isnan(limit) or limit <= 0):
         raise RunError(f"--memory-limit-mib {limit:g}: must be a positive number of MiB")
+    if args.breakdown:
+        check_breakdown(args.suite, opts)
     if threading.current_thread() is threading.main_thread():  # signals reach the main thread only
         signal.signal(signal.SIGTERM, raise_terminated)  # handled like Ctrl-C: worker killed, exit 143
     # Imported here: a run pays for torch and the plans; `list`, `report` and `--help` do not.
     from bench.lifecycle import run_suite
 
+    before = os.environ.get(BREAKDOWN_ENV)
+    if args.breakdown:  # the workers (forked by this process, or Slurm jobs) inherit it
+        os.environ[BREAKDOWN_ENV] = "1"
     try:
         run_suite(args.suite, opts, console)
     except ReportFailed as exc:  # the records are complete; the command still fails
         _error(str(exc))
         return 1
+    finally:
+        if before is None:
+            os.environ.pop(BREAKDOWN_ENV, None)
+        else:
+            os.environ[BREAKDOWN_ENV] = before
     return 0
+
+
+def check_breakdown(suite: str, opts: RunOptions) -> None:
+    """--breakdown profiles grid points; a capacity probe or a training has no timed iteration to add one to,
+    and a remote Ray worker would not see the switch."""
+    kind = suite_kind(resolve_suite_path(suite))
+    if kind != "grid":
+        raise RunError(f"--breakdown: not available for {kind} suites (only a grid point has timed iterations "
+                       "to profile one more of)")
+    if opts.executor == "ray":
+        raise RunError("--breakdown: not available with --executor ray (a Ray worker does not see the switch); "
+                       "set `breakdown: true` on the suite's studies instead")
 
 
 def cmd_campaign(args: argparse.Namespace, console: Console) -> int:

@@ -70,7 +70,8 @@ class OverrideRule:
 @dataclass(frozen=True)
 class StudyGrid:
     """One study, fully merged for one profile: settings shared by all its points, its axes
-    (in declaration order), its skip rules and an optional fixed token budget per batch."""
+    (in declaration order), its skip rules, an optional fixed token budget per batch and whether
+    its points record a stage breakdown (None: as the environment says)."""
 
     name: str
     settings: Mapping[str, Any]
@@ -78,6 +79,7 @@ class StudyGrid:
     skip: tuple[SkipRule, ...] = ()
     fixed_tokens: int | None = None
     overrides: tuple[OverrideRule, ...] = ()
+    breakdown: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,7 @@ class _Merged:
     point: GridPoint
     studies: list[str] = field(default_factory=list)
     skip_reasons: list[str | None] = field(default_factory=list)
+    breakdowns: list[bool | None] = field(default_factory=list)
 
 
 def merge(*layers: Mapping[str, Any]) -> dict[str, Any]:
@@ -200,6 +203,7 @@ def expand(
             )
             skip = next((rule.reason for rule in study.skip if rule.matches(settings)), None)
             entry = merged.setdefault(point.point_id, _Merged(point))
+            entry.breakdowns.append(study.breakdown)
             if study.name not in entry.studies:
                 entry.studies.append(study.name)
                 entry.skip_reasons.append(skip)
@@ -208,10 +212,19 @@ def expand(
     return [_finish(entry) for entry in merged.values()]
 
 
+def merged_breakdown(asked: Sequence[bool | None]) -> bool | None:
+    """A point several studies share records a breakdown if any asks for one; False only if one
+    says so and none asks; None (the environment decides) if none says."""
+    if any(b is True for b in asked):
+        return True
+    return False if any(b is False for b in asked) else None
+
+
 def _finish(entry: _Merged) -> PlannedPoint:
     reasons = entry.skip_reasons
     skip_reason = reasons[0] if all(r is not None for r in reasons) else None
-    point = GridPoint(**{**entry.point.to_json(), "studies": tuple(entry.studies)})
+    point = GridPoint(**{**entry.point.to_json(), "studies": tuple(entry.studies),
+                         "breakdown": merged_breakdown(entry.breakdowns)})
     return PlannedPoint(point, skip_reason)
 
 

@@ -22,8 +22,9 @@ from bench.workloads import Workload, build_workload
 
 POINT_PARAMS = ("workload", "impl", "device", "dtype", "batch_size", "seq_len")
 ALL_PHASES = m.PHASES
-# Set (to 1) to record the stage times of one extra profiled iteration at every timed point; a
-# GridPoint field `breakdown` (suite key or --breakdown) does the same per point.
+# Set (to 1) to record the stage times of one extra profiled iteration at every timed point
+# (`bench run --breakdown` sets it for the run's workers); a GridPoint's `breakdown: true` (a suite
+# or study key) does the same per point.
 BREAKDOWN_ENV = "BENCH_BREAKDOWN"
 
 
@@ -78,13 +79,11 @@ def prime(point: GridPoint) -> bool:
 
 
 def wants_breakdown(point: GridPoint, breakdown: bool | None = None) -> bool:
-    """Whether to profile one extra iteration: the argument, else the point's `breakdown` field, else
-    $BENCH_BREAKDOWN."""
+    """Whether to profile one extra iteration: the argument, else the point's `breakdown` field or
+    $BENCH_BREAKDOWN (either asks for it)."""
     if breakdown is not None:
         return breakdown
-    if getattr(point, "breakdown", None) is not None:
-        return bool(getattr(point, "breakdown"))
-    return os.environ.get(BREAKDOWN_ENV, "").strip() not in ("", "0", "false", "no")
+    return point.breakdown is True or os.environ.get(BREAKDOWN_ENV, "").strip() not in ("", "0", "false", "no")
 
 
 def stage_names() -> Sequence[str] | None:

@@ -30,11 +30,15 @@ class GridPoint:
     # Which of the suite's studies asked for this point; not part of its identity, so a config
     # that two studies share runs once.
     studies: tuple[str, ...] = ()
+    # Profile one extra iteration for its stage times (None: as $BENCH_BREAKDOWN says); how the point
+    # is measured, not what, so it stays out of the id like `repeats`.
+    breakdown: bool | None = None
 
     def canonical(self) -> dict[str, Any]:
-        """What identifies the point: everything but how it is measured (repeats, warmup, timeout)."""
+        """What identifies the point: everything but how it is measured (repeats, warmup, timeout,
+        breakdown) and who asked for it (studies)."""
         d = asdict(self)
-        for key in ("repeats", "warmup", "timeout_s", "studies"):
+        for key in ("repeats", "warmup", "timeout_s", "studies", "breakdown"):
             d.pop(key)
         return d
 

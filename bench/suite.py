@@ -127,6 +127,7 @@ class StudySpec(_Gridded):
     overrides: list[OverrideSpec] = Field(default_factory=list)
     fixed_tokens: Optional[Annotated[int, Field(ge=1)]] = None
     plot: Optional[PlotHint] = None
+    breakdown: Optional[bool] = None  # profile one extra iteration per point for its stage times
 
 
 class ProfileStudySpec(_Gridded):
@@ -137,6 +138,7 @@ class ProfileStudySpec(_Gridded):
     skip: list[SkipSpec] = Field(default_factory=list)
     fixed_tokens: Optional[Annotated[int, Field(ge=1)]] = None
     enabled: bool = True
+    breakdown: Optional[bool] = None
 
 
 class ProfileSpec(_Base):
@@ -226,6 +228,7 @@ class Suite:
                     skip=tuple(s.rule() for s in [*study.skip, *over.skip]),
                     fixed_tokens=over.fixed_tokens or study.fixed_tokens,
                     overrides=tuple(o.rule() for o in study.overrides),
+                    breakdown=study.breakdown if over.breakdown is None else over.breakdown,
                 )
             )
         return grids
@@ -283,6 +286,7 @@ class Suite:
                 "fixed_tokens": grid.fixed_tokens,
                 "overrides": [{"when": {k: list(v) for k, v in o.when.items()}, "set": dict(o.to)} for o in grid.overrides],
                 "plot": study.plot.model_dump() if study.plot else None,
+                **({"breakdown": grid.breakdown} if grid.breakdown is not None else {}),
             }
         return {
             "name": self.name,

@@ -9,6 +9,7 @@ import pytest
 from bench.grid import (
     GridError, SkipRule, StudyGrid, canonical_model, expand, point_params, product_dict,
 )
+from bench.point import GridPoint
 
 from .conftest import REPO_ROOT
 
@@ -186,3 +187,20 @@ def test_override_rule_wins_over_values_set_in_settings_and_by_an_axis():
     got = {p.point.model["attention"]: (p.point.model["shared_qk"], p.point.model["causal"]) for p in planned}
     assert got == {"full": (True, True), "sdpa": (False, False), "lsh": (True, True)}
     assert [p.point.model["n_hashes"] for p in planned if p.point.model["attention"] == "lsh"] == [1]
+
+
+def test_a_study_breakdown_marks_its_points_and_leaves_their_ids():
+    plain = run(study("a", axes=[("seq_len", [64, 128])]))
+    profiled = run(StudyGrid(name="a", settings={"seq_len": 64}, axes=(("seq_len", (64, 128)),), breakdown=True))
+    assert [p.point.breakdown for p in plain] == [None, None]
+    assert [p.point.breakdown for p in profiled] == [True, True]
+    assert [p.point.point_id for p in profiled] == [p.point.point_id for p in plain]
+    assert GridPoint.from_json(profiled[0].point.to_json()) == profiled[0].point
+
+
+def test_a_point_two_studies_share_is_profiled_if_either_asks():
+    asks = StudyGrid(name="a", settings={"seq_len": 64}, axes=(("seq_len", (64, 128)),), breakdown=True)
+    declines = StudyGrid(name="b", settings={"seq_len": 64}, axes=(), breakdown=False)
+    by_len = {p.point.seq_len: p.point.breakdown for p in run(declines, asks)}
+    assert by_len == {64: True, 128: True}
+    assert [p.point.breakdown for p in run(declines, study("c"))] == [False]

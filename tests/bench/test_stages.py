@@ -101,6 +101,9 @@ def test_breakdown_switch(monkeypatch):
     assert wants_breakdown(point) and not wants_breakdown(point, False)
     monkeypatch.setenv(BREAKDOWN_ENV, "0")
     assert not wants_breakdown(point)
+    assert wants_breakdown(_lsh_point(breakdown=True)) and not wants_breakdown(_lsh_point(breakdown=True), False)
+    monkeypatch.setenv(BREAKDOWN_ENV, "1")  # the run's --breakdown adds it to a point that does not ask
+    assert wants_breakdown(_lsh_point(breakdown=None))
 
 
 def test_calibration_is_recorded_in_the_environment(one_torch_thread):
@@ -111,3 +114,13 @@ def test_calibration_is_recorded_in_the_environment(one_torch_thread):
     assert env["matmul_gflops"]["float32"] > 0
     assert env["matmul_calibration"]["sizes"] == {"float32": 1024} and "under_load" in env["matmul_calibration"]
     assert "matmul_gflops" not in capture_environment("cpu", calibrate_matmul=False)
+
+
+def test_a_point_asking_for_a_breakdown_records_stage_times_under_the_same_id(one_torch_thread, monkeypatch):
+    from bench.measure_point import BREAKDOWN_ENV, measure
+
+    monkeypatch.delenv(BREAKDOWN_ENV, raising=False)
+    point = _lsh_point(breakdown=True)
+    assert point.point_id == _lsh_point().point_id  # how it is measured, not what
+    metrics = measure(point)["metrics"]  # no argument: the point's field decides
+    assert metrics["stage_total_ms"] > 0 and any(k.startswith("stage_ms.") and k != "stage_ms.other" for k in metrics)

@@ -14,7 +14,7 @@ WANDB_KEY = "wandb"  # run.json's block of what publishing left: W&B run id, nex
 
 @dataclass(frozen=True)
 class RunInfo:
-    """What `run.json` says about a suite run (see the record contract in the README)."""
+    """What `run.json` says about a suite run (the record contract: docs/runs.md#the-record)."""
 
     suite: str
     run_id: str

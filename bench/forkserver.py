@@ -8,8 +8,10 @@ allocator state with any earlier point. Children lead their own session (the run
 whole group) and die with the server, which dies with the runner (PR_SET_PDEATHSIG).
 
 Protocol (one JSON object per line): the server says {"ready": pid}; per request
-{"point": ..., "timing": bool, "stdout": path, "stderr": path} it answers {"started": pid}, then
-{"exited": pid, "code": exit code (negative: signal), "cpu_s": the child's CPU seconds}.
+{"point": ..., "timing": bool, "stdout": path, "stderr": path, "env": {name: value} (optional: set
+in the child's environment before it measures, e.g. a capacity probe's own budget)} it answers
+{"started": pid}, then {"exited": pid, "code": exit code (negative: signal), "cpu_s": the child's CPU
+seconds}.
 """
 from __future__ import annotations
 
@@ -106,6 +108,7 @@ def _child(request: dict[str, Any], measure: Callable[..., Any], worker: Any, ch
         null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)
         os.close(null)
+        os.environ.update({str(k): str(v) for k, v in (request.get("env") or {}).items()})
     except BaseException:
         os._exit(CHILD_SETUP_FAILED)
     try:

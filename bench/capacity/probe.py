@@ -12,29 +12,26 @@ reserve address space they never touch, so an address-space limit fails far belo
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any
 
-from bench.point import GridPoint
+import torch
 
-BUDGET_ENV = "BENCH_CAPACITY_BUDGET_MIB"  # set by the capacity runner before its fork server starts
-ENFORCE_CUDA = "torch.cuda.set_per_process_memory_fraction"
-ENFORCE_CPU = "rss_watchdog+peak_rss"
+from bench import measure as m
+from bench.capacity.budget import BUDGET_ENV
+from bench.measure_point import flat_params
+from bench.point import GridPoint
+from bench.worker import main as worker_main
+from bench.workloads import build_workload
 
 
 class BudgetExceeded(MemoryError):
     """The step finished but its peak RSS was over the budget (the worker records it as `oom`)."""
 
 
-def enforcement(device: str) -> str:
-    """How a budget is enforced on a device (the record's `budget_enforcement`)."""
-    return ENFORCE_CUDA if str(device).startswith("cuda") else ENFORCE_CPU
-
-
 def set_cuda_budget(budget_mib: float) -> float:
     """Cap this process's caching allocator at budget_mib; returns the fraction of the device set."""
-    import torch
-
     total = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
     fraction = min(1.0, budget_mib * 2**20 / total)
     torch.cuda.set_per_process_memory_fraction(fraction)
@@ -43,12 +40,6 @@ def set_cuda_budget(budget_mib: float) -> float:
 
 def measure_probe(point: GridPoint, budget_mib: float) -> dict[str, Any]:
     """Run the probe; raises on OOM (the worker turns it into a row), else params, effective, metrics."""
-    import torch
-
-    from bench import measure as m
-    from bench.measure_point import flat_params
-    from bench.workloads import build_workload
-
     cuda = m.is_cuda(point.device)
     fraction = set_cuda_budget(budget_mib) if cuda else None
     baseline_rss = m.current_rss_mib()
@@ -82,21 +73,15 @@ def measure_probe(point: GridPoint, budget_mib: float) -> dict[str, Any]:
 
 def measure(point: GridPoint, timing: bool = True) -> dict[str, Any]:
     """The fork server's entry point for probes: the budget comes from BENCH_CAPACITY_BUDGET_MIB."""
-    import os
-
     return measure_probe(point, float(os.environ[BUDGET_ENV]))
 
 
 def main(argv: list[str] | None = None) -> int:
     """One probe by hand: a GridPoint JSON on stdin, its record line on stdout."""
-    import os
-
     parser = argparse.ArgumentParser(prog="python -m bench.capacity.probe")
     parser.add_argument("--budget-mib", type=float, required=True)
     args = parser.parse_args(argv)
     os.environ[BUDGET_ENV] = f"{args.budget_mib:g}"
-    from bench.worker import main as worker_main
-
     return worker_main(measure)
 
 

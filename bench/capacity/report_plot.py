@@ -6,6 +6,8 @@ import textwrap
 from pathlib import Path
 
 import pandas as pd
+from matplotlib.figure import Figure  # the object API: no pyplot state, no backend to choose (renders with Agg)
+from matplotlib.patches import Rectangle
 
 from bench.capacity.planner import MAX_VALUE
 from bench.capacity.spec import CapacityPlan
@@ -20,14 +22,10 @@ def _num(v) -> float | None:
 
 def plot(df: pd.DataFrame, plan: CapacityPlan, path: Path, caption: str) -> Path:
     """Horizontal bars, measured (solid) and predicted (hatched) side by side per configuration."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     col = f"longest_{plan.over}"
     height = 0.62 * len(df) + 3.0
-    fig, ax = plt.subplots(figsize=(11, height))
+    fig = Figure(figsize=(11, height))
+    ax = fig.subplots()
     h = 0.38
     measured = [_num(v) for v in df[col]]
     predicted = [_num(v) for v in df.predicted]
@@ -55,10 +53,10 @@ def plot(df: pd.DataFrame, plan: CapacityPlan, path: Path, caption: str) -> Path
     ax.set_yticks(range(len(df)), df.configuration)
     ax.invert_yaxis()
     ax.set_xlabel(f"longest {plan.over.replace('_', ' ')} under the budget ({UNIT[plan.over]}, log scale)")
-    handles = [plt.Rectangle((0, 0), 1, 1, color=c, alpha=0.9) for c in KINDS.values()]
+    handles = [Rectangle((0, 0), 1, 1, color=c, alpha=0.9) for c in KINDS.values()]
     labels = [f"measured, attention={k}" for k in KINDS]
     if any(predicted):
-        handles.append(plt.Rectangle((0, 0), 1, 1, facecolor="#bbbbbb", hatch="///", edgecolor="#777777"))
+        handles.append(Rectangle((0, 0), 1, 1, facecolor="#bbbbbb", hatch="///", edgecolor="#777777"))
         labels.append("calibrated prediction (3 small probes, fitted, solved for the budget)")
     hs, ls = ax.get_legend_handles_labels()
     ax.legend(handles + hs, labels + ls, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
@@ -69,5 +67,4 @@ def plot(df: pd.DataFrame, plan: CapacityPlan, path: Path, caption: str) -> Path
     fig.text(0.01, 0.005, "\n".join(lines), fontsize=7, va="bottom")
     fig.tight_layout(rect=(0, min(0.5, (0.14 * len(lines) + 0.15) / height), 1, 1))  # room for the caption
     fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
     return path

@@ -1,6 +1,6 @@
-"""A capacity run's probes and their records: a probe's identity, what the planner makes of its record
-(fit, no fit, error), the outcomes so far of each configuration's search and how many searches are
-done. Run by the common lifecycle through `bench.plans.capacity`; read by the capacity report."""
+"""A capacity run's probes and their records: a probe's identity and budget, a worker's record made a
+probe's, the outcomes so far of each configuration's search (`bench.capacity.searches`) and how many
+searches are done. Run by the common lifecycle through `bench.plans.capacity`; read by the capacity report."""
 from __future__ import annotations
 
 import hashlib
@@ -8,10 +8,10 @@ import json
 import re
 from typing import Any, Iterable, Mapping
 
-from bench.capacity.oom import is_oom, oom_source, parse_oom_message
-from bench.capacity.planner import ERROR, FIT, NO_FIT, Done, next_probe
+from bench.capacity.oom import oom_source, parse_oom_message
+from bench.capacity.planner import Done, next_probe
 from bench.capacity import searches
-from bench.capacity.probe import enforcement
+from bench.capacity.budget import enforcement
 from bench.capacity.spec import CapacityConfig, CapacityPlan
 from bench.store import Record, jsonable
 
@@ -19,47 +19,16 @@ PROBE_MEASURE = "bench.capacity.probe:measure"  # what the fork server's workers
 _PEAK_RSS = re.compile(r"peak RSS ([0-9.]+) MiB")
 
 
-def budget_mib(plan: CapacityPlan) -> float:
-    return plan.memory_budget_gib * 1024
+def budget_mib(plan: CapacityPlan, config: CapacityConfig) -> float:
+    """The budget a configuration's probes run under, in MiB (its own, else the plan's)."""
+    return plan.budget_gib_for(config) * 1024
 
 
 def probe_id(plan: CapacityPlan, config: CapacityConfig, value: int) -> str:
     """A probe's identity: its point's canonical config and the budget it ran under."""
     point = plan.point(config, value)
-    blob = json.dumps({**point.canonical(), "memory_budget_gib": plan.memory_budget_gib}, sort_keys=True)
+    blob = json.dumps({**point.canonical(), "memory_budget_gib": plan.budget_gib_for(config)}, sort_keys=True)
     return hashlib.sha1(blob.encode()).hexdigest()[:12]
-
-
-def outcome_of(record: Mapping[str, Any]) -> str:
-    """What the planner makes of a probe's record: fit (ok), no fit (any OOM, or over the time
-    limit: a length the step cannot finish in timeout_s does not fit either) or error."""
-    status = record.get("status")
-    if status == "ok":
-        return FIT
-    if status == "timeout" or is_oom(record):
-        return NO_FIT
-    return ERROR
-
-
-def config_outcomes(records: Iterable[Mapping[str, Any]], plan: CapacityPlan, config: CapacityConfig,
-                    retry_failed: bool = False) -> dict[int, str]:
-    """The recorded outcomes of one configuration's probes under this plan's budget, by searched
-    value (the latest record of a value wins; with retry_failed, errors and timeouts count as not
-    probed, as `--retry-failed` reruns them for every kind)."""
-    out: dict[int, str] = {}
-    for r in records:
-        params = r.get("params") or {}
-        if params.get("config") != config.label or params.get("memory_budget_gib") != plan.memory_budget_gib:
-            continue
-        if params.get("search_over") != plan.over:
-            continue
-        outcome = outcome_of(r)
-        value = int(params[plan.over])
-        if retry_failed and (outcome == ERROR or r.get("status") == "timeout"):
-            out.pop(value, None)
-            continue
-        out[value] = outcome
-    return out
 
 
 def search_outcomes(records: Iterable[Mapping[str, Any]], plan: CapacityPlan, config: CapacityConfig,
@@ -96,7 +65,7 @@ def finish_record(record: Record, plan: CapacityPlan, config: CapacityConfig, va
     record["run_id"] = run_id
     record["params"] = {
         **(record.get("params") or {}), "config": config.label, "search_over": plan.over,
-        "memory_budget_gib": plan.memory_budget_gib, "budget_enforcement": enforcement(plan.device),
+        "memory_budget_gib": plan.budget_gib_for(config), "budget_enforcement": enforcement(plan.device),
     }
     metrics = dict(record.get("metrics") or {})
     effective = dict(record.get("effective") or {})

@@ -4,26 +4,22 @@ What the lifecycle's capacity plan asks the planner with; the report replays sea
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from bench.capacity.calibrate import memory_form, time_form
 from bench.capacity.oom import is_oom
 from bench.capacity.planner import ERROR, FIT, MEMORY, NO_FIT, TIME, Outcome, Search
-
-if TYPE_CHECKING:  # spec imports this module's `calibrated` lazily; no import circle at load time
-    from bench.capacity.spec import CapacityConfig, CapacityPlan
+from bench.capacity.spec import CapacityConfig, CapacityPlan
 
 
 def budget_gib(plan: CapacityPlan, config: CapacityConfig) -> float:
-    """The configuration's memory budget: its own where the suite gives one, else the profile's."""
-    own = getattr(config, "memory_budget_gib", None)
-    return float(own) if own is not None else float(plan.memory_budget_gib)
+    """The configuration's memory budget: its own where the profile gives one, else the profile's."""
+    return plan.budget_gib_for(config)
 
 
 def timeout_for(plan: CapacityPlan, config: CapacityConfig) -> float:
-    """The configuration's per-probe timeout: its own where the suite gives one, else the plan's."""
-    own = getattr(config, "timeout_s", None)
-    return float(own) if own is not None else float(plan.timeout_s)
+    """The configuration's per-probe timeout: its own where the profile gives one, else the plan's."""
+    return plan.timeout_for(config)
 
 
 def calibrated(base: Search, *, budget_mib: float, attention: str, over: str, timeout_s: float | None,

@@ -9,14 +9,15 @@ configurations to search, each refused up front with a message naming the field.
     configs:                     # each entry: a name, settings, optional axes crossed into several
       - {name: lsh, base: {attention: lsh}, grid: {n_hashes: [1, 2], reversible: [true, false]}}
     profiles:
-      cpu: {memory_budget_gib: 2, device: cpu, base: {...}, search: {...}, configs: [names]}
+      cpu: {memory_budget_gib: 2, device: cpu, base: {...}, search: {...}, configs: [names],
+            config_budget: {name: {memory_budget_gib: 8, timeout_s: 900}}}   # a config's own limits
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal, Mapping, Optional
+from typing import Annotated, Any, Literal, Mapping, Optional, Sequence
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
@@ -84,6 +85,14 @@ class ConfigSpec(_WithSettings):
         return grid
 
 
+class ConfigBudget(BaseModel):
+    """One configuration's own limits in a profile (each unset: the profile's)."""
+
+    model_config = _STRICT
+    memory_budget_gib: Optional[Annotated[float, Field(gt=0)]] = None
+    timeout_s: Optional[Annotated[float, Field(gt=0)]] = None
+
+
 class ProfileSpec(_WithSettings):
     """`cpu` (minutes on 2 cores) or `gpu` (paper scale). The budget is what a probe may use."""
 
@@ -93,10 +102,12 @@ class ProfileSpec(_WithSettings):
     base: Settings
     search: SearchSpec = SearchSpec()
     timeout_s: Optional[Annotated[float, Field(gt=0)]] = None
-    configs: Optional[list[str]] = None  # a subset of the suite's configs, by name; default all
+    configs: Optional[list[str]] = None  # a subset of the suite's configs, by name; default all (--only overrides)
     # Per config name, changes to this profile's search (e.g. a lower max_value where a step grows
     # too slow long before the memory runs out).
     config_search: dict[str, SearchSpec] = Field(default_factory=dict)
+    # Per config name, its own memory budget and per-probe timeout (a larger model's own limits).
+    config_budget: dict[str, ConfigBudget] = Field(default_factory=dict)
 
 
 class CapacitySpec(_WithSettings):
@@ -117,7 +128,8 @@ class CapacitySpec(_WithSettings):
         if len(set(names)) != len(names):
             raise ValueError(f"configs: names must be unique, got {names}")
         for pname, prof in self.profiles.items():
-            for key, given in (("configs", prof.configs or ()), ("config_search", prof.config_search)):
+            for key, given in (("configs", prof.configs or ()), ("config_search", prof.config_search),
+                               ("config_budget", prof.config_budget)):
                 unknown = sorted(set(given) - set(names))
                 if unknown:
                     raise ValueError(f"profiles.{pname}.{key}: no such config {unknown}; known: {names}")
@@ -131,6 +143,8 @@ class CapacityConfig:
     label: str
     settings: Mapping[str, Any]
     search: Mapping[str, Any] = field(default_factory=dict)  # this config's changes to the search
+    memory_budget_gib: float | None = None  # its own budget; None: the plan's
+    timeout_s: float | None = None  # its own per-probe timeout; None: the plan's
 
 
 @dataclass(frozen=True)
@@ -165,8 +179,17 @@ class CapacityPlan:
             suite=spec["name"], profile=spec["profile"], device=spec["device"], over=over,
             search=SearchSpec(over=over, **search), memory_budget_gib=float(spec["memory_budget_gib"]),
             timeout_s=float(spec["timeout_s"]), description=spec.get("description", ""),
-            configs=tuple(CapacityConfig(c["label"], c["settings"], c.get("search") or {}) for c in spec["configs"]),
+            configs=tuple(CapacityConfig(c["label"], c["settings"], c.get("search") or {},
+                                         c.get("memory_budget_gib"), c.get("timeout_s")) for c in spec["configs"]),
         )
+
+    def budget_gib_for(self, config: CapacityConfig) -> float:
+        """The configuration's memory budget: its own where the profile gives one, else the plan's."""
+        return float(config.memory_budget_gib if config.memory_budget_gib is not None else self.memory_budget_gib)
+
+    def timeout_for(self, config: CapacityConfig) -> float:
+        """The configuration's per-probe timeout: its own where the profile gives one, else the plan's."""
+        return float(config.timeout_s if config.timeout_s is not None else self.timeout_s)
 
     def point(self, config: CapacityConfig, value: int) -> GridPoint:
         """The GridPoint of one probe: the configuration with the searched axis set to `value`."""
@@ -176,7 +199,7 @@ class CapacityPlan:
             suite=self.suite, workload=WORKLOAD, device=self.device, dtype=settings["dtype"],
             batch_size=settings["batch_size"], seq_len=settings["seq_len"],
             model=canonical_model(settings, tuple(model_defaults())), impl="ours",
-            repeats=1, warmup=0, timeout_s=self.timeout_s, studies=("capacity",),
+            repeats=1, warmup=0, timeout_s=self.timeout_for(config), studies=("capacity",),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -185,7 +208,8 @@ class CapacityPlan:
             "kind": "capacity", "name": self.suite, "profile": self.profile, "device": self.device,
             "description": self.description, "memory_budget_gib": self.memory_budget_gib,
             "timeout_s": self.timeout_s, "search": {"over": self.over, **self.search.model_dump()},
-            "configs": [{"label": c.label, "settings": dict(c.settings), "search": dict(c.search)}
+            "configs": [{"label": c.label, "settings": dict(c.settings), "search": dict(c.search),
+                         "memory_budget_gib": c.memory_budget_gib, "timeout_s": c.timeout_s}
                         for c in self.configs],
         }
 
@@ -198,9 +222,11 @@ def _short(value: Any) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 
-def resolve(spec: CapacitySpec, profile: str, device: str, path: Path | str = "") -> CapacityPlan:
-    """The profile's configurations, settings merged (defaults < suite base < profile base < config
-    base < config axes); SuiteError naming the config and field for an impossible one."""
+def resolve(spec: CapacitySpec, profile: str, device: str, path: Path | str = "",
+            only: Sequence[str] | None = None) -> CapacityPlan:
+    """The profile's configurations (`only`, config names, instead of its `configs` where given),
+    settings merged (defaults < suite base < profile base < config base < config axes); SuiteError
+    naming the config and field for an impossible one."""
     if profile not in spec.profiles:
         raise SuiteError(f"{path}: profiles: no profile '{profile}' (has: {', '.join(spec.profiles)})")
     prof = spec.profiles[profile]
@@ -211,7 +237,7 @@ def resolve(spec: CapacitySpec, profile: str, device: str, path: Path | str = ""
     search = SearchSpec(**{**search.model_dump(), "multiple": search.multiple or 1})
     if search.max_value < search.start:
         raise SuiteError(f"{path}: search.max_value={search.max_value}: below search.start={search.start}")
-    wanted = prof.configs
+    wanted = prof.configs if only is None else list(only)
     configs = []
     defaults = {**{k: v for k, v in POINT_DEFAULTS.items() if k in ("dtype", "batch_size")}, **model_defaults()}
     for cspec in spec.configs:
@@ -229,7 +255,10 @@ def resolve(spec: CapacitySpec, profile: str, device: str, path: Path | str = ""
             if "over" in own_search:
                 raise SuiteError(f"{path}: profiles.{profile}.config_search.{cspec.name}.over: "
                                  "one search axis per profile")
-            configs.append(CapacityConfig(label=label, settings=settings, search=own_search))
+            own_budget = prof.config_budget.get(cspec.name) or ConfigBudget()
+            configs.append(CapacityConfig(label=label, settings=settings, search=own_search,
+                                          memory_budget_gib=own_budget.memory_budget_gib,
+                                          timeout_s=own_budget.timeout_s))
     plan = CapacityPlan(suite=spec.name, profile=profile, device=device, over=search.over, search=search,
                         memory_budget_gib=prof.memory_budget_gib,
                         timeout_s=prof.timeout_s if prof.timeout_s is not None else spec.timeout_s,

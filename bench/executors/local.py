@@ -12,7 +12,7 @@ import signal
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import psutil
 
@@ -111,14 +111,18 @@ class PointRunner:
         self.server.close()
         shutil.rmtree(self._tmp, ignore_errors=True)
 
-    def run(self, point: GridPoint, timeout_s: float) -> Record:
-        """All worker processes of one point, then one record with the load during them."""
+    def run(self, point: GridPoint, timeout_s: float, *, memory_limit_mib: float | None = None,
+            env: Mapping[str, str] | None = None) -> Record:
+        """All worker processes of one point, then one record with the load during them;
+        `memory_limit_mib` replaces the runner's watchdog limit for this point, `env` is set in each
+        of its workers' environment (a capacity probe's own budget)."""
         before, own_before, server_before = load.snapshot(), load.process_cpu_s(), self.server.cpu_s()
         readings: list[Record] = []
         worker_cpu = wall = 0.0
         final: Record | None = None
         for i in range(self.processes):
-            record, cpu_s = self.run_process(point, timeout_s, timing=(i == 0))
+            record, cpu_s = self.run_process(point, timeout_s, timing=(i == 0), memory_limit_mib=memory_limit_mib,
+                                             env=env)
             worker_cpu += cpu_s
             wall += record["wall_s"]
             if record["status"] != "ok":
@@ -141,20 +145,27 @@ class PointRunner:
         final["load"] = load.load_record(before, load.snapshot(), own_cpu_s=own)
         return final
 
-    def run_process(self, point: GridPoint, timeout_s: float, timing: bool) -> tuple[Record, float]:
+    def run_process(self, point: GridPoint, timeout_s: float, timing: bool, *,
+                    memory_limit_mib: float | None = None, env: Mapping[str, str] | None = None) -> tuple[Record, float]:
         """One worker process: its record (any status) and the CPU seconds it used."""
         def fail(status: str, reason: str, effective: dict[str, Any] | None = None, wall_s: float = 0.0,
                  traceback: str | None = None) -> Record:
             return make_record(point, status, reason, effective=effective, wall_s=wall_s, traceback=traceback)
 
-        return self.run_request({"point": point.to_json(), "timing": timing}, timeout_s, fail)
+        request: dict[str, Any] = {"point": point.to_json(), "timing": timing}
+        if env:
+            request["env"] = dict(env)
+        return self.run_request(request, timeout_s, fail, memory_limit_mib=memory_limit_mib)
 
-    def run_request(self, request: dict[str, Any], timeout_s: float, fail: Fail) -> tuple[Record, float]:
+    def run_request(self, request: dict[str, Any], timeout_s: float, fail: Fail, *,
+                    memory_limit_mib: float | None = None) -> tuple[Record, float]:
         """One fresh worker process for one request (a grid point, a probe, a training unit): the
         record it printed, else the row `fail(status, reason, ...)` makes of its timeout, its kill by
-        the memory watchdog, its crash or its silence; and the CPU seconds it used."""
-        user_limit = self.memory_limit_mib is not None
-        limit = self.memory_limit_mib if user_limit else default_memory_limit_mib()
+        the memory watchdog (at `memory_limit_mib`, else the runner's limit), its crash or its
+        silence; and the CPU seconds it used."""
+        own = memory_limit_mib if memory_limit_mib is not None else self.memory_limit_mib
+        user_limit = own is not None
+        limit = own if user_limit else default_memory_limit_mib()
         out, err = self._tmp / "stdout", self._tmp / "stderr"
         start = time.perf_counter()
         try:

@@ -1,11 +1,10 @@
 """The capacity plan: for each configuration in turn, the next probe of its search from the
 outcomes recorded so far (doubling, then bisection, then done: `bench.capacity.planner`), run in a
-fresh worker under the suite's memory budget. The records are the only state, so a kill at any
+fresh worker under the configuration's memory budget and timeout (its own, else the profile's). The records are the only state, so a kill at any
 moment loses nothing a rerun does not redo exactly once (the probe that was running)."""
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
@@ -14,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.capacity.planner import Done, Probe, next_probe
-from bench.capacity.probe import BUDGET_ENV, enforcement
+from bench.capacity.budget import BUDGET_ENV, enforcement
 from bench.capacity.runner import PROBE_MEASURE, budget_mib, done_line, finish_record, search_outcomes, status_line
 from bench.capacity.searches import outcome_of, search_for
 from bench.capacity.spec import CapacityConfig, CapacityPlan, load_capacity_suite, resolve
@@ -76,15 +75,13 @@ class CapacitySearchPlan:
                            "use --profile cpu")
         if device == "cpu" and opts.memory_limit_mib is not None:
             refuse("capacity", "--memory-limit-mib", "on cpu the suite's memory_budget_gib is the watchdog's limit")
-        resolved = resolve(spec, profile, device, path)
         if opts.only:
             names = [c.name for c in spec.configs]
             unknown = sorted(set(opts.only) - set(names))
             if unknown:
                 raise RunError(f"--only {', '.join(unknown)}: no such config in {path} (has: {', '.join(names)})")
-            resolved = CapacityPlan(**{**resolved.__dict__, "configs": tuple(
-                c for c in resolved.configs if c.label.split(" ")[0] in opts.only)})
-        return cls(resolved, path)
+        # --only names the configs to search, also one the profile's `configs` leaves out (hf on cpu)
+        return cls(resolve(spec, profile, device, path, only=opts.only or None), path)
 
     def spec(self) -> dict[str, Any]:
         return self.resolved.to_json()
@@ -101,14 +98,24 @@ class CapacitySearchPlan:
             if old.get(key) != now.get(key):
                 raise RunError(f"{run_dir}: this run was started with {key}={old.get(key)!r}, the suite now "
                                f"says {now.get(key)!r}; use --fresh or another --run-id")
+        before = {c.get("label"): c for c in old.get("configs") or ()}
+        for config in now["configs"]:
+            kept_config = before.get(config["label"])
+            for key in ("memory_budget_gib", "timeout_s"):  # a configuration's own (None: the profile's)
+                if kept_config is not None and kept_config.get(key) != config[key]:
+                    raise RunError(f"{run_dir}: this run was started with {config['label']}'s {key}="
+                                   f"{kept_config.get(key)!r}, the suite now says {config[key]!r}; "
+                                   "use --fresh or another --run-id")
 
     def start(self, records: Sequence[Record], retry_failed: bool) -> tuple[int, int]:
         plan = self.resolved
         self._records = list(records)
         self._outcomes = {c.label: search_outcomes(records, plan, c, retry_failed) for c in plan.configs}
         self._reported: set[str] = set()
+        own = "".join(f", {c.label}: {plan.budget_gib_for(c):g} GiB, {plan.timeout_for(c):g} s per probe"
+                      for c in plan.configs if c.memory_budget_gib is not None or c.timeout_s is not None)
         self.say(f"{plan.suite} profile={plan.profile} device={plan.device} "
-                 f"budget={plan.memory_budget_gib:g} GiB ({enforcement(plan.device)})")
+                 f"budget={plan.memory_budget_gib:g} GiB ({enforcement(plan.device)}){own}")
         done = sum(isinstance(self._step(c), Done) for c in plan.configs)
         return done, len(plan.configs)
 
@@ -141,39 +148,42 @@ class CapacitySearchPlan:
 
     def executor(self, opts: RunOptions, run_dir: Path, say: Say) -> "ProbeExecutor":
         self.run_id = run_dir.name
-        budget = budget_mib(self.resolved)
-        # The probes' fork server (started on the first probe) hands the budget to each worker.
-        os.environ[BUDGET_ENV] = f"{budget:g}"
-        return ProbeExecutor(budget if self.device == "cpu" else opts.memory_limit_mib, self.resolved.timeout_s)
+        return ProbeExecutor(self.resolved, None if self.device == "cpu" else opts.memory_limit_mib)
 
     def one_line(self, unit: ProbeUnit, record: Record) -> str:
         return f"    {self.resolved.over}={unit.value:>7} {status_line(record)}"
 
     def summary(self, console: Console, records: Sequence[Record]) -> None:
         plan = self.resolved
-        table = Table(title=f"capacity: longest {plan.over} under {plan.memory_budget_gib:g} GiB")
-        for col in ("configuration", f"longest {plan.over}", "limited by", "probes"):
+        table = Table(title=f"capacity: longest {plan.over} under each configuration's budget")
+        for col in ("configuration", "budget (GiB)", f"longest {plan.over}", "limited by", "probes"):
             table.add_column(col)
         for config in plan.configs:
             outcomes = search_outcomes(records, plan, config)
             step = next_probe(search_for(plan, config), outcomes)
+            budget = f"{plan.budget_gib_for(config):g}"
             if isinstance(step, Done):
-                table.add_row(config.label, str(step.longest or "-"), step.why, str(len(step.probes)))
+                table.add_row(config.label, budget, str(step.longest or "-"), step.why, str(len(step.probes)))
             else:
-                table.add_row(config.label, "-", "not finished", str(len(outcomes)))
+                table.add_row(config.label, budget, "-", "not finished", str(len(outcomes)))
         console.print(table)
 
 
 class ProbeExecutor:
-    """One fork server for every probe of the run, one fresh worker per probe."""
+    """One fork server for every probe of the run, one fresh worker per probe, each under its
+    configuration's budget (handed to the worker in BUDGET_ENV; on CPU also the RSS watchdog's limit)
+    and timeout (its point's timeout_s). On CUDA the watchdog keeps `host_watchdog_mib`."""
 
-    def __init__(self, watchdog_mib: float | None, timeout_s: float) -> None:
-        self.runner = PointRunner(watchdog_mib, processes=1, measure=PROBE_MEASURE)
-        self.timeout_s = timeout_s
+    def __init__(self, plan: CapacityPlan, host_watchdog_mib: float | None, measure: str = PROBE_MEASURE) -> None:
+        self.plan = plan
+        self.runner = PointRunner(host_watchdog_mib, processes=1, measure=measure)
 
     def run(self, units: Sequence[ProbeUnit]) -> Iterator[tuple[ProbeUnit, Record]]:
         for unit in units:
-            yield unit, self.runner.run(unit.point, self.timeout_s)
+            budget = budget_mib(self.plan, unit.config)
+            watchdog = budget if self.plan.device == "cpu" else None  # None: the runner's own limit
+            yield unit, self.runner.run(unit.point, unit.point.timeout_s, memory_limit_mib=watchdog,
+                                        env={BUDGET_ENV: f"{budget:g}"})
 
     def close(self) -> None:
         self.runner.close()

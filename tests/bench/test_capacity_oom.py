@@ -4,8 +4,9 @@ from __future__ import annotations
 import pytest
 
 from bench.capacity.oom import oom_source, parse_oom_message
-from bench.capacity.planner import ERROR, FIT, NO_FIT
-from bench.capacity.runner import finish_record, outcome_of
+from bench.capacity.planner import ERROR, FIT, MEMORY, NO_FIT, TIME, Outcome
+from bench.capacity.runner import finish_record
+from bench.capacity.searches import outcome_of
 from bench.capacity.spec import CapacityConfig, CapacityPlan, SearchSpec
 from bench.store import make_record
 
@@ -73,7 +74,7 @@ def test_an_allocator_error_becomes_an_oom_row_with_budget_and_detection():
     raw = make_record(point, "error", "RuntimeError: DefaultCPUAllocator: can't allocate memory: "
                                       "you tried to allocate 1073741824 bytes")
     rec = finish_record(raw, plan, config, 512, "run-1")
-    assert rec["status"] == "oom" and outcome_of(rec) == NO_FIT
+    assert rec["status"] == "oom" and outcome_of(rec) == Outcome(NO_FIT, MEMORY)
     assert rec["params"]["memory_budget_gib"] == 0.5
     assert rec["params"]["budget_enforcement"] == "rss_watchdog+peak_rss"
     assert rec["params"]["config"] == "full" and rec["params"]["seq_len"] == 512
@@ -87,6 +88,6 @@ def test_an_allocator_error_becomes_an_oom_row_with_budget_and_detection():
 def test_outcomes_of_each_status():
     plan = _plan()
     point = plan.point(plan.configs[0], 128)
-    assert outcome_of(make_record(point, "ok")) == FIT
-    assert outcome_of(make_record(point, "timeout", "exceeded timeout_s")) == NO_FIT
-    assert outcome_of(make_record(point, "error", "ValueError: x")) == ERROR
+    assert outcome_of(make_record(point, "ok")).status == FIT
+    assert outcome_of(make_record(point, "timeout", "exceeded timeout_s")) == Outcome(NO_FIT, TIME)
+    assert outcome_of(make_record(point, "error", "ValueError: x")) == Outcome(ERROR)

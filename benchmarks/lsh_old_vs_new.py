@@ -60,7 +60,32 @@ def _impls(old_dir: str) -> dict:
     return {"old": (old_dir, None), "new": (str(ROOT), None), "new factorised": (str(ROOT), "factorised")}
 
 
-def time_all(old_dir: str, lengths, rounds, repeats: int) -> list[dict]:
+PEER = "reformer-pytorch 1.4.4"
+
+
+def _peer_step(seq_len: int, n_hashes: int):
+    """reformer-pytorch's LSHSelfAttention as the harness builds it (bench.workloads), or None."""
+    sys.path.insert(0, str(ROOT))
+    from bench.point import GridPoint
+    from bench.workloads import WorkloadUnavailable, build_workload
+
+    model = dict(d_model=D_MODEL, n_heads=N_HEADS, chunk_len=CHUNK_LEN, causal=True, attention="lsh",
+                 n_hashes=n_hashes, shared_qk=True, dropout=0.0, hash_seed=0)
+    point = GridPoint(suite="micro", workload="attention", device="cpu", dtype="float32", batch_size=1,
+                      seq_len=seq_len, model=model, impl="reformer_pytorch")
+    try:
+        work = build_workload(point)
+    except WorkloadUnavailable:
+        return None
+
+    def step():
+        work.zero_grad()
+        work.backward(work.forward())
+
+    return step
+
+
+def time_all(old_dir: str, lengths, rounds, repeats: int, peers: bool = False) -> list[dict]:
     """Median fwd + bwd seconds per (impl, length, rounds); impls interleaved repeat by repeat."""
     rows = []
     for seq_len in lengths:
@@ -71,6 +96,10 @@ def time_all(old_dir: str, lengths, rounds, repeats: int) -> list[dict]:
                 *_, step = _layer_step(ri, seq_len, n_hashes, n_buckets)
                 step()  # warm-up
                 steps[name] = step
+            peer = _peer_step(seq_len, n_hashes) if peers else None
+            if peer is not None:
+                peer()
+                steps[PEER] = peer
             times = {name: [] for name in steps}
             for _ in range(repeats):
                 for name, step in steps.items():
@@ -136,7 +165,8 @@ def _markdown(args, timing, memory, load_before, load_after) -> str:
         f"d_model {D_MODEL}, {N_HEADS} heads of {D_MODEL // N_HEADS}, chunk_len {CHUNK_LEN}, batch 1, fp32, "
         f"{args.threads} threads. Old: reformer_impl at {args.old_rev}. `new factorised`: n_buckets='factorised'.", "",
         f"Command: `.venv/bin/python benchmarks/lsh_old_vs_new.py --old-rev {args.old_rev} --threads {args.threads}"
-        f"{' --skip-memory' if args.skip_memory else ''}{' --skip-timing' if args.skip_timing else ''}`", "",
+        f"{' --skip-memory' if args.skip_memory else ''}{' --skip-timing' if args.skip_timing else ''}"
+        f"{' --peers' if args.peers else ''}{f' --repeats {args.repeats}' if args.repeats != 3 else ''}`", "",
         f"Load before: `{load_before}`; after: `{load_after}`.", "",
         "## fwd + bwd time (median of repeats, s)", "",
         "Wall time, and the process's CPU time (all threads; with one thread it is the least disturbed by load).", "",
@@ -151,6 +181,15 @@ def _markdown(args, timing, memory, load_before, load_after) -> str:
                          f"| {new['median_s'] / old['median_s']:.2f} | {fac['median_s']:.3f} "
                          f"| {fac['median_s'] / old['median_s']:.2f} | {old['cpu_s']:.3f} | {new['cpu_s']:.3f} "
                          f"| {new['cpu_s'] / old['cpu_s']:.2f} |")
+    peer_rows = [r for r in timing if r["impl"] == PEER]
+    if peer_rows:
+        lines += ["", f"### against {PEER} (its LSHSelfAttention as bench.workloads builds it), same run", "",
+                  "| seq_len | n_hashes | reformer-pytorch | old / rp | new / rp | new factorised / rp |",
+                  "|---|---|---|---|---|---|"]
+        for r in peer_rows:
+            key = (r["seq_len"], r["n_hashes"])
+            ratios = " | ".join(f"{by[(impl, *key)]['median_s'] / r['median_s']:.2f}" for impl in ("old", "new", "new factorised"))
+            lines.append(f"| {key[0]} | {key[1]} | {r['median_s']:.3f} | {ratios} |")
     if not memory:
         return "\n".join(lines) + "\n"
     lines += ["", f"## peak RSS against bytes saved for backward, {args.memory_len} tokens (fresh process each)", "",
@@ -176,6 +215,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="default results/micro/lsh_old_vs_new_cpu_<threads>t.md")
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--skip-timing", action="store_true")
+    parser.add_argument("--peers", action="store_true", help="also time reformer-pytorch's layer (when installed)")
     args = parser.parse_args()
     import torch
 
@@ -185,10 +225,11 @@ def main() -> None:
                                  capture_output=True, check=True).stdout
         subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
         load_before = _uptime()
-        timing = [] if args.skip_timing else time_all(tmp, args.lengths, args.rounds, args.repeats)
+        timing = [] if args.skip_timing else time_all(tmp, args.lengths, args.rounds, args.repeats, args.peers)
         memory = [] if args.skip_memory else memory_all(tmp, args.memory_len, args.rounds, args.threads)
         load_after = _uptime()
     part = "memory" if args.skip_timing else f"time_{args.threads}t" if args.skip_memory else f"{args.threads}t"
+    part += "_peers" if args.peers and not args.skip_timing else ""
     args.out = args.out or ROOT / f"results/micro/lsh_old_vs_new_cpu_{part}.md"
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(_markdown(args, timing, memory, load_before, load_after))

@@ -6,9 +6,12 @@ import hashlib
 import os
 import platform
 import subprocess
+import time
 import uuid
 from pathlib import Path
 from typing import Any
+
+from bench.load import load_record, process_cpu_s, snapshot
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MACHINE_ID_FILES = (Path("/etc/machine-id"), Path("/var/lib/dbus/machine-id"))
@@ -70,7 +73,7 @@ def _cpu_name() -> str:
 
 def _nvml_driver() -> str | None:
     try:
-        import pynvml
+        import pynvml  # optional (CUDA machines): a CPU-only install has no NVML
 
         pynvml.nvmlInit()
         try:
@@ -91,9 +94,7 @@ CALIBRATE_ENV = "BENCH_CALIBRATE"  # set to 0 to skip the calibration
 
 def matmul_gflops(device: str, dtype_name: str, size: int, repeats: int = CALIBRATION_REPEATS) -> float:
     """The best rate over `repeats` timed size x size products (2 size^3 FLOPs each), in GFLOP/s."""
-    import time
-
-    import torch
+    import torch  # torch only when measuring: the CLI imports this module (host_id, REPO_ROOT) torch-free
 
     dtype = getattr(torch, dtype_name)
     gen = torch.Generator().manual_seed(0)
@@ -115,8 +116,6 @@ def matmul_gflops(device: str, dtype_name: str, size: int, repeats: int = CALIBR
 
 def calibrate(device: str) -> dict[str, Any]:
     """environment fields: `matmul_gflops` {dtype: GFLOP/s}, how it was measured, and the load."""
-    from bench.load import load_record, process_cpu_s, snapshot
-
     kind = "cuda" if device.startswith("cuda") else "cpu"
     before, own = snapshot(), process_cpu_s()
     rates = {name: round(matmul_gflops(device, name, size), 2) for name, size in CALIBRATION[kind]}
@@ -129,7 +128,7 @@ def calibrate(device: str) -> dict[str, Any]:
 def capture_environment(device: str = "cpu", calibrate_matmul: bool | None = None) -> dict[str, Any]:
     """A JSON-ready description of this machine and checkout, captured once per run; with the dense
     matmul calibration (default unless $BENCH_CALIBRATE=0) that % of peak is measured against."""
-    import torch
+    import torch  # torch only when measuring: the CLI imports this module (host_id, REPO_ROOT) torch-free
 
     env: dict[str, Any] = {
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

@@ -6,6 +6,7 @@ only when a function is called with device 'cuda'.
 """
 from __future__ import annotations
 
+import ctypes
 import os
 import resource
 import time
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
+import psutil
 import torch
 
 from bench import nvml
@@ -142,8 +144,6 @@ def time_phases(iteration: Iteration, device: str, repeats: int, warmup: int = 0
 
 def current_rss_mib() -> float:
     """This process's resident set size now."""
-    import psutil
-
     return psutil.Process().memory_info().rss / MIB
 
 
@@ -169,8 +169,6 @@ def trim_host_heap() -> bool:
     """Hand freed heap memory back to the OS (glibc malloc_trim), so a baseline taken afterwards does
     not include memory a previous workload freed but the allocator kept. False where unavailable."""
     try:
-        import ctypes
-
         return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
     except (OSError, AttributeError):
         return False
@@ -185,8 +183,6 @@ def mmap_large_allocations(threshold_bytes: int = 128 * 1024) -> bool:
     large tensors instead of heap fragments. It costs page faults, so it is set only for the memory
     reading, after timing. False where not glibc."""
     try:
-        import ctypes
-
         return bool(ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, threshold_bytes))
     except (OSError, AttributeError):
         return False

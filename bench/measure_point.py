@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import importlib
 import os
 from typing import Any, Sequence
 
@@ -19,6 +20,8 @@ from bench import flops, stages as st
 from bench.complexity import table3_terms
 from bench.point import GridPoint
 from bench.workloads import Workload, build_workload
+import reformer_impl
+from reformer_impl import ReformerConfig
 
 POINT_PARAMS = ("workload", "impl", "device", "dtype", "batch_size", "seq_len")
 ALL_PHASES = m.PHASES
@@ -32,8 +35,6 @@ def flat_params(point: GridPoint) -> dict[str, Any]:
     """workload, impl, device, dtype, batch_size, seq_len and every ReformerConfig field as the grid
     canonicalised it: a field dropped as irrelevant to this point (e.g. n_hashes for full attention)
     is null, so it never splits a table or a plot."""
-    from reformer_impl import ReformerConfig  # the config only, never the model code
-
     params: dict[str, Any] = {key: getattr(point, key) for key in POINT_PARAMS}
     for f in dataclasses.fields(ReformerConfig):
         params[f.name] = point.model.get(f.name)
@@ -88,10 +89,6 @@ def wants_breakdown(point: GridPoint, breakdown: bool | None = None) -> bool:
 
 def stage_names() -> Sequence[str] | None:
     """reformer_impl's public stage range names, or None (then every user-annotated range counts)."""
-    import importlib
-
-    import reformer_impl
-
     names = getattr(reformer_impl, "STAGES", None)
     if not names:
         try:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
+from torch.profiler import ProfilerActivity, profile
 
 from bench.measure import is_cuda, synchronize
 
@@ -57,8 +58,6 @@ def profile_stages(run_once: Callable[[], None], device: str, names: Sequence[st
     """Run `run_once` under torch.profiler and return the time of its record_function ranges by name:
     those in `names` (e.g. reformer_impl.STAGES) and torch's optimizer step or, without names, every
     user-annotated range."""
-    from torch.profiler import ProfilerActivity, profile
-
     cuda = is_cuda(device) and torch.cuda.is_available()
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     wanted = set(names) if names is not None else None

@@ -9,13 +9,16 @@ from __future__ import annotations
 import dataclasses
 import importlib
 from dataclasses import dataclass
+from importlib.metadata import version
 from typing import Any, Callable
 
 import torch
 from torch import nn
+from torch.profiler import ProfilerActivity, profile
 
 from bench.measure import PhaseClock
 from bench.point import GridPoint
+from reformer_impl import ReformerConfig, ReformerLM, build_attention, describe, lm_loss
 
 SEED = 0
 DTYPES = {
@@ -86,8 +89,6 @@ class Workload:
 def config_for(point: GridPoint):
     """The ReformerConfig a point describes. Fields the grid dropped as irrelevant take the config's
     defaults; for the attention workload max_seq_len (irrelevant there) is raised to seq_len."""
-    from reformer_impl import ReformerConfig
-
     known = {f.name for f in dataclasses.fields(ReformerConfig)}
     unknown = sorted(set(point.model) - known)
     if unknown:
@@ -159,8 +160,6 @@ def _attention_workload(point: GridPoint, layer: nn.Module, effective: Callable[
 
 
 def _our_attention(point: GridPoint) -> Workload:
-    from reformer_impl import build_attention
-
     cfg = config_for(point)
     torch.manual_seed(SEED)
     layer = build_attention(cfg)
@@ -178,8 +177,6 @@ def _our_model(point: GridPoint) -> Workload:
 def _our_train_step(point: GridPoint) -> Workload:
     """The model workload (forward, backward, AdamW step) with warm(): one step on the first
     min(seq_len, 2 * chunk_len) tokens, which creates AdamW's state at a negligible activation cost."""
-    from reformer_impl import lm_loss
-
     cfg, model, tokens, targets, optimizer = _lm_parts(point)
     short = min(point.seq_len, 2 * cfg.chunk_len)
 
@@ -194,8 +191,6 @@ def _our_train_step(point: GridPoint) -> Workload:
 
 def _lm_parts(point: GridPoint):
     """The seeded model, token and target batch, and AdamW optimizer of a point."""
-    from reformer_impl import ReformerLM
-
     cfg = config_for(point)
     dtype = torch_dtype(point.dtype)
     torch.manual_seed(SEED)
@@ -210,8 +205,6 @@ def _lm_parts(point: GridPoint):
 
 def _lm_workload(point: GridPoint, cfg, model: nn.Module, tokens: torch.Tensor, targets: torch.Tensor,
                  optimizer: torch.optim.Optimizer) -> Workload:
-    from reformer_impl import lm_loss
-
     def forward() -> torch.Tensor:
         return lm_loss(model(tokens), targets)
 
@@ -224,8 +217,6 @@ def _lm_workload(point: GridPoint, cfg, model: nn.Module, tokens: torch.Tensor, 
 
 
 def _our_effective(cfg, point: GridPoint, holder: dict[str, Any]) -> dict[str, Any]:
-    from reformer_impl import describe
-
     eff = {"impl": "ours", **describe(cfg, point.seq_len)}
     if point.workload == "attention":  # one layer alone: no blocks, no feed-forward ran
         for key in MODEL_ONLY_EFFECTIVE:
@@ -238,8 +229,6 @@ def _our_effective(cfg, point: GridPoint, holder: dict[str, Any]) -> dict[str, A
 def sdpa_backend(forward: Callable[[], Any]) -> str | None:
     """Which fused kernel torch's scaled_dot_product_attention dispatched to in one forward, read from
     the profiler's aten ops (no_grad: dispatch does not depend on autograd). None if SDPA never ran."""
-    from torch.profiler import ProfilerActivity, profile
-
     with torch.no_grad(), profile(activities=[ProfilerActivity.CPU]) as prof:
         forward()
     names = {evt.key for evt in prof.key_averages()}
@@ -357,8 +346,6 @@ def _hf_attention(point: GridPoint) -> Workload:
 
 def _version(module: str) -> str | None:
     try:
-        from importlib.metadata import version
-
         return version(module.replace("_", "-"))
     except Exception:
         return None

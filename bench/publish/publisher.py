@@ -22,6 +22,7 @@ from bench.publish.scrub import scrub
 from bench.publish.sink import Sink
 from bench.publish.training import GLOB as TRAIN_GLOB, STEP_KEY as TRAIN_STEP_KEY
 from bench.publish.training import FINAL_TABLE, analysis_tables, final_table, training_history
+from bench.publish.wandb_sink import WandbSink, known_secrets
 
 JOB_TYPE = "bench"
 MAX_TAG_LEN = 64  # W&B refuses longer tags
@@ -164,14 +165,10 @@ def log_run_summary(
 
 def _default_sink(run_dir: Path, online: bool | None, project: str | None) -> Sink:
     require("wandb")
-    from bench.publish.wandb_sink import WandbSink
-
     return WandbSink(run_dir, online=online, project=project)
 
 
 def _secrets() -> frozenset[str]:
-    from bench.publish.wandb_sink import known_secrets
-
     return known_secrets()
 
 

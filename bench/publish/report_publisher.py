@@ -8,10 +8,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
+from bench.publish import wandb_report as wrep
 from bench.publish.publisher import PublishError, load_run, require, run_name, wandb_run_id
 from bench.publish.report_text import read_report_text
 from bench.publish.rundata import update_wandb_state, wandb_state
 from bench.publish.scrub import scrub_text
+from bench.publish.wandb_sink import DEFAULT_PROJECT, known_secrets, resolve_mode, wandb_module
 
 
 @dataclass(frozen=True)
@@ -35,9 +37,7 @@ def _entity(env: Mapping[str, str]) -> str:
     """WANDB_ENTITY, else (online only) the key's default entity."""
     if env.get("WANDB_ENTITY"):
         return env["WANDB_ENTITY"]
-    import wandb
-
-    return str(wandb.Api().default_entity or "")
+    return str(wandb_module().Api().default_entity or "")
 
 
 def publish_report(
@@ -65,9 +65,6 @@ def publish_report(
             raise
         log(f"W&B report spec not written: {e}")
         return None
-    from bench.publish import wandb_report as wrep
-    from bench.publish.wandb_sink import DEFAULT_PROJECT, known_secrets, resolve_mode
-
     env = os.environ if env is None else env
     secrets = known_secrets(env) if secrets is None else secrets
     run_dirs = [Path(d) for d in run_dirs]

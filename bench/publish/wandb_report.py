@@ -13,6 +13,7 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -25,6 +26,8 @@ from bench.publish.training import (
     CURVE_LABELS, FINAL_TABLE, STEP_KEY, analysis_tables, curve_history_keys, curve_label, final_table, is_training,
     study_prefix,
 )
+from bench.quality.report_frames import bpb_by_seed, eval_frame, study_x, train_frame
+from bench.quality.verdicts import study_verdict
 from bench.report.frames import main_memory_metrics
 from bench.report.labels import label
 
@@ -36,6 +39,13 @@ TRAIN_METRICS = ("valid_bpb", "loss")  # a training study's panels when its plot
 MATRIX_TABLE = "duplication/accuracy_matrix"  # the table publish logs (see publisher.log_run_summary)
 DEFAULT_Y = ("step_ms_median",)
 PANEL_W, PANEL_H, PER_ROW = 12, 8, 2  # two panels a row on W&B's 24-column grid
+
+
+def reports() -> Any:
+    """wandb_workspaces.reports.v2, the W&B Report API."""
+    import wandb_workspaces.reports.v2 as wr  # optional: imported only when a report is built
+
+    return wr
 
 
 @dataclass(frozen=True)
@@ -84,15 +94,13 @@ def _metrics_for(axes: StudyAxes, available: Sequence[str], devices: Sequence[st
 
 
 def _layout(index: int) -> Any:
-    import wandb_workspaces.reports.v2 as wr
-
+    wr = reports()
     return wr.Layout(x=(index % PER_ROW) * PANEL_W, y=(index // PER_ROW) * PANEL_H, w=PANEL_W, h=PANEL_H)
 
 
 def _line_plot(study: str, metric: str, axes: StudyAxes, charts: Sequence[tuple[ReportRun, LineSeries]],
                index: int, several: bool) -> Any:
-    import wandb_workspaces.reports.v2 as wr
-
+    wr = reports()
     y: list[str] = []
     titles: dict[str, str] = {}
     x_key = ""
@@ -136,8 +144,7 @@ def _curve_lines(run: ReportRun, study: str) -> list[tuple[str, str]]:
 def _training_plots(study: str, axes: StudyAxes, runs: Sequence[ReportRun], first: int, several: bool) -> list[Any]:
     """The study's learning curves against `train/step`, one panel per metric: those its plot hint
     names (duplication: loss, accuracy), else TRAIN_METRICS; one line per model and seed."""
-    import wandb_workspaces.reports.v2 as wr
-
+    wr = reports()
     lines = [(run, key, name) for run in runs for key, name in _curve_lines(run, study)]
     available = {key.rsplit("/", 1)[1] for _, key, _ in lines}
     metrics = [m for m in axes.y if m in available] or [m for m in TRAIN_METRICS if m in available]
@@ -157,9 +164,6 @@ def _training_plots(study: str, axes: StudyAxes, runs: Sequence[ReportRun], firs
 def _quality_verdicts(run: ReportRun) -> dict[str, str]:
     """Each quality study's verdict as report.md words it (bench.quality.report.study_section),
     computed again from the records."""
-    from bench.quality.report_frames import bpb_by_seed, eval_frame, study_x, train_frame
-    from bench.quality.verdicts import study_verdict
-
     spec = run.info.suite_spec
     trains, by_seed = train_frame(run.records), bpb_by_seed(eval_frame(run.records))
     verdicts = {}
@@ -183,8 +187,7 @@ def _study_lead(run: ReportRun, study: str, verdicts: Mapping[str, str]) -> str:
 
 def _runset(runs: Sequence[ReportRun], entity: str, project: str) -> Any:
     """The runs this report describes: our group (the suite) and their names."""
-    import wandb_workspaces.reports.v2 as wr
-
+    wr = reports()
     names = ", ".join(repr(r.name) for r in runs)
     return wr.Runset(entity=entity, project=project, name=f"{runs[0].info.suite} runs",
                      filters=f"Group = {runs[0].info.suite!r} and Name in [{names}]")
@@ -205,8 +208,7 @@ def _without_links(markdown: str) -> str:
 
 def _per_run(runs: Sequence[ReportRun], texts: Sequence[str]) -> list[Any]:
     """One markdown block when every run says the same, else one per run under its id."""
-    import wandb_workspaces.reports.v2 as wr
-
+    wr = reports()
     texts = [_without_images(t) for t in texts]
     if len(set(texts)) <= 1:
         return [wr.MarkdownBlock(texts[0])] if texts and texts[0] else []
@@ -224,8 +226,7 @@ def build_report(runs: Sequence[ReportRun], *, project: str, entity: str = "",
     The run set's entity and project stay "" offline (W&B then takes the report's); online they are
     given, which makes the library look the project up when the report is serialised.
     """
-    import wandb_workspaces.reports.v2 as wr
-
+    wr = reports()
     if not runs:
         raise ValueError("a report needs at least one run")
     suites = sorted({r.info.suite for r in runs})
@@ -285,8 +286,7 @@ def build_report(runs: Sequence[ReportRun], *, project: str, entity: str = "",
 def _table2_blocks(runs: Sequence[ReportRun], runset_entity: str, runset_project: str) -> list[Any]:
     """Table 2 as our report words it (measured beside the paper), else the matrix from the records;
     then a live panel over the matrix table that publish logs."""
-    import wandb_workspaces.reports.v2 as wr
-
+    wr = reports()
     texts = []
     for run in runs:
         section = run.text.section("trained", "evaluated") or run.text.section("table 2")
@@ -311,8 +311,7 @@ def _quality_table_blocks(runs: Sequence[ReportRun], runset_entity: str, runset_
     """A section per table publish logs from quality records (see publisher.log_run_summary): the
     final bits per byte, then each analysis (the LSH approximation); report.md's section on it, then
     a live panel over the table. None for runs without such records."""
-    import wandb_workspaces.reports.v2 as wr
-
+    wr = reports()
     names: dict[str, tuple[str, ...]] = {}  # table -> the words its report.md heading holds
     for run in runs:
         if final_table(run.records) is not None:
@@ -331,8 +330,7 @@ def _quality_table_blocks(runs: Sequence[ReportRun], runset_entity: str, runset_
 def _stable_ids(report: Any) -> None:
     """Panel and run-set ids from their place in the report, not at random: the same records give
     the same spec. (Ids only need to be unique within one report.)"""
-    import wandb_workspaces.reports.v2 as wr
-
+    wr = reports()
     for b, block in enumerate(report.blocks):
         if isinstance(block, wr.PanelGrid):
             for kind, items in (("r", block.runsets), ("p", block.panels)):
@@ -344,8 +342,6 @@ def _stable_ids(report: Any) -> None:
 def report_spec(report: Any, runs: Sequence[ReportRun], command: str) -> dict[str, Any]:
     """The JSON written beside the results: the library's viewspec of the report (what `save()`
     uploads), with what it describes and the command that creates it."""
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
         library = f"wandb-workspaces {version('wandb-workspaces')}"
     except PackageNotFoundError:

@@ -24,6 +24,13 @@ PROBE_TIMEOUT_S = 3.0
 INIT_TIMEOUT_S = 30.0  # online only: a key but a dead proxy costs at most this, then offline
 
 
+def wandb_module() -> Any:
+    """The wandb package."""
+    import wandb  # optional: imported only when publishing (`bench.publish` loads without it)
+
+    return wandb
+
+
 @dataclass(frozen=True)
 class ModeDecision:
     """How W&B will run and why, so the user is told in one line."""
@@ -108,8 +115,7 @@ def wandb_settings() -> Any:
     """Quiet settings that collect nothing about the publishing machine: the run's own environment
     (from run.json) is the config, and a stats sampler must not disturb a benchmark. Settings this
     wandb version does not know are left out rather than refused."""
-    import wandb
-
+    wandb = wandb_module()
     wanted = dict(
         silent=True,
         console="off",
@@ -176,8 +182,7 @@ class WandbSink:
     ) -> None:
         """Open the run; with `run_id`, resume that run if it exists (W&B's `resume="allow"`), and
         log from `start_step` on, so that steps already logged (a live run) are not overwritten."""
-        import wandb
-
+        wandb = wandb_module()
         self.decision = resolve_mode(self.online, self.env)
         self.dir.mkdir(parents=True, exist_ok=True)
         kwargs = dict(
@@ -222,19 +227,16 @@ class WandbSink:
         self.run.define_metric(glob, step_metric=x)
 
     def log_table(self, name: str, df: pd.DataFrame) -> None:
-        import wandb
-
+        wandb = wandb_module()
         self._log({name: wandb.Table(dataframe=wandb_table_frame(df))})
 
     def log_images(self, images: Mapping[str, Path]) -> None:
-        import wandb
-
+        wandb = wandb_module()
         if images:
             self._log({key: wandb.Image(str(path), caption=Path(path).name) for key, path in images.items()})
 
     def log_line_series(self, series: LineSeries) -> None:
-        import wandb
-
+        wandb = wandb_module()
         chart = wandb.plot.line_series(
             xs=[list(x) for x in series.xs],
             ys=[list(y) for y in series.ys],

@@ -7,6 +7,10 @@ from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
 import pandas as pd
+import seaborn as sns
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from bench.quality.report_frames import AS_TRAINED, memory_column, pareto_front
 from bench.report.figures import _caption_below
@@ -20,8 +24,6 @@ CURVE_X = {"step": "training step", "train_s": "training time (s, wall clock)"}
 def model_colours(models: Sequence[str], x_of: Mapping[str, Any]) -> dict[str, Any]:
     """A sequential palette in x order for models with the study's x, dark grey and categorical
     colours for the others (e.g. full attention beside hash rounds); colorblind-safe otherwise."""
-    import seaborn as sns
-
     xs = sorted({x_of[m] for m in models if x_of.get(m) is not None})
     if len(xs) < 2:
         return dict(zip(models, sns.color_palette("colorblind", len(models))))
@@ -46,9 +48,6 @@ def plot_learning_curves(curves: pd.DataFrame, models: Sequence[str], colours: M
                          caption: str, path: Path, names: Mapping[str, str] = {}) -> Path:
     """Held-out bpb and training loss in bpb (rows) against step and wall-clock seconds (columns):
     the mean over seeds as a line, the min–max over seeds as a band, one colour per model."""
-    import seaborn as sns
-    from matplotlib.figure import Figure
-
     fig = Figure(figsize=(11, 7), layout="constrained")
     with sns.axes_style("whitegrid"):
         axes = fig.subplots(2, 2, sharey="row")
@@ -77,11 +76,6 @@ def plot_pareto(table: pd.DataFrame, trains: pd.DataFrame, caption: str, path: P
     """Mean bpb as trained (bars: min–max over seeds) against step time and against memory, one
     labelled point per model coloured by attention kind, the Pareto front dashed. A model whose
     training ran under load (table's `under_load`) is hollow in the step-time panel."""
-    import seaborn as sns
-    from matplotlib.figure import Figure
-    from matplotlib.lines import Line2D
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
-
     mem = memory_column(trains)
     rows = table[table["setting"] == AS_TRAINED].reset_index(drop=True)
     kinds = {m: g["attention"].iloc[0] for m, g in trains.groupby("model")}
@@ -145,9 +139,6 @@ def _labels(ax, xs: Sequence[float], ys: Sequence[float], names: Sequence[str], 
 def plot_approximation(approx: pd.DataFrame, caption: str, path: Path) -> Path:
     """Mass recall and relative error against hash rounds (log2), one line per chunk_len, the band
     the min–max over rotation and training seeds."""
-    import seaborn as sns
-    from matplotlib.figure import Figure
-
     fig = Figure(figsize=(11, 4.2), layout="constrained")
     with sns.axes_style("whitegrid"):
         axes = fig.subplots(1, 2)

@@ -18,6 +18,7 @@ from bench.report.labels import label, plain, short
 def plot_crossovers(view: StudyView, pairs: Sequence[Pair], path: Path) -> Figure | None:
     """One panel per metric: a/b against length for every pair, log-log, the tie line at 1,
     hollow markers where either point was measured under load, crossings marked."""
+    # plotting stack on first draw (seconds to import): publishing loads this module, draws nothing
     import seaborn as sns
     from matplotlib.figure import Figure as MplFigure
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
@@ -81,6 +82,7 @@ def _short_stage(column: str) -> str:
 
 def plot_stages(view: StudyView, path: Path) -> Figure | None:
     """A stacked bar per point (panel per series) of the profiled step's stage shares, its wall time on top."""
+    # plotting stack on first draw (seconds to import): publishing loads this module, draws nothing
     import seaborn as sns
     from matplotlib.figure import Figure as MplFigure
 

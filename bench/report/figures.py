@@ -37,6 +37,7 @@ def numeric(col: pd.Series) -> bool:
 def series_colours(frame: pd.DataFrame, cols: Sequence[str]) -> dict[str, Any]:
     """A colour per series key: a sequential palette over the first ordered column's values in
     numeric order (series without it in dark grey and categorical colours), else colorblind-safe."""
+    # plotting stack on first draw (seconds to import): publishing loads this module, draws nothing
     import seaborn as sns
 
     keys = frame.apply(lambda r: series_label(r.to_dict(), cols), axis=1)
@@ -121,6 +122,7 @@ def draw_metric(view: StudyView, metric: str, env: Mapping[str, Any] | None = No
                 exps: Optional[pd.DataFrame] = None):
     """The matplotlib Figure of metric against x, panels per view.col, bars when x is categorical,
     and its caption (drawn under it)."""
+    # plotting stack on first draw (seconds to import): publishing loads this module, draws nothing
     import seaborn as sns
     from matplotlib.figure import Figure as MplFigure  # object API: no pyplot state, renders with Agg
     from matplotlib.lines import Line2D
@@ -182,6 +184,7 @@ def draw_metric(view: StudyView, metric: str, env: Mapping[str, Any] | None = No
 
 def _caption_below(fig, caption: str) -> None:
     """The caption as wrapped text under everything drawn (bbox_inches='tight' then keeps it)."""
+    # plotting stack on first draw (seconds to import): publishing loads this module, draws nothing
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     renderer = FigureCanvasAgg(fig).get_renderer()
@@ -195,6 +198,7 @@ def _caption_below(fig, caption: str) -> None:
 def _lines(ax, sub: pd.DataFrame, view: StudyView, metric: str, colours: Mapping[str, Any],
            handles: dict[str, Any], exps: Optional[pd.DataFrame]) -> list[str]:
     """One line per series (coinciding ones merged), spread bars, hollow markers under load, guides."""
+    # plotting stack on first draw (seconds to import): publishing loads this module, draws nothing
     from matplotlib.lines import Line2D
 
     notes = []
@@ -253,6 +257,7 @@ def _fit_for(exps: Optional[pd.DataFrame], view: StudyView, metric: str, key: st
 def _bars(ax, sub: pd.DataFrame, view: StudyView, metric: str, colours: Mapping[str, Any],
           handles: dict[str, Any]) -> None:
     """Grouped bars for a categorical x (e.g. attention kind)."""
+    # plotting stack on first draw (seconds to import): publishing loads this module, draws nothing
     from matplotlib.patches import Patch
 
     xs = list(dict.fromkeys(sub[view.x].map(lambda v: value_label(view.x, v))))

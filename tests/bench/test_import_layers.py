@@ -1,10 +1,12 @@
 """The harness's layers, read from its code: every `import` in bench/ (inside functions too, via
-ast) forms no cycle; nothing below the lifecycle imports it or the commands above it; and in the
-run's own layers every import inside a function says why in a comment."""
+ast) forms no cycle; nothing below the lifecycle imports it or the commands above it; and every
+import inside a function says why in a comment (issue 20 item 5)."""
 from __future__ import annotations
 
 import ast
 from pathlib import Path
+
+import pytest
 
 from .conftest import REPO_ROOT
 
@@ -106,20 +108,51 @@ def test_nothing_below_the_lifecycle_imports_it_or_the_commands():
     assert upward == []
 
 
-def test_imports_inside_functions_of_the_run_layers_say_why():
+def silent_imports(source: str) -> list[int]:
+    """Lines of the imports inside functions with no comment on their line or the line above (a
+    group of imports shares the comment above its first line)."""
+    lines = source.splitlines()
     silent = []
-    for name, path in modules().items():
-        if not name.startswith(RUN_LAYERS):
+    for fn in ast.walk(ast.parse(source)):
+        if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
             continue
-        lines = path.read_text().splitlines()
-        for fn in ast.walk(ast.parse(path.read_text())):
-            if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                continue
-            for node in ast.walk(fn):
-                if isinstance(node, (ast.Import, ast.ImportFrom)):
-                    above = node.lineno - 2
-                    while above >= 0 and lines[above].lstrip().startswith(("from ", "import ")):
-                        above -= 1  # a group of imports shares the comment above its first line
-                    if "#" not in lines[node.lineno - 1] and not lines[above].lstrip().startswith("#"):
-                        silent.append(f"{path.relative_to(REPO_ROOT)}:{node.lineno}")
-    assert silent == []
+        for node in ast.walk(fn):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                above = node.lineno - 2
+                while above >= 0 and lines[above].lstrip().startswith(("from ", "import ")):
+                    above -= 1
+                if "#" not in lines[node.lineno - 1] and not (above >= 0 and lines[above].lstrip().startswith("#")):
+                    silent.append(node.lineno)
+    return sorted(set(silent))
+
+
+def silent_in(prefixes: tuple[str, ...] = ("bench",), leave_out: frozenset[str] = frozenset()) -> list[str]:
+    """`path:line` of every silent function-level import in the modules under `prefixes`."""
+    return [f"{path.relative_to(REPO_ROOT)}:{line}" for name, path in sorted(modules().items())
+            if name.startswith(prefixes) and str(path.relative_to(REPO_ROOT)) not in leave_out
+            for line in silent_imports(path.read_text())]
+
+
+def test_the_silent_import_finder_sees_a_function_level_import_without_its_reason():
+    source = ("import os\n\n\ndef f():\n    import json\n\n    # why: optional\n    import wandb\n"
+              "    from a import b\n    import c  # why\n\n\ndef g():\n    \"\"\"Doc.\"\"\"\n    import d\n")
+    assert silent_imports(source) == [5, 15]
+
+
+def test_imports_inside_functions_of_the_run_layers_say_why():
+    assert silent_in(RUN_LAYERS) == []
+
+
+# Other owners' modules whose function-level imports still need their reason (issue 20 item 5).
+PENDING = frozenset({"bench/duplication/report.py", "bench/nvml.py", "bench/quality/report_frames.py",
+                     "bench/quality/task.py", "bench/training/loop.py"})
+
+
+def test_imports_inside_functions_say_why_outside_the_pending_modules():
+    assert silent_in(leave_out=PENDING) == []
+
+
+@pytest.mark.xfail(strict=True, reason="other owners' files pending")
+def test_every_import_inside_a_function_in_bench_says_why():
+    silent = silent_in()
+    assert silent == [], "function-level imports without a reason on their line or the line above:\n" + "\n".join(silent)

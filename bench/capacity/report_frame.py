@@ -172,7 +172,8 @@ def findings(df: pd.DataFrame, plan: CapacityPlan) -> list[str]:
     best = df.dropna(subset=[col]).sort_values(col, ascending=False)
     if len(best):
         top = best.iloc[0]
-        step = f", one step {top.step_ms / 1000:.0f} s" if top.step_ms == top.step_ms and top.step_ms else ""
+        secs = top.step_ms / 1000 if top.step_ms == top.step_ms and top.step_ms else None
+        step = "" if secs is None else f", one step {secs:.0f} s" if secs >= 10 else f", one step {secs:.2g} s"
         lines.append(f"Longest: `{top.configuration}` trained {int(top[col]):,} {unit} under "
                      f"{top.budget_gib:g} GiB ({top.limited_by}{step}).")
     for row in df.itertuples():

@@ -3,7 +3,10 @@ onto it, refused when it names no config, carried through run.json and the same-
 by every probe of it: its id, its record, the worker's budget, the RSS watchdog and the timeout."""
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -15,8 +18,10 @@ from bench.capacity.spec import CapacityPlan, load_capacity_suite, resolve
 from bench.cli import main
 from bench.options import RunError, RunOptions
 from bench.plans.capacity import CapacitySearchPlan, ProbeExecutor, ProbeUnit
-from bench.store import make_record
+from bench.store import make_record, read_records
 from bench.suite import SuiteError
+
+from .conftest import REPO_ROOT
 
 SUITE = """\
 kind: capacity
@@ -171,3 +176,45 @@ def test_a_tiny_real_probe_fails_under_its_configs_budget_and_fits_the_profiles(
     assert fails["status"] == "oom" and fails["params"]["memory_budget_gib"] == 0.125, fails
     assert fails["point_id"] == probe_id(plan, tight, 64) and fails["run_id"] == "run-1"
     assert "128" in fails["reason"]  # the watchdog's limit or the probe's own peak check: its budget
+
+
+E2E = """\
+kind: capacity
+name: capown
+base: {d_model: 16, n_heads: 2, d_ff: 32, n_layers: 1, vocab_size: 32, reversible: false, dtype: float32}
+search: {over: seq_len, start: 256, max_value: 512, resolution: 0.5, multiple: 64}
+timeout_s: 120
+configs:
+  - {name: small, base: {attention: full}}
+  - {name: extra, base: {attention: full, n_layers: 2}}
+profiles:
+  cpu: {memory_budget_gib: 2, device: cpu, configs: [small], config_budget: {extra: {memory_budget_gib: 3, timeout_s: 60}}}
+"""
+
+
+def test_run_only_a_config_left_out_of_the_profile_under_its_own_budget(tmp_path):
+    suite = tmp_path / "capown.yaml"
+    suite.write_text(E2E)
+    root = tmp_path / "results"
+    cli = [sys.executable, "-m", "bench", "run", str(suite), "--profile", "cpu", "--only", "extra",
+           "--results-root", str(root)]
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cli, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "extra: 3 GiB, 60 s per probe" in done.stdout, done.stdout[-2000:]
+    run_dir, = (root / "runs" / "capown").iterdir()
+    meta = json.loads((run_dir / "run.json").read_text())
+    plan = CapacityPlan.from_json(meta["suite_spec"])
+    extra, = plan.configs
+    assert (extra.label, extra.memory_budget_gib, extra.timeout_s) == ("extra", 3.0, 60.0)
+    records = read_records(run_dir / "records.jsonl")
+    assert records and all(r["status"] == "ok" for r in records)
+    for r in records:
+        assert r["params"]["config"] == "extra" and r["params"]["memory_budget_gib"] == 3.0
+        assert r["point_id"] == probe_id(plan, extra, r["params"]["seq_len"])
+    findings = (run_dir / "report.md").read_text()
+    assert "`extra` trained 512 tokens under 3 GiB (max_value (search cap), one step 0.0" in findings  # its budget, not 2
+    suite.write_text(E2E.replace("memory_budget_gib: 3,", "memory_budget_gib: 2.5,"))
+    again = subprocess.run([*cli, "--run-id", run_dir.name], cwd=REPO_ROOT, env=env, capture_output=True,
+                           text=True, timeout=300)
+    assert again.returncode == 2 and "extra's memory_budget_gib=3.0" in again.stderr, again.stderr[-2000:]

@@ -1,6 +1,7 @@
 """The measuring cores: statistics, phase timers, memory readings, bytes saved for backward."""
 from __future__ import annotations
 
+import gc
 import itertools
 
 import pytest
@@ -103,30 +104,44 @@ def test_saved_counter_sees_no_grad_work_as_nothing():
     assert counter.nbytes == 0
 
 
+def settled_rss_mib() -> float:
+    """RSS with the heap that earlier tests freed handed back, as measure() takes its baseline
+    (after prime's trim): otherwise a trim inside read_memory, or the reuse of freed but resident
+    heap pages, moves RSS by however much garbage the tests before left behind."""
+    gc.collect()
+    m.trim_host_heap()
+    return m.current_rss_mib()
+
+
 def test_peak_rss_reset_tracks_a_new_allocation():
+    settled_rss_mib()  # no resident free heap for the block to reuse without growing RSS
     if not m.reset_peak_rss():
         pytest.skip("/proc/self/clear_refs is not writable here")
     before = m.peak_rss_mib()
     block = torch.ones(16 * 2**20)  # 64 MiB, touched
     grown = m.peak_rss_mib()
     del block
+    m.trim_host_heap()  # had the block reused freed heap, freeing it returned nothing until a trim
     assert m.reset_peak_rss()
     assert grown - before >= 48
     assert m.peak_rss_mib() < grown - 32  # the high-water mark came back down
 
 
 def test_read_memory_on_cpu_sees_the_iteration_and_no_gpu():
-    keep = []
+    """The iteration's transient 64 MiB shows in the peak (it is freed before read_memory returns).
+    The baseline is settled first: a baseline holding freed heap that read_memory's own trim hands
+    back read 18 MiB, or 0, for a 32 MiB buffer after other tests in the same process."""
 
     def iteration(clock: m.PhaseClock) -> None:
         with clock.phase("fwd"):
-            keep.append(torch.ones(8 * 2**20))  # 32 MiB, stays alive like weights would
+            buf = torch.ones(16 * 2**20)  # 64 MiB, touched, freed within the iteration
+            del buf
 
-    baseline = m.current_rss_mib()
+    baseline = settled_rss_mib()
     reading = m.read_memory(iteration, "cpu", baseline)
     assert reading.peak_alloc_mib is None and reading.nvml_device_used_mib is None
-    assert reading.rss_delta_mib >= 24
-    assert reading.peak_rss_mib >= baseline + 24
+    assert reading.rss_delta_mib >= 48
+    assert reading.peak_rss_mib >= baseline + 48
     assert set(reading.as_metrics()) == {
         "peak_alloc_mib", "peak_reserved_mib", "nvml_device_used_mib", "nvml_process_used_mib",
         "nvml_device_peak_mib", "nvml_process_peak_mib", "peak_rss_mib", "rss_delta_mib",

@@ -64,7 +64,7 @@ bench-all: bench-memory bench-speed bench-lsh-vs-full bench-duplication
 
 # Micro-benchmark of one causal attention layer (pytest-benchmark); peers join when installed.
 bench-micro: $(TESTENV)
-	$(PY) -m pytest benchmarks/test_attention_layer.py --benchmark-enable --benchmark-only \
+	$(PY) -m pytest benchmarks/test_attention_layer.py benchmarks/test_hash.py benchmarks/test_profiling_overhead.py --benchmark-enable --benchmark-only \
 	    --benchmark-columns=min,median,max,rounds -p no:cacheprovider $(BENCH_ARGS)
 
 report: $(CORE)

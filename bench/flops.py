@@ -17,8 +17,11 @@ of it for C chunks per round, which the count leaves out.
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
+
+from bench.loader import reformer_config_class
 
 # ReformerConfig's defaults for fields a canonical point drops (tests check they still agree).
 DEFAULTS = {"shared_qk": True, "n_hashes": 2, "chunk_len": 64, "n_buckets": None, "causal": True,
@@ -86,10 +89,29 @@ def attention_forward(params: Mapping[str, Any], effective: Optional[Mapping[str
     if kind == "local":
         out["hashing"] = 0.0
         return out
-    n_buckets = eff.get("n_buckets") or params.get("n_buckets") or max(2, 2 * lp // chunk)
-    # (b, h, l, d_head) x (d_head, rounds * n_buckets / 2) per head: b * l * d * rounds * n_buckets.
-    out["hashing"] = float(b) * length * d * rounds * int(n_buckets)
+    # (b, h, l, d_head) x (d_head, rounds * columns) per head: 2 * b * l * d * rounds * columns, with
+    # n_buckets / 2 columns for one rotation and a / 2 + b / 2 for factorised buckets (a, b).
+    out["hashing"] = 2.0 * b * length * d * rounds * hash_columns(params, eff, lp, chunk)
     return out
+
+
+def hash_columns(params: Mapping[str, Any], eff: Mapping[str, Any], padded_len: int, chunk: int) -> float:
+    """Rotation columns per round and head: n_buckets / 2, or (a + b) / 2 for factorised buckets."""
+    factors = eff.get("bucket_factors")
+    configured = params.get("n_buckets")
+    if factors is None and isinstance(configured, (list, tuple)):
+        factors = configured
+    if factors is None and configured == "factorised":
+        factors = _config_module().factor_buckets(max(2, 2 * padded_len // chunk))
+    if factors:
+        return (int(factors[0]) + int(factors[1])) / 2
+    n_buckets = eff.get("n_buckets") or (configured if isinstance(configured, int) else None)
+    return int(n_buckets or max(2, 2 * padded_len // chunk)) / 2
+
+
+def _config_module() -> Any:
+    """reformer_impl's config module (torch-free), for its bucket factorisation rule."""
+    return sys.modules[reformer_config_class().__module__]
 
 
 def flop_count(params: Mapping[str, Any], effective: Optional[Mapping[str, Any]] = None) -> FlopCount:

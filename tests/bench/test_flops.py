@@ -127,3 +127,19 @@ def test_missing_field_is_named():
         fl.flop_count({"workload": "attention", "attention": "full", "batch_size": 1, "seq_len": 8})
     with pytest.raises(ValueError, match="attention='bogus'"):
         fl.flop_count({**BASE, "seq_len": 8, "attention": "bogus"})
+
+
+def test_factorised_buckets_hash_with_a_half_plus_b_half_columns_per_round():
+    """Two rotations of a/2 and b/2 columns: the hash costs (a + b) / 2 columns, not a * b / 2."""
+    params = {"workload": "attention", "attention": "lsh", "batch_size": 1, "seq_len": 4096, "d_model": 256,
+              "n_heads": 4, "n_hashes": 2, "chunk_len": 64, "causal": True, "shared_qk": True}
+    plain = fl.attention_forward(params)["hashing"]
+    # 128 buckets, one rotation of 64 columns: 2 * b * l * d * rounds * 64.
+    assert plain == 2.0 * 4096 * 256 * 2 * 64
+    listed = fl.attention_forward({**params, "n_buckets": [8, 16]})["hashing"]
+    assert listed == 2.0 * 4096 * 256 * 2 * (8 + 16) / 2
+    described = fl.attention_forward({**params, "n_buckets": "factorised"},
+                                        {"n_buckets": 128, "bucket_factors": [8, 16]})["hashing"]
+    assert described == listed
+    auto = fl.attention_forward({**params, "n_buckets": "factorised"})["hashing"]
+    assert auto < plain  # the factorisation rule of reformer_impl's config, without torch

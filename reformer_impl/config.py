@@ -9,6 +9,7 @@ from typing import Literal, Optional, Union
 
 ATTENTION_KINDS = ("full", "sdpa", "lsh", "local")
 POS_EMB_KINDS = ("axial", "absolute")
+MAX_HASHES = 255  # the per-pair duplicate count (eq. 16) is a uint8 counter: at most 255 rounds
 # 'two_stream': RevNet blocks Y1 = X1 + F(X2), Y2 = X2 + G(Y1) (the Reformer's; `reversible` says
 # whether the backward recomputes); 'standard': x + F(x) then + G(x), the ordinary Transformer that
 # the paper compares reversible layers with (Fig. 5 left).
@@ -122,6 +123,8 @@ def validate(cfg: ReformerConfig) -> None:
         _refuse("pos_emb", cfg.pos_emb, f"unknown positional embedding; expected one of {POS_EMB_KINDS}")
     if isinstance(cfg.n_hashes, bool) or not isinstance(cfg.n_hashes, int) or cfg.n_hashes < 1:
         _refuse("n_hashes", cfg.n_hashes, "must be an integer >= 1")
+    if cfg.n_hashes > MAX_HASHES:
+        _refuse("n_hashes", cfg.n_hashes, f"must be <= {MAX_HASHES} (the duplicate counts are kept in uint8)")
     if isinstance(cfg.chunk_len, bool) or not isinstance(cfg.chunk_len, int) or cfg.chunk_len < 1:
         _refuse("chunk_len", cfg.chunk_len, "must be an integer >= 1")
     if isinstance(cfg.ff_chunks, bool) or not isinstance(cfg.ff_chunks, int) or cfg.ff_chunks < 1:

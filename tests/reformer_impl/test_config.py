@@ -12,6 +12,7 @@ from reformer_impl import ReformerConfig
         (dict(n_buckets=0), "n_buckets", "0"),
         (dict(chunk_len=0), "chunk_len", "0"),
         (dict(n_hashes=0), "n_hashes", "0"),
+        (dict(n_hashes=256), "n_hashes", "256"),
         (dict(ff_chunks=0), "ff_chunks", "0"),
         (dict(attention="linear"), "attention", "'linear'"),
         (dict(dropout=1.5), "dropout", "1.5"),

@@ -59,15 +59,18 @@ def saved_for_backward_mib(workload: Workload) -> float:
     return counter.mib
 
 
-def prime(point: GridPoint) -> bool:
+def prime(point: GridPoint, profiled: bool = False) -> bool:
     """Run a tiny copy of the point's workload once, so one-time costs (library imports, code pages,
-    thread pools, allocator arenas, the CUDA context) land before the RSS baseline instead of in
-    `rss_delta_mib`. False if the tiny copy failed; the real build then reports the problem."""
+    thread pools, allocator arenas, the CUDA context; `profiled`: the profiler's) land before the RSS
+    baseline instead of in `rss_delta_mib`. False if the tiny copy failed; the real build then
+    reports the problem."""
     chunk = point.model.get("chunk_len") or 32
     tiny = dataclasses.replace(point, batch_size=1, seq_len=min(point.seq_len, 2 * chunk))
     try:
         workload = build_workload(tiny)
         m.run_untimed(workload.iteration, point.device, 1)
+        if profiled:
+            st.profile_stages(lambda: m.run_untimed(workload.iteration, point.device, 1), point.device, stage_names())
     except Exception:
         return False
     finally:
@@ -121,7 +124,7 @@ def measure(point: GridPoint, *, timing: bool = True, breakdown: bool | None = N
     breakdown). Returns {params, effective, metrics}."""
     params = flat_params(point)
     profiled = timing and wants_breakdown(point, breakdown)
-    primed = prime(point)
+    primed = prime(point, profiled)
     reader = m.open_nvml(point.device)  # after prime: NVML sees this process once it has a context
     try:
         baseline_rss = m.current_rss_mib()

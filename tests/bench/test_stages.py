@@ -124,3 +124,15 @@ def test_a_point_asking_for_a_breakdown_records_stage_times_under_the_same_id(on
     assert point.point_id == _lsh_point().point_id  # how it is measured, not what
     metrics = measure(point)["metrics"]  # no argument: the point's field decides
     assert metrics["stage_total_ms"] > 0 and any(k.startswith("stage_ms.") and k != "stage_ms.other" for k in metrics)
+
+
+def test_a_profiled_point_primes_the_profiler_before_its_baseline(one_torch_thread, monkeypatch):
+    """The profiler's one-time memory lands before the RSS baseline, not in the timing process's
+    rss_delta_mib (the part that grows with the step's events still does)."""
+    from bench import measure_point
+
+    calls = []
+    real = m.profile_stages
+    monkeypatch.setattr(m, "profile_stages", lambda *a, **k: calls.append(a[1]) or real(*a, **k))
+    assert measure_point.prime(_lsh_point()) and calls == []
+    assert measure_point.prime(_lsh_point(), profiled=True) and calls == ["cpu"]

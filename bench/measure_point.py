@@ -117,9 +117,10 @@ def size_metrics(point: GridPoint, params: dict[str, Any], workload: Workload,
 
 def measure(point: GridPoint, *, timing: bool = True, breakdown: bool | None = None) -> dict[str, Any]:
     """Measure one point: prime, baseline RSS, build, warm-up, `repeats` timed iterations (GPU
-    state read before and after them), with `breakdown` one more iteration under torch.profiler
-    for its stage times, one forward under saved-tensor hooks, then one untimed iteration between
-    memory-peak resets with NVML sampled during it (last, because it changes how glibc allocates).
+    state read before and after them), one forward under saved-tensor hooks, one untimed iteration
+    between memory-peak resets with NVML sampled during it, then with `breakdown` one more
+    iteration under torch.profiler for its stage times (after the memory reading, so the
+    profiler's buffers are not in the peak).
     `timing=False` (the point's extra memory processes) skips the timed iterations (and the
     breakdown). Returns {params, effective, metrics}."""
     params = flat_params(point)
@@ -133,12 +134,13 @@ def measure(point: GridPoint, *, timing: bool = True, breakdown: bool | None = N
             state_start = reader.state() if reader is not None else None
             stats = m.time_phases(workload.iteration, point.device, repeats=point.repeats, warmup=point.warmup)
             state_end = reader.state() if reader is not None else None
-            stages = (st.profile_stages(lambda: m.run_untimed(workload.iteration, point.device, 1), point.device,
-                                       stage_names()) if profiled else None)
         else:
             m.run_untimed(workload.iteration, point.device, point.warmup)
         saved = saved_for_backward_mib(workload)
         memory = m.read_memory(workload.iteration, point.device, baseline_rss, nvml_reader=reader)
+        # After the memory reading: the profiler's own buffers would otherwise count in the peak.
+        stages = (st.profile_stages(lambda: m.run_untimed(workload.iteration, point.device, 1), point.device,
+                                   stage_names()) if profiled else None)
     finally:
         if reader is not None:
             reader.close()

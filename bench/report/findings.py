@@ -199,6 +199,8 @@ def stage_finding(view: StudyView) -> Optional[Finding]:
     stages = [c for c in stage_columns(view.frame) if not c.endswith(".other")]
     if not stages or "stage_total_ms" not in view.frame:
         return None
+    if not pd.api.types.is_numeric_dtype(view.frame[view.x]):
+        return None  # a slope needs a numeric axis (a study plotted against attention kinds has none)
     best = None
     groups = view.frame.groupby(list(view.series), dropna=False, sort=False) if view.series else [((), view.frame)]
     for _, rows in groups:

@@ -12,8 +12,8 @@ import pytest
 from bench.report.crossover import crossover_table
 from bench.report.derived import add_derived
 from bench.report.exponents import exponent_table
-from bench.report.findings import findings_markdown, grid_findings
-from bench.report.frames import load_run, ok_frame, study_view
+from bench.report.findings import findings_markdown, grid_findings, stage_finding
+from bench.report.frames import StudyView, load_run, ok_frame, study_view
 
 ROOT = Path(__file__).resolve().parents[2]
 MEMORY_REFERENCE = ROOT / "results" / "memory" / "reference-cpu"
@@ -90,3 +90,14 @@ def test_unexplained_when_no_figure_accounts_for_the_gap():
     tail["saved_for_backward_mib"] = [1.0, 2.0, 4.0]
     text = explain_gap(tail, "seq_len", "rss_delta_mib", 2.0, 1.0)
     assert "transient" in text  # cited, but the saved bytes do not follow Table 3 either: no claim
+
+
+def test_a_study_plotted_against_a_category_gets_no_stage_growth_finding():
+    """A slope needs a numeric x: stage times along attention kinds give no stage finding (no crash)."""
+    frame = pd.DataFrame({"attention": ["full", "lsh"], "stage_total_ms": [10.0, 20.0],
+                          "stage_ms.reformer.hash": [1.0, 8.0]})
+    numeric = frame.assign(seq_len=[1024, 4096])
+    args = dict(description="", series=(), hue=None, style=None, metrics=(), fitted=(), logx=True, logy=True)
+    assert stage_finding(StudyView(name="kinds", frame=frame, x="attention", **args)) is None
+    grows = stage_finding(StudyView(name="lengths", frame=numeric, x="seq_len", **args))
+    assert grows is not None and "hash" in grows.text

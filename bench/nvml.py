@@ -168,7 +168,7 @@ class NvmlReader:
 def open_reader(index: int) -> NvmlReader | None:
     """A reader for physical GPU `index`, or None where pynvml or the driver is missing."""
     try:
-        import pynvml
+        import pynvml  # optional (CUDA machines): a CPU-only install has no NVML
 
         pynvml.nvmlInit()
     except Exception:

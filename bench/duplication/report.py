@@ -118,6 +118,7 @@ def _pct(x: Optional[float]) -> Optional[float]:
 
 def plot_heatmap(measured: pd.DataFrame, paper: pd.DataFrame, path: Path) -> Path:
     """Two annotated heatmaps, measured and paper, same colour scale (0-100 %)."""
+    # The plotting stack loads on first draw: seaborn takes seconds, and publishing reads reports only.
     import seaborn as sns
     from matplotlib.figure import Figure
 
@@ -135,6 +136,7 @@ def plot_heatmap(measured: pd.DataFrame, paper: pd.DataFrame, path: Path) -> Pat
 
 def plot_curves(curves: pd.DataFrame, path: Path) -> Path:
     """Training loss (log scale) and accuracy on the second copy against step, one line per model."""
+    # The plotting stack loads on first draw (see plot_heatmap).
     import seaborn as sns
     from matplotlib.figure import Figure
 

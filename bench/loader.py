@@ -26,7 +26,10 @@ PROFILES = ("cpu", "gpu")
 KINDS = ("grid", "capacity", "duplication", "quality")
 # Workloads a grid suite may use; the duplication task has its own runner (bench.duplication).
 GRID_WORKLOADS = ("attention", "model")
-STRICT = ConfigDict(extra="forbid", strict=True, frozen=True)
+# Every suite model refuses unknown keys and non-finite numbers (`.inf`, `.nan`: a budget, rate or
+# timeout of infinity is stored as null and then means nothing); STRICT also refuses coercion.
+CHECKED = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+STRICT = ConfigDict(CHECKED, strict=True)
 # Suite and study names become folder names and table cells: letters, digits, '_' and '-' only,
 # so no path component ('.', '..', '/') and no rich markup ('[', ']') can hide in one.
 NAME_PATTERN = r"^[A-Za-z0-9_-]+$"

@@ -25,7 +25,7 @@ from bench.capacity.planner import Search
 from bench.grid import POINT_DEFAULTS, canonical_model, product_dict
 from bench.point import GridPoint
 from bench.loader import (
-    PROFILES, STRICT as _STRICT, SuiteError, check_settings, model_defaults, read_yaml, reformer_config_class,
+    NAME_PATTERN, PROFILES, STRICT as _STRICT, SuiteError, check_settings, model_defaults, read_yaml, reformer_config_class,
     resolve_suite_path, validate,
 )
 
@@ -114,7 +114,7 @@ class CapacitySpec(_WithSettings):
     """The whole YAML file."""
 
     kind: Literal["capacity"]
-    name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")]
+    name: Annotated[str, Field(min_length=1, pattern=NAME_PATTERN)]  # a folder name
     description: str = ""
     base: Settings
     search: SearchSpec

@@ -8,19 +8,19 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 
 from bench.duplication.data import DuplicationTask
 from bench.duplication.evaluate import AttentionSetting, EvalSettings
 from bench.duplication.task import WORKLOAD, DuplicationTraining
-from bench.loader import read_yaml, validate
+from bench.loader import CHECKED, NAME_PATTERN, read_yaml, validate
 from bench.training.plan import EvalPoint, TrainingPlan, TrainPoint
 from bench.training.settings import TrainSettings
 from reformer_impl import ReformerConfig
 
 # ---------------------------------------------------------------- suite spec (validated at the edge)
 class TaskSection(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = CHECKED
     half_len: int = Field(ge=2)  # one `0 w` half; w has half_len - 1 symbols
     n_symbols: int = Field(ge=1)
 
@@ -29,7 +29,7 @@ class ModelSection(BaseModel):
     """The ReformerConfig fields a profile may set; the task fixes vocab_size, max_seq_len,
     causal and shared_qk, and each Table 2 row/column sets attention and n_hashes."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = CHECKED
     d_model: int = 256
     d_ff: int = 256
     n_heads: int = 4
@@ -45,7 +45,7 @@ class ModelSection(BaseModel):
 
 
 class ProfileSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = CHECKED
     description: str = ""
     task: TaskSection
     model: ModelSection
@@ -61,9 +61,9 @@ class ProfileSpec(BaseModel):
 
 
 class DuplicationSuite(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = CHECKED
     kind: Literal["duplication"]
-    name: str = "duplication"
+    name: str = Field(default="duplication", pattern=NAME_PATTERN)
     description: str = ""
     train_models: tuple[AttentionSetting, ...] = Field(min_length=1)
     eval_settings: tuple[AttentionSetting, ...] = Field(min_length=1)

@@ -25,6 +25,7 @@ from bench.quality.verdicts import (
     COINCIDE_BPB, MIN_REAL_BPB, RULE, SAME_FUNCTION, Coincidence, Paired, PartVerdict, coincidence, paired,
     same_function_pairs, study_verdict, why_context, why_not,
 )
+from bench.report.findings import slug  # a file name from user text: one plain component
 from bench.report.frames import status_frame
 from bench.report.labels import plain
 
@@ -210,7 +211,7 @@ def study_section(name: str, study: Mapping[str, Any], meta: Mapping[str, Any], 
             for g in coinciding(curves, models))
         names = {m: f"{m} ({x} {x_of[m]})" for m in models if x_of.get(m) is not None}
         png = plot_learning_curves(curves, models, model_colours(models, x_of), f"Learning curves: {name}", caption,
-                                   plots / f"curves_{name}.png", names)
+                                   plots / f"curves_{slug(name)}.png", names)
         lines += [f"![learning curves, {name}](plots/{png.name})", "", f"_{caption}_", ""]
     lines += verdict_markdown(verdict, parts, why_context(spec))
     checks = []

@@ -8,10 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from bench.grid import canonical_model
-from bench.loader import NAME_PATTERN, check_name as _check_name, check_settings as _check_settings
+from bench.loader import CHECKED as _STRICT, NAME_PATTERN, check_name as _check_name, check_settings as _check_settings
 from bench.loader import read_yaml, reformer_config_class, validate
 from bench.training.settings import TrainSettings
 
@@ -19,7 +19,6 @@ ReformerConfig = reformer_config_class()
 KIND = "quality"
 # ReformerConfig fields the task fixes: bytes in, bytes out, causal, one length.
 TASK_FIELDS = ("vocab_size", "max_seq_len", "causal")
-_STRICT = ConfigDict(extra="forbid", frozen=True)
 Name = Field(pattern=NAME_PATTERN, min_length=1)
 
 
@@ -104,6 +103,13 @@ class QualitySuite(BaseModel):
     studies: dict[str, StudySpec] = Field(min_length=1)
     lsh_approximation: Optional[ApproximationSpec] = None
     profiles: dict[str, ProfileSpec] = Field(min_length=1)
+
+    @field_validator("studies")
+    @classmethod
+    def _safe_study_names(cls, studies: dict[str, StudySpec]) -> dict[str, StudySpec]:
+        for name in studies:  # a study name becomes a plot's file name
+            _check_name("study name", name)
+        return studies
 
     @field_validator("models", "eval_settings", mode="before")
     @classmethod

@@ -4,16 +4,23 @@ from __future__ import annotations
 import math
 from typing import Any, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, Field, model_validator
+
+from bench.loader import CHECKED
+
+
+# Far beyond any suite's training (the paper's longest runs are ~100K steps): a typo like 1e12 steps
+# would otherwise train until stopped.
+MAX_STEPS = 10_000_000
 
 
 class TrainSettings(BaseModel):
     """How every model of a suite is trained. The paper states little of this, so the suite chooses
     and records it: AdamW, linear warm-up then cosine decay."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = CHECKED  # unknown keys and non-finite numbers refused
 
-    steps: int = Field(gt=0)
+    steps: int = Field(gt=0, le=MAX_STEPS)
     batch_size: int = Field(gt=0)
     lr: float = Field(gt=0)
     warmup_steps: int = Field(default=0, ge=0)

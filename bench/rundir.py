@@ -121,6 +121,10 @@ def _unfinished_run(base: Path, suite: str, profile: str, device: str, me: str, 
         except StoreError as exc:
             console.print(f"skipping a damaged run folder: {exc}", style="yellow", markup=False, soft_wrap=True)
             continue
+        except Exception as exc:  # noqa: BLE001 - a run.json its kind cannot read: one folder, not every run
+            console.print(f"skipping a damaged run folder: {run_dir / RUN_JSON}: cannot be read as a run of its "
+                          f"kind ({type(exc).__name__}: {exc})", style="yellow", markup=False, soft_wrap=True)
+            continue
         if (meta.get("profile"), meta.get("device")) != (profile, device) or done is None or done[0] >= done[1]:
             continue
         why = _not_to_continue(run_dir, meta, me, key)

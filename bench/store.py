@@ -249,11 +249,17 @@ def read_records(path: Path) -> list[Record]:
         if not line.strip():
             continue
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             if all(not rest.strip() for rest in lines[number:]):
                 break  # torn last line: the writer was killed mid-write
             raise StoreError(f"{path}:{number}: not a JSON record ({exc})") from exc
+        if not isinstance(record, dict) or not isinstance(record.get("point_id"), str) \
+                or not isinstance(record.get("status"), str):
+            got = type(record).__name__ if not isinstance(record, dict) else "an object without point_id and status"
+            raise StoreError(f"{path}:{number}: not a record (a JSON object with a point_id and a status); "
+                             f"got {got}; the run folder is damaged")
+        records.append(record)
     return records
 
 

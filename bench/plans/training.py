@@ -18,7 +18,7 @@ from bench.options import RunError, RunOptions, check_cuda, check_gpu_profile, r
 from bench.plans.base import Record, Say, refuse
 from bench.plans.progress import planned_progress
 from bench.store import StoreError, latest_by_point, pending_ids
-from bench.training.checkpoint import checkpoint_progress
+from bench.training.checkpoint import CheckpointDamaged, checkpoint_progress
 from bench.training.plan import AnalysisPoint, EvalPoint, TrainingPlan, TrainPoint, resume_spec
 from bench.training import unit_worker
 from bench.training.records import analysis_record, eval_record, train_record
@@ -133,8 +133,11 @@ class TrainingRunPlan:
         """"" when the model can be evaluated, else why not."""
         if train.point_id in self._trained:
             return self._trained[train.point_id]
-        if checkpoint_progress(checkpoint_path(self.run_dir, train))[1]:
-            return ""
+        try:
+            if checkpoint_progress(checkpoint_path(self.run_dir, train))[1]:
+                return ""
+        except CheckpointDamaged as exc:  # a finished training's file damaged since: nothing to evaluate
+            return f"{exc}; start a new run (--fresh) to train {train.name!r} again"
         return _did_not_finish(train, (self._latest.get(train.point_id) or {}).get("status") or "not run")
 
     def _after_training(self, point: EvalPoint | AnalysisPoint) -> Unit | None:

@@ -29,9 +29,20 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+class CheckpointDamaged(ValueError):
+    """A checkpoint file that cannot be read (truncated, empty, not a checkpoint at all)."""
+
+
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    """A checkpoint's payload on the CPU (tensors and plain containers only: weights_only loading)."""
-    payload = torch.load(path, map_location="cpu", weights_only=True)
+    """A checkpoint's payload on the CPU (tensors and plain containers only: weights_only loading);
+    CheckpointDamaged naming the file when it cannot be read as one."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch.load raises many kinds on a damaged file
+        raise CheckpointDamaged(f"{path}: not a readable checkpoint ({type(exc).__name__}: "
+                                f"{str(exc).splitlines()[0][:200] if str(exc) else 'empty'})") from None
+    if not isinstance(payload, dict) or not {"step", "identity", "model"} <= set(payload):
+        raise CheckpointDamaged(f"{path}: not a checkpoint (no step, identity and model in it)")
     if payload.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointMismatch(f"{path}: checkpoint format={payload.get('format')!r}, expected {CHECKPOINT_FORMAT}")
     return payload

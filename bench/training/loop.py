@@ -2,6 +2,7 @@
 step time of every logged interval and the memory the training needed."""
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -50,6 +51,10 @@ def build_optimizer(model: torch.nn.Module, settings: TrainSettings):
     opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, betas=settings.betas, weight_decay=settings.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, settings))
     return opt, sched
+
+
+class Diverged(ArithmeticError):
+    """The training loss became non-finite (nan or inf): the training is an `error` row."""
 
 
 class Session:
@@ -160,7 +165,11 @@ def train_model(
             valid = None
             if validate_every and (run.step % validate_every == 0 or run.step == settings.steps):
                 valid = run.validate()
-            run.curve.append(CurvePoint(step=run.step, loss=float(loss_sum) / n, accuracy=int(correct) / max(counted, 1),
+            mean_loss = float(loss_sum) / n
+            if not math.isfinite(mean_loss):  # before any checkpoint of it: the last one stays finite
+                raise Diverged(f"diverged at step {run.step}: mean training loss {mean_loss} over steps "
+                               f"{run.step - n + 1}-{run.step} (lr {settings.lr:g}); lower lr or raise warmup_steps")
+            run.curve.append(CurvePoint(step=run.step, loss=mean_loss, accuracy=int(correct) / max(counted, 1),
                                         lr=lr, train_s=round(run.train_s, 3), valid=valid))
             loss_sum.zero_()
             correct.zero_()

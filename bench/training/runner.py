@@ -5,6 +5,7 @@ through the common lifecycle."""
 from __future__ import annotations
 
 import gc
+import os
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -12,7 +13,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from bench import load
-from bench.training.checkpoint import CheckpointMismatch, checkpoint_progress, reset_hash_generators
+from bench.training.checkpoint import CheckpointDamaged, CheckpointMismatch, checkpoint_progress, reset_hash_generators
 from bench.training.loop import activation_mib, load_trained, train_model
 from bench.training.plan import AnalysisPoint, EvalPoint, TrainingPlan, TrainPoint
 from bench.training.records import analysis_record, eval_record, train_record
@@ -39,7 +40,13 @@ class Units:
     def train(self, point: TrainPoint) -> Optional[dict[str, Any]]:
         """Train or resume one model; its record when it finishes or fails, None when stopped."""
         ckpt = checkpoint_path(self.run_dir, point)
-        step, _ = checkpoint_progress(ckpt)
+        try:
+            step, _ = checkpoint_progress(ckpt)
+        except CheckpointDamaged as exc:  # set aside, never deleted: the model trains again from step 0
+            aside = ckpt.with_name(ckpt.name + ".damaged")
+            os.replace(ckpt, aside)
+            self.say(f"{exc}; set aside as {aside.name}, training {point.point_id} again from step 0")
+            step = 0
         steps = point.settings.steps
         self.say(f"resuming {point.point_id} at step {step} of {steps}" if step
                  else f"train {point.point_id} ({steps} steps)")
@@ -50,8 +57,10 @@ class Units:
                                   validate_every=self.plan.validate_every, deadline=self.deadline,
                                   on_step=self._progress(point, steps))
             saved = self._activation_mib(point, ckpt) if outcome.finished else None
-        except CheckpointMismatch:
-            raise  # a checkpoint of another configuration: the user must pick another run
+        except CheckpointMismatch as err:  # a checkpoint of another configuration: the user must choose
+            self.say(f"train {point.point_id}: error {err}")
+            return train_record(self.plan, self.run_id, point, self.device, None, "error", str(err),
+                                time.perf_counter() - t0)
         except Exception as err:  # noqa: BLE001 - one model failing is a row; the plan goes on
             status, reason = classify(err)
             self.say(f"train {point.point_id}: {status} {reason}")

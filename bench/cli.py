@@ -37,13 +37,29 @@ def campaign_suites() -> tuple[str, ...]:
     return ()
 
 
-def _positive_float(text: str) -> float:
+def _finite(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
+def positive_number(text: str) -> float:
+    """The type of every flag that takes a timeout, a slice or the like: a finite number > 0."""
+    value = _finite(text)
     if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be > 0")
+        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number > 0")
+    return value
+
+
+def budget_seconds(text: str) -> float:
+    """The type of every --time-budget-s: a finite number >= 0 (0: stop after the first unit)."""
+    value = _finite(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number of seconds >= 0")
     return value
 
 
@@ -86,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ray / submitit: one point per node at a time on a Ray cluster / as Slurm jobs")
     p.add_argument("--ray-address", help="HOST:PORT of a Ray cluster's head, ray://HOST:PORT or auto "
                    "(default: RAY_ADDRESS, else a `ray start` cluster on this machine, else a new local instance)")
-    p.add_argument("--ray-connect-timeout-s", type=_positive_float, default=30.0, metavar="S",
+    p.add_argument("--ray-connect-timeout-s", type=positive_number, default=30.0, metavar="S",
                    help="give up connecting to the Ray cluster after S seconds (default 30)")
     p.add_argument("--submitit-cluster", choices=("auto", "slurm", "local"), default="auto",
                    help="submitit: auto = Slurm when sbatch exists, else local processes")
@@ -102,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wandb", action="store_true", help="log each record to Weights & Biases as it lands")
     p.add_argument("--only", action="append", default=[], metavar="STUDY",
                    help="run only this study (repeatable)")
-    p.add_argument("--time-budget-s", type=float, metavar="S",
+    p.add_argument("--time-budget-s", type=budget_seconds, metavar="S",
                    help="stop launching points after S seconds (e.g. within a 10-minute GPU lease); rerun to resume")
     p.add_argument("--memory-limit-mib", type=float,
                    help="local executor: kill a worker whose RSS exceeds this many MiB (> 0; default 75%% of free RAM)")
@@ -115,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("campaign", help="every suite's profile in resumable slices (make bench-gpu)")
     p.add_argument("--profile", choices=PROFILES, default="gpu")
     p.add_argument("--dry-run", action="store_true", help="list the slices and points it would run; run nothing")
-    p.add_argument("--slice-s", type=float, default=480.0, metavar="S",
+    p.add_argument("--slice-s", type=positive_number, default=480.0, metavar="S",
                    help="stop launching work after S seconds (default 480: the slice ends within 9 minutes)")
     p.add_argument("--suite", action="append", default=[], metavar="NAME",
                    help=f"only these suites, in this order (default: {' '.join(campaign_suites()) or 'bench.campaign.SUITES'})")
@@ -167,7 +183,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     if opts.fresh and opts.run_id:
         raise RunError("--fresh and --run-id are exclusive: --fresh makes a new timestamped run id")
     limit = opts.memory_limit_mib
-    if limit is not None and (math.isnan(limit) or limit <= 0):
+    if limit is not None and not (math.isfinite(limit) and limit > 0):
         raise RunError(f"--memory-limit-mib {limit:g}: must be a positive number of MiB")
     if args.breakdown:
         check_breakdown(args.suite, opts)

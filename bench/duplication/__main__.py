@@ -3,10 +3,14 @@ training runner, without the generic CLI (`python -m bench run duplication` does
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Optional, Sequence
 
+from bench.cli import budget_seconds
 from bench.duplication import DEFAULT_SUITE
 
 
@@ -18,14 +22,15 @@ def _parser() -> argparse.ArgumentParser:
         s = sub.add_parser(name, help=help_)
         s.add_argument("--profile", default="cpu", choices=("cpu", "gpu"))
         s.add_argument("--suite", type=Path, default=DEFAULT_SUITE, help="suite YAML (default: %(default)s)")
-        s.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
+        s.add_argument("--device", default=None, choices=("auto", "cpu", "cuda"),
+                       help="cpu | cuda (default: cuda when available)")
         s.add_argument("--results-root", type=Path, default=Path("results"), help="(default: %(default)s)")
         s.add_argument("--run-id", default=None,
                        help="continue or create this run (evaluate: required); default: this host's unfinished "
                             "run of the suite, else a new one")
         if name == "run":
             s.add_argument("--fresh", action="store_true", help="always start a new run")
-            s.add_argument("--time-budget-s", type=float, default=None,
+            s.add_argument("--time-budget-s", type=budget_seconds, default=None, metavar="S",
                            help="stop training at the next checkpoint after this many seconds; rerun resumes")
     r = sub.add_parser("report", help="regenerate report.md and plots of a run dir from its records")
     r.add_argument("run_dir", type=Path)
@@ -41,25 +46,33 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(write_report(args.run_dir))
         return 0
     # Imported after parsing: `--help` and `report` need no torch.
-    from bench.duplication.spec import resolve_device
-    from bench.options import NothingToMeasure
-    from bench.options import RunOptions
-    from bench.training.run import run_plan
-    from bench.training.suites import training_plan
+    from bench.executors.base import ExecutorError
+    from bench.lifecycle import run_plan
+    from bench.options import NothingToMeasure, RunError, RunOptions, Terminated, cuda_available, raise_terminated
+    from bench.plans.training import TrainingRunPlan
 
+    if threading.current_thread() is threading.main_thread():  # as `bench run`: SIGTERM stops like Ctrl-C
+        signal.signal(signal.SIGTERM, raise_terminated)
     try:
-        device = resolve_device(args.device, args.profile)
-        plan = training_plan(args.suite, "duplication", args.profile)
-        opts = RunOptions(profile=args.profile, device=device, run_id=args.run_id, fresh=getattr(args, "fresh", False),
-                          retry_failed=True, results_root=args.results_root,
+        opts = RunOptions(profile=args.profile, device=args.device or "auto", run_id=args.run_id,
+                          fresh=getattr(args, "fresh", False), retry_failed=True, results_root=args.results_root,
                           time_budget_s=getattr(args, "time_budget_s", None))
-        run_dir, _ = run_plan(plan, opts, device, reevaluate=args.command == "evaluate", train=args.command == "run")
+        if args.command == "evaluate" and not args.run_id:
+            raise RunError("evaluate needs --run-id: the run whose checkpoints to evaluate")
+        # The same plan, refusals (a gpu profile on a CPU, no CUDA) and workers as `python -m bench run`.
+        plan = TrainingRunPlan.for_options(args.suite, "duplication", opts, cuda_available())
+        plan = dataclasses.replace(plan, reevaluate=args.command == "evaluate", train=args.command == "run")
+        run_dir, _ = run_plan(plan, opts)
     except NothingToMeasure as done:
         print(f"NOTHING MEASURED: {done}", file=sys.stderr)
         return 0
-    except ValueError as err:
+    except (ValueError, RunError, ExecutorError) as err:  # SuiteError and StoreError are ValueErrors
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # the lifecycle has said what happened and how to resume
+        return 130
+    except Terminated:
+        return 143
     print(write_report(run_dir))
     return 0
 

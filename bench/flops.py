@@ -99,13 +99,15 @@ def hash_columns(params: Mapping[str, Any], eff: Mapping[str, Any], padded_len: 
     """Rotation columns per round and head: n_buckets / 2, or (a + b) / 2 for factorised buckets."""
     factors = eff.get("bucket_factors")
     configured = params.get("n_buckets")
-    if factors is None and isinstance(configured, (list, tuple)):
-        factors = configured
+    for given in (eff.get("n_buckets"), configured):  # a peer's own (a, b) list, e.g. HF's at long lengths
+        if factors is None and isinstance(given, (list, tuple)):
+            factors = given
     if factors is None and configured == "factorised":
         factors = _config_module().factor_buckets(max(2, 2 * padded_len // chunk))
     if factors:
         return (int(factors[0]) + int(factors[1])) / 2
-    n_buckets = eff.get("n_buckets") or (configured if isinstance(configured, int) else None)
+    described = eff.get("n_buckets")
+    n_buckets = described if isinstance(described, int) else (configured if isinstance(configured, int) else None)
     return int(n_buckets or max(2, 2 * padded_len // chunk)) / 2
 
 

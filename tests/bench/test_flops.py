@@ -143,3 +143,11 @@ def test_factorised_buckets_hash_with_a_half_plus_b_half_columns_per_round():
     assert described == listed
     auto = fl.attention_forward({**params, "n_buckets": "factorised"})["hashing"]
     assert auto < plain  # the factorisation rule of reformer_impl's config, without torch
+
+
+def test_a_peer_that_factorises_its_buckets_is_counted_with_its_own_factors():
+    """HF's layer reports num_buckets as [a, b] at long lengths: counted as two rotations, no crash."""
+    params = {"workload": "attention", "attention": "lsh", "impl": "hf", "batch_size": 1, "seq_len": 16384,
+              "d_model": 256, "n_heads": 4, "n_hashes": 1, "chunk_len": 64, "causal": True, "shared_qk": True}
+    hashing = fl.attention_forward(params, {"n_buckets": [16, 32]})["hashing"]
+    assert hashing == 2.0 * 16384 * 256 * 1 * (16 + 32) / 2

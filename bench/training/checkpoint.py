@@ -41,10 +41,13 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     except Exception as exc:  # noqa: BLE001 - torch.load raises many kinds on a damaged file
         raise CheckpointDamaged(f"{path}: not a readable checkpoint ({type(exc).__name__}: "
                                 f"{str(exc).splitlines()[0][:200] if str(exc) else 'empty'})") from None
-    if not isinstance(payload, dict) or not {"step", "identity", "model"} <= set(payload):
+    if not isinstance(payload, dict):
         raise CheckpointDamaged(f"{path}: not a checkpoint (no step, identity and model in it)")
-    if payload.get("format") != CHECKPOINT_FORMAT:
+    # A checkpoint of another format (an older version's) is a mismatch to report, not damage.
+    if "format" in payload and payload["format"] != CHECKPOINT_FORMAT:
         raise CheckpointMismatch(f"{path}: checkpoint format={payload.get('format')!r}, expected {CHECKPOINT_FORMAT}")
+    if not {"step", "identity", "model"} <= set(payload) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointDamaged(f"{path}: not a checkpoint (no step, identity and model in it)")
     return payload
 
 

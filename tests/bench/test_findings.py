@@ -2,7 +2,6 @@
 explanation of the committed memory reference is the weights + optimizer share from n_params."""
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 

@@ -61,6 +61,14 @@ def _get(params: Mapping[str, Any], key: str) -> Any:
     return value
 
 
+def inner_width(params: Mapping[str, Any]) -> int:
+    """The attention's inner width n_heads * head_size (d_model when head_size is not set)."""
+    head_size = params.get("head_size")
+    if head_size is None or (isinstance(head_size, float) and math.isnan(head_size)):
+        return int(_get(params, "d_model"))
+    return int(_get(params, "n_heads")) * int(head_size)
+
+
 def padded(length: int, chunk_len: int) -> int:
     return math.ceil(length / chunk_len) * chunk_len
 
@@ -68,10 +76,13 @@ def padded(length: int, chunk_len: int) -> int:
 def attention_forward(params: Mapping[str, Any], effective: Optional[Mapping[str, Any]] = None) -> dict[str, float]:
     """One attention layer's forward FLOPs: projections, attention core and hashing."""
     eff = effective or {}
-    b, length, d = int(_get(params, "batch_size")), int(_get(params, "seq_len")), int(_get(params, "d_model"))
+    b, length = int(_get(params, "batch_size")), int(_get(params, "seq_len"))
+    d_model, d = int(_get(params, "d_model")), inner_width(params)  # d: every head's width together
     kind = str(eff.get("attention") or _get(params, "attention"))
     shared = bool(_get(params, "shared_qk")) if params.get("impl", "ours") == "ours" else True
-    out = {"projections": 2.0 * b * length * d * d * (3 if shared else 4)}
+    if kind == "none":  # the no-attention control computes nothing
+        return {"projections": 0.0, "attention": 0.0, "hashing": 0.0}
+    out = {"projections": 2.0 * b * length * d_model * d * (3 if shared else 4)}
     if kind in ("full", "sdpa"):
         dense = 4.0 * b * length * length * d  # QK^T and PV, every head: 2 * 2 * b * h * l^2 * d_head
         # SDPA with is_causal (no explicit mask) runs a kernel that skips the blocks above the diagonal.
@@ -153,9 +164,11 @@ def axial_shape(max_seq_len: int) -> tuple[int, int]:
 
 
 def attention_params(params: Mapping[str, Any]) -> int:
-    d = int(_get(params, "d_model"))
+    if params.get("attention") == "none":
+        return 0
+    d, inner = int(_get(params, "d_model")), inner_width(params)
     shared = bool(_get(params, "shared_qk"))
-    return (3 if shared else 4) * d * d + d  # qk (or q, k), v, out weights; out bias
+    return (3 if shared else 4) * d * inner + d  # qk (or q, k), v, out weights; out bias
 
 
 def layer_params(params: Mapping[str, Any]) -> int:

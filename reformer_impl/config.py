@@ -7,7 +7,9 @@ import math
 from dataclasses import dataclass
 from typing import Literal, Optional, Union
 
-ATTENTION_KINDS = ("full", "sdpa", "lsh", "local")
+# 'none': the attention branch outputs zeros (a no-attention control: the same model, embeddings,
+# feed-forward and head, with nothing mixing positions).
+ATTENTION_KINDS = ("full", "sdpa", "lsh", "local", "none")
 POS_EMB_KINDS = ("axial", "absolute")
 MAX_HASHES = 255  # the per-pair duplicate count (eq. 16) is a uint8 counter: at most 255 rounds
 # 'two_stream': RevNet blocks Y1 = X1 + F(X2), Y2 = X2 + G(Y1) (the Reformer's; `reversible` says
@@ -26,6 +28,10 @@ MIN_FACTORISED_BUCKETS = 16
 class ReformerConfig:
     d_model: int = 256
     n_heads: int = 4
+    # None: d_model // n_heads. An explicit size sets the attention's inner width n_heads * head_size
+    # apart from d_model (HF's attention_head_size: google/reformer-crime-and-punishment uses 2 heads
+    # of 64 in d_model 256).
+    head_size: Optional[int] = None
     d_ff: int = 512
     n_layers: int = 2
     vocab_size: int = 256
@@ -51,6 +57,10 @@ class ReformerConfig:
     pos_emb: str = "axial"
     hash_seed: Optional[int] = None  # None: drawn from torch's global RNG when the layer is built
     residual: str = "two_stream"  # see RESIDUAL_KINDS
+    # Shared-QK dense attention ('full', 'sdpa') masks a query's own key unless it has no other
+    # (paper sec. 2.2). False drops that mask: the rule a full-attention evaluation of an LSH-trained
+    # model may or may not have used (paper Table 2). LSH and local attention always mask.
+    self_mask: bool = True
 
     def __post_init__(self) -> None:
         if isinstance(self.n_buckets, list):  # hashable and equal to the tuple it means
@@ -59,7 +69,12 @@ class ReformerConfig:
 
     @property
     def d_head(self) -> int:
-        return self.d_model // self.n_heads
+        return self.head_size if self.head_size is not None else self.d_model // self.n_heads
+
+    @property
+    def d_inner(self) -> int:
+        """The attention's inner width: queries, keys and values of all heads side by side."""
+        return self.n_heads * self.d_head
 
     def buckets_for(self, padded_len: int) -> int:
         """Bucket count for a padded length: the configured one or 2 * L / chunk_len (even, >= 2);
@@ -115,8 +130,10 @@ def validate(cfg: ReformerConfig) -> None:
         value = getattr(cfg, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             _refuse(name, value, "must be a positive integer")
-    if cfg.d_model % cfg.n_heads:
-        _refuse("d_model", cfg.d_model, f"is not divisible by n_heads={cfg.n_heads}")
+    if cfg.head_size is not None and (not _is_int(cfg.head_size) or cfg.head_size < 1):
+        _refuse("head_size", cfg.head_size, "must be None or a positive integer")
+    if cfg.head_size is None and cfg.d_model % cfg.n_heads:
+        _refuse("d_model", cfg.d_model, f"is not divisible by n_heads={cfg.n_heads} (or set head_size)")
     if cfg.attention not in ATTENTION_KINDS:
         _refuse("attention", cfg.attention, f"unknown attention kind; expected one of {ATTENTION_KINDS}")
     if cfg.pos_emb not in POS_EMB_KINDS:
@@ -132,7 +149,7 @@ def validate(cfg: ReformerConfig) -> None:
     _validate_buckets(cfg.n_buckets)
     if not isinstance(cfg.dropout, (int, float)) or not 0.0 <= cfg.dropout < 1.0:
         _refuse("dropout", cfg.dropout, "must be in [0, 1)")
-    for name in ("shared_qk", "causal", "reversible", "same_bucket", "dup_correction"):
+    for name in ("shared_qk", "causal", "reversible", "same_bucket", "dup_correction", "self_mask"):
         if not isinstance(getattr(cfg, name), bool):
             _refuse(name, getattr(cfg, name), "must be true or false")
     if cfg.hash_seed is not None and (
@@ -146,6 +163,9 @@ def validate(cfg: ReformerConfig) -> None:
                 "set reversible=False, or residual='two_stream'")
     if cfg.attention == "lsh" and not cfg.shared_qk:
         _refuse("shared_qk", cfg.shared_qk, "LSH attention hashes one shared query/key projection; set shared_qk=True")
+    if not cfg.self_mask and not (cfg.shared_qk and cfg.attention in ("full", "sdpa")):
+        _refuse("self_mask", cfg.self_mask, "only shared-QK full or sdpa attention can drop the self-mask; "
+                "LSH and local attention always mask")
     if cfg.attention == "local" and not cfg.shared_qk:
         _refuse("shared_qk", cfg.shared_qk, "local attention is LSH's windows sorted by position, shared QK; set shared_qk=True")
 

@@ -79,7 +79,7 @@ PREFIX_LABELS = {"stage_ms.": ("time in stage {} of the profiled step (ms)"),
 SPREAD_SUFFIXES = {"_min": "lowest over processes", "_max": "highest over processes"}
 
 VALUE_LABELS: dict[str, dict[Any, str]] = {
-    "attention": {"full": "full (naive)", "sdpa": "full (fused SDPA)", "lsh": "LSH", "local": "local (LSH's chunks by position)"},
+    "attention": {"full": "full (naive)", "sdpa": "full (fused SDPA)", "lsh": "LSH", "local": "local (LSH's chunks by position)", "none": "no attention (control)"},
     "workload": {"attention": "one attention layer", "model": "whole model"},
     "impl": {"ours": "ours", "reformer_pytorch": "reformer-pytorch", "hf": "Hugging Face"},
     "reversible": {True: "reversible", False: "not reversible"},

@@ -20,14 +20,14 @@ class Attention(nn.Module):
     def __init__(self, cfg: ReformerConfig):
         super().__init__()
         self.cfg = cfg
-        d = cfg.d_model
+        d, inner = cfg.d_model, cfg.d_inner
         if cfg.shared_qk:
-            self.to_qk = nn.Linear(d, d, bias=False)
+            self.to_qk = nn.Linear(d, inner, bias=False)
         else:
-            self.to_q = nn.Linear(d, d, bias=False)
-            self.to_k = nn.Linear(d, d, bias=False)
-        self.to_v = nn.Linear(d, d, bias=False)
-        self.to_out = nn.Linear(d, d)
+            self.to_q = nn.Linear(d, inner, bias=False)
+            self.to_k = nn.Linear(d, inner, bias=False)
+        self.to_v = nn.Linear(d, inner, bias=False)
+        self.to_out = nn.Linear(inner, d)
 
     def _heads(self, t: torch.Tensor) -> torch.Tensor:
         b, l, _ = t.shape

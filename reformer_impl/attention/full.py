@@ -27,11 +27,12 @@ def dense_attention(
 
 
 class FullAttention(Attention):
-    """With shared_qk: shared-QK attention, unit keys, self-mask, logits q . k (no 1/sqrt(d))."""
+    """With shared_qk: shared-QK attention, unit keys, self-mask (unless cfg.self_mask is False),
+    logits q . k (no 1/sqrt(d))."""
 
     def attend(self, q, k, v, buckets):
         if self.cfg.shared_qk:
-            k, scale, self_mask = shared_keys(q), 1.0, True
+            k, scale, self_mask = shared_keys(q), 1.0, self.cfg.self_mask
         else:
             scale, self_mask = 1.0 / math.sqrt(self.cfg.d_head), False
         out = dense_attention(

@@ -19,7 +19,8 @@ class SDPAAttention(Attention):
         length = q.shape[-2]
         pos = torch.arange(length, device=q.device)
         bias = torch.zeros(length, length, device=q.device, dtype=q.dtype)
-        bias = bias.masked_fill(pos[:, None] == pos[None, :], self_value(q.dtype))
+        if self.cfg.self_mask:
+            bias = bias.masked_fill(pos[:, None] == pos[None, :], self_value(q.dtype))
         if self.cfg.causal:
             bias = bias.masked_fill(pos[None, :] > pos[:, None], masked_value(q.dtype))
         # The self-mask value replaces the logit in the reference; adding it differs by q.k <= |q|,

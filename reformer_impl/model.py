@@ -65,11 +65,8 @@ class ReformerLM(nn.Module):
         if length > self.cfg.max_seq_len:
             raise ValueError(f"sequence length {length} exceeds ReformerConfig.max_seq_len={self.cfg.max_seq_len}")
         x = self.token_emb(tokens) + self.pos_emb(length)
-        if self.cfg.residual == "standard":
-            y = self.stack(x)
-        else:
-            y1, y2 = self.stack(torch.cat([x, x], dim=-1)).chunk(2, dim=-1)
-            y = (y1 + y2) / 2
+        y = self.stack(x)  # two-stream stacks return the mean of their streams
+        del x
         with stage(LM_HEAD):
             return self.head(self.norm(y))
 

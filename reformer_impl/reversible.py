@@ -72,7 +72,7 @@ class _ReversibleFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, blocks: nn.ModuleList) -> torch.Tensor:
-        x1, x2 = x.chunk(2, dim=-1)
+        x1 = x2 = x  # both streams start as the embedding (X1 = X2); no copy is made
         rng_states, cached = [], []  # per layer: RNG before F and G; LSH buckets or None
         with torch.no_grad():
             for block in blocks:
@@ -85,31 +85,45 @@ class _ReversibleFunction(torch.autograd.Function):
                 # LSH buckets are cached (int32) so the backward does not re-hash reconstructed
                 # activations, whose argmax could flip; they are the only per-layer state kept.
                 cached.append(None if buckets is None else buckets.to(torch.int32))
-        y = torch.cat([x1, x2], dim=-1)
         ctx.blocks, ctx.rng_states = blocks, rng_states
         ctx.has_buckets = [b is not None for b in cached]
-        ctx.save_for_backward(y, *(b for b in cached if b is not None))
-        return y
+        # The last layer's two streams (neither an input nor the output, so theirs to overwrite): the
+        # backward rebuilds every layer's inputs in these buffers, in place, so no second copy of the
+        # streams coexists with the recomputation.
+        ctx.save_for_backward(x1, x2, *(b for b in cached if b is not None))
+        ctx.consumed = False
+        return (x1 + x2) / 2
 
     @staticmethod
     def backward(ctx: Any, dy: torch.Tensor):
-        y, *saved_buckets = ctx.saved_tensors
-        saved_buckets = iter(saved_buckets)
-        buckets_per_layer = [next(saved_buckets).long() if has else None for has in ctx.has_buckets]
-        y1, y2 = y.chunk(2, dim=-1)
-        dy1, dy2 = dy.chunk(2, dim=-1)
+        if ctx.consumed:
+            raise RuntimeError("the reversible stack's backward rebuilds its inputs in its saved streams' "
+                               "buffers and can run once; backward through it again (retain_graph) is not supported")
+        ctx.consumed = True
+        y1, y2, *saved = ctx.saved_tensors
+        saved_buckets = iter(saved)
+        buckets_per_layer = [next(saved_buckets) if has else None for has in ctx.has_buckets]
+        dy1 = dy2 = dy / 2  # d mean / d Y1 = d mean / d Y2; read, never written
+        own_grads = False
         layers = zip(ctx.blocks, ctx.rng_states, buckets_per_layer)
         for block, (rng_f, rng_g), buckets in reversed(list(layers)):
-            y1, y2, dy1, dy2 = _block_backward(block, rng_f, rng_g, buckets, y1, y2, dy1, dy2)
-        return torch.cat([dy1, dy2], dim=-1), None
+            buckets = None if buckets is None else buckets.long()
+            y1, y2, dy1, dy2 = _block_backward(block, rng_f, rng_g, buckets, y1, y2, dy1, dy2, own_grads)
+            own_grads = True
+        return dy1.add_(dy2) if own_grads else dy1 + dy2, None
 
 
-def _block_backward(block, rng_f, rng_g, buckets, y1, y2, dy1, dy2):
-    """Reconstruct (X1, X2) from (Y1, Y2) and turn (dY1, dY2) into (dX1, dX2), chunk by chunk in G."""
+def _accumulate(grad: torch.Tensor, extra: torch.Tensor, in_place: bool) -> torch.Tensor:
+    return grad.add_(extra) if in_place else grad + extra
+
+
+def _block_backward(block, rng_f, rng_g, buckets, y1, y2, dy1, dy2, own_grads: bool):
+    """Reconstruct (X1, X2) from (Y1, Y2) in their buffers and turn (dY1, dY2) into (dX1, dX2)
+    (in dY's buffers when `own_grads`: this backward made them), chunk by chunk in G."""
     ff = block.g
     with torch.enable_grad():
         y1 = y1.detach().requires_grad_()
-        x2 = torch.empty_like(y2)
+        x2 = y2.detach()  # X2 = Y2 - G(Y1) overwrites Y2, chunk by chunk
         # G is position-wise: recompute and differentiate one sequence chunk at a time, in the
         # forward's chunk order so the replayed dropout masks match.
         with rng_g.replay():
@@ -118,17 +132,21 @@ def _block_backward(block, rng_f, rng_g, buckets, y1, y2, dy1, dy2):
                     g_out = ff.ff(y1[:, s])
                 with stage(REVERSIBLE_BACKWARD):
                     torch.autograd.backward(g_out, dy2[:, s])
-                with stage(REVERSIBLE_RECOMPUTE):
-                    x2[:, s] = y2[:, s] - g_out.detach()
+                with stage(REVERSIBLE_RECOMPUTE), torch.no_grad():
+                    x2[:, s] -= g_out
                 del g_out
-        dx1 = dy1 + y1.grad
-        x2 = x2.detach().requires_grad_()
+        dx1 = _accumulate(dy1, y1.grad, own_grads)
+        y1.grad = None
+        x2.requires_grad_()
         with rng_f.replay(), stage(REVERSIBLE_RECOMPUTE):
             f_out, _ = block.f.compute(x2, buckets)
         with stage(REVERSIBLE_BACKWARD):
             torch.autograd.backward(f_out, dx1)
-        x1 = y1.detach() - f_out.detach()
-        dx2 = dy2 + x2.grad
+        with torch.no_grad():
+            x1 = y1.detach().sub_(f_out)  # X1 = Y1 - F(X2), in Y1's buffer
+        del f_out
+        dx2 = _accumulate(dy2, x2.grad, own_grads)
+        x2.grad = None
     return x1, x2.detach(), dx1, dx2
 
 
@@ -148,7 +166,9 @@ class StandardStack(nn.Module):
 
 
 class ReformerStack(nn.Module):
-    """n_layers reversible blocks over a two-stream input (B, L, 2 * d_model)."""
+    """n_layers reversible blocks over two streams that start as the input (B, L, d_model);
+    returns the streams' mean (B, L, d_model), as reformer-pytorch. Only the mean leaves the stack,
+    so the streams are never concatenated (no 2 x d_model copy in the forward or the backward)."""
 
     def __init__(self, cfg: ReformerConfig):
         super().__init__()
@@ -158,7 +178,7 @@ class ReformerStack(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.reversible and torch.is_grad_enabled():
             return _ReversibleFunction.apply(x, self.blocks)
-        x1, x2 = x.chunk(2, dim=-1)
+        x1 = x2 = x
         for block in self.blocks:
             x1, x2 = block(x1, x2)
-        return torch.cat([x1, x2], dim=-1)
+        return (x1 + x2) / 2

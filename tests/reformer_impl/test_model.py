@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from reformer_impl import ReformerLM, describe, lm_loss
+from reformer_impl import ReformerConfig, ReformerLM, describe, lm_loss
 from tests.reformer_impl.conftest import tiny_cfg
 
 
@@ -170,3 +170,34 @@ def test_model_forward_equals_a_hand_built_reference(reversible):
     torch.testing.assert_close(model(tokens), want, rtol=1e-10, atol=1e-10)
     with torch.no_grad():  # and the reversible stack's no-grad path
         torch.testing.assert_close(model(tokens), want, rtol=1e-10, atol=1e-10)
+
+
+def test_a_second_backward_through_the_reversible_stack_is_refused():
+    """Its backward rebuilds the layers' inputs in the saved streams' buffers: a retained graph
+    cannot be differentiated again, and says so rather than return wrong gradients."""
+    cfg = ReformerConfig(d_model=16, n_heads=2, d_ff=32, vocab_size=13, n_layers=2, attention="lsh",
+                         chunk_len=4, max_seq_len=16, reversible=True)
+    model = ReformerLM(cfg)
+    loss = lm_loss(model(torch.randint(0, 13, (1, 16))), torch.randint(0, 13, (1, 16)))
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="can run once"):
+        loss.backward()
+
+
+def test_the_reversible_stack_saves_its_two_streams_and_no_concatenation():
+    """What the reversible stack keeps for backward: the last layer's two (B, L, d_model) streams
+    and the LSH buckets, nothing of width 2 * d_model."""
+    cfg = ReformerConfig(d_model=16, n_heads=2, d_ff=32, vocab_size=13, n_layers=3, attention="lsh",
+                         chunk_len=4, max_seq_len=16, reversible=True, n_hashes=2)
+    model = ReformerLM(cfg)
+    shapes = []
+
+    def pack(t):
+        shapes.append(tuple(t.shape))
+        return t
+
+    x = torch.randn(1, 16, 16, requires_grad=True)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model.stack(x)
+    assert shapes.count((1, 16, 16)) == 2
+    assert not any(s[-1] == 32 for s in shapes)

@@ -14,6 +14,8 @@ from __future__ import annotations
 import re
 from typing import Any, Mapping
 
+from bench.capacity.budget import BEFORE_MODEL
+
 _UNITS = {"bytes": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40}
 _SIZE = r"([0-9][0-9.]*) (bytes|KiB|MiB|GiB|TiB)"
 _CUDA_FIELDS = {
@@ -47,12 +49,13 @@ def oom_source(status: str, reason: str | None) -> str | None:
     """How a failed probe's out-of-memory was detected, or None if the record is not an OOM:
     'cuda_allocator' (over the per-process fraction or the device), 'cpu_allocator' (malloc
     failed), 'rss_watchdog' (the executor killed the worker over the budget), 'peak_rss' (the
-    worker's own peak RSS exceeded the budget after the step)."""
+    worker's own peak RSS exceeded the budget after the step), 'baseline_rss' (the worker held more
+    than the budget before its model was built)."""
     text = reason or ""
     if "host RSS" in text and "exceeded memory_limit_mib" in text:
         return "rss_watchdog"
     if "BudgetExceeded" in text:
-        return "peak_rss"
+        return "baseline_rss" if BEFORE_MODEL in text else "peak_rss"
     if "CUDA out of memory" in text or "OutOfMemoryError" in text:
         return "cuda_allocator"
     if "DefaultCPUAllocator" in text or "can't allocate memory" in text or "MemoryError" in text:

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from bench import measure as m
-from bench.capacity.budget import BUDGET_ENV
+from bench.capacity.budget import BEFORE_MODEL, BUDGET_ENV
 from bench.measure_point import flat_params
 from bench.point import GridPoint
 from bench.worker import main as worker_main
@@ -71,9 +71,21 @@ def measure_probe(point: GridPoint, budget_mib: float) -> dict[str, Any]:
     return {"params": flat_params(point), "effective": effective, "metrics": metrics}
 
 
+def check_footprint(point: GridPoint, budget_mib: float) -> None:
+    """On CPU, a worker already over the budget before its model is built: no length can fit, and
+    its row says so (not a bare "nothing fits")."""
+    held = m.current_rss_mib()
+    if not m.is_cuda(point.device) and held > budget_mib:
+        raise BudgetExceeded(f"the worker held {held:.0f} MiB {BEFORE_MODEL}, above the budget of "
+                             f"{budget_mib:.0f} MiB: the budget is below the worker's own footprint")
+
+
 def measure(point: GridPoint, timing: bool = True) -> dict[str, Any]:
-    """The fork server's entry point for probes: the budget comes from BENCH_CAPACITY_BUDGET_MIB."""
-    return measure_probe(point, float(os.environ[BUDGET_ENV]))
+    """The fork server's entry point for probes: the budget comes from BENCH_CAPACITY_BUDGET_MIB;
+    the worker's own footprint is checked against it first."""
+    budget_mib = float(os.environ[BUDGET_ENV])
+    check_footprint(point, budget_mib)
+    return measure_probe(point, budget_mib)
 
 
 def main(argv: list[str] | None = None) -> int:

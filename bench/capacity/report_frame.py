@@ -11,6 +11,7 @@ import pandas as pd
 
 from bench.capacity.planner import MAX_VALUE, MEMORY, TIME, Done, calibration_of, next_probe
 from bench.capacity.predict import predict_longest
+from bench.capacity.runner import below_footprint
 from bench.capacity.searches import budget_gib, config_outcomes, search_for, timeout_for
 from bench.capacity.spec import CapacityConfig, CapacityPlan
 
@@ -112,6 +113,9 @@ def _row(plan: CapacityPlan, config: CapacityConfig, records: Sequence[Mapping[s
     limit = done.limit if done else None
     error = (predicted / longest - 1) if predicted is not None and longest and limit in (MEMORY, TIME) else None
     n_cal = sum(v in outcomes for v in search.calibration_lengths) if search.budget_mib is not None else 0
+    stopped = limited_by(done, failure, timeout_for(plan, config))
+    if done is not None and longest is None and (note := below_footprint(records, plan, config)):
+        stopped = f"{stopped}; {note}"
     return {
         "configuration": config.label,
         "attention": other.get("attention"),
@@ -126,7 +130,7 @@ def _row(plan: CapacityPlan, config: CapacityConfig, records: Sequence[Mapping[s
         "step_ms": metrics.get("step_ms"),
         "wall_s": (at or {}).get("wall_s"),
         "limit": limit if done else "not finished",
-        "limited_by": limited_by(done, failure, timeout_for(plan, config)),
+        "limited_by": stopped,
         "predicted": predicted,
         "predicted_limit": cal.limit if cal is not None else None,
         "prediction_error": error,

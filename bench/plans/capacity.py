@@ -13,8 +13,11 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.capacity.planner import Done, Probe, next_probe
-from bench.capacity.budget import BUDGET_ENV, enforcement
-from bench.capacity.runner import PROBE_MEASURE, budget_mib, done_line, finish_record, search_outcomes, status_line
+from bench.capacity.budget import BUDGET_ENV, WORKER_FLOOR_MIB, enforcement
+from bench.capacity.runner import (
+    PROBE_MEASURE, below_footprint, budget_mib, done_line, finish_record, recorded_probes, repeat_message,
+    search_outcomes, status_line,
+)
 from bench.capacity.searches import outcome_of, search_for
 from bench.capacity.spec import CapacityConfig, CapacityPlan, load_capacity_suite, resolve
 from bench.executors.local import PointRunner
@@ -46,6 +49,7 @@ class CapacitySearchPlan:
     units_word: str = "searches"
     say: Say = print
     _outcomes: dict[str, dict[int, str]] = field(default_factory=dict)
+    _probed: dict[str, dict[int, Record]] = field(default_factory=dict)  # per config: each value's latest record
     _records: list[Record] = field(default_factory=list)
     run_id: str = ""
 
@@ -81,7 +85,10 @@ class CapacitySearchPlan:
             if unknown:
                 raise RunError(f"--only {', '.join(unknown)}: no such config in {path} (has: {', '.join(names)})")
         # --only names the configs to search, also one the profile's `configs` leaves out (hf on cpu)
-        return cls(resolve(spec, profile, device, path, only=opts.only or None), path)
+        resolved = resolve(spec, profile, device, path, only=opts.only or None)
+        if device == "cpu":
+            check_footprint(resolved, path)
+        return cls(resolved, path)
 
     def spec(self) -> dict[str, Any]:
         return self.resolved.to_json()
@@ -111,6 +118,7 @@ class CapacitySearchPlan:
         plan = self.resolved
         self._records = list(records)
         self._outcomes = {c.label: search_outcomes(records, plan, c, retry_failed) for c in plan.configs}
+        self._probed = {c.label: dict(recorded_probes(records, plan, c, retry_failed)) for c in plan.configs}
         self._reported: set[str] = set()
         own = "".join(f", {c.label}: {plan.budget_gib_for(c):g} GiB, {plan.timeout_for(c):g} s per probe"
                       for c in plan.configs if c.memory_budget_gib is not None or c.timeout_s is not None)
@@ -127,7 +135,11 @@ class CapacitySearchPlan:
         return None
 
     def _step(self, config: CapacityConfig) -> Done | Probe:
-        return next_probe(search_for(self.resolved, config), self._outcomes[config.label])
+        """The search's next step; a RunError, never a probe, for a value the run holds a record of."""
+        step = next_probe(search_for(self.resolved, config), self._outcomes[config.label])
+        if isinstance(step, Probe) and (record := self._probed.get(config.label, {}).get(step.value)) is not None:
+            raise RunError(repeat_message(self.resolved, config, step.value, record))
+        return step
 
     def ask(self) -> list[ProbeUnit]:
         for config in self.resolved.configs:
@@ -135,7 +147,8 @@ class CapacitySearchPlan:
             if isinstance(step, Done):
                 if config.label not in self._reported:
                     self._reported.add(config.label)
-                    self.say(f"  {config.label}: {done_line(step, self.resolved.over)}")
+                    note = below_footprint(self._records, self.resolved, config)
+                    self.say(f"  {config.label}: {done_line(step, self.resolved.over, note)}")
                 continue
             return [ProbeUnit(config, step.value, self.resolved.point(config, step.value))]
         return []
@@ -144,6 +157,7 @@ class CapacitySearchPlan:
         record = finish_record(record, self.resolved, unit.config, unit.value, record.get("run_id") or self.run_id)
         self._records.append(record)
         self._outcomes[unit.config.label][unit.value] = outcome_of(record, self.device)
+        self._probed.setdefault(unit.config.label, {})[unit.value] = record
         return record
 
     def executor(self, opts: RunOptions, run_dir: Path, say: Say) -> "ProbeExecutor":
@@ -163,10 +177,28 @@ class CapacitySearchPlan:
             step = next_probe(search_for(plan, config), outcomes)
             budget = f"{plan.budget_gib_for(config):g}"
             if isinstance(step, Done):
-                table.add_row(config.label, budget, str(step.longest or "-"), step.why, str(len(step.probes)))
+                why = step.why
+                if step.longest is None and (note := below_footprint(records, plan, config)):
+                    why = f"{why}: {note}"
+                table.add_row(config.label, budget, str(step.longest or "-"), why, str(len(step.probes)))
             else:
                 table.add_row(config.label, budget, "-", "not finished", str(len(outcomes)))
         console.print(table)
+
+
+def check_footprint(plan: CapacityPlan, path: Path) -> None:
+    """A CPU budget below what any probe worker holds before its model is built fits nothing: refused
+    up front, naming the field."""
+    for config in plan.configs:
+        mib = budget_mib(plan, config)
+        if mib < WORKER_FLOOR_MIB:
+            name = config.label.split(" ")[0]
+            where = (f"config_budget.{name}.memory_budget_gib" if config.memory_budget_gib is not None
+                     else "memory_budget_gib")
+            raise RunError(f"{path}: profiles.{plan.profile}.{where}={plan.budget_gib_for(config):g} ({mib:.0f} MiB): "
+                           f"below the footprint of an idle probe worker on cpu (at least {WORKER_FLOOR_MIB:.0f} MiB "
+                           "resident before its model is built: Python with torch loaded, typically 150-400 MiB); "
+                           "no probe could fit")
 
 
 class ProbeExecutor:

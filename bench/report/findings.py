@@ -177,6 +177,31 @@ def range_findings(view: StudyView, memory: str) -> list[Finding]:
     return out
 
 
+SAVED = "saved_for_backward_mib"
+
+
+def transient_findings(view: StudyView, memory: str) -> list[Finding]:
+    """Per series, peak memory over the bytes saved for backward at the first and the last x: how
+    much a step holds beyond what autograd keeps (Table 3 counts the saved activations only)."""
+    if memory == SAVED or not {memory, SAVED} <= set(view.frame) or not pd.api.types.is_numeric_dtype(view.frame[view.x]):
+        return []
+    out = []
+    groups = view.frame.groupby(list(view.series), dropna=False, sort=False) if view.series else [((), view.frame)]
+    for _, rows in list(groups)[:6]:
+        rows = rows[(rows[SAVED] > 0) & rows[memory].notna()].sort_values(view.x)
+        if rows.empty:
+            continue
+        ratio = rows[memory] / rows[SAVED]
+        first, last = rows.iloc[0], rows.iloc[-1]
+        who = _who(view, first.to_dict())
+        span = f"{ratio.iloc[0]:.2f}x at {value_label(view.x, first[view.x])}"
+        if len(rows) > 1:
+            span += f", {ratio.iloc[-1]:.2f}x at {value_label(view.x, last[view.x])}"
+        out.append(Finding(f"`{view.name}`{', ' + who if who else ''}: {_what(memory)} over saved-for-backward "
+                           f"bytes: {span}.", _plot(view, memory)))
+    return out
+
+
 def rate_finding(view: StudyView, env: Mapping[str, Any]) -> Optional[Finding]:
     """The achieved GFLOP/s range of the study, against the run's measured matmul rate."""
     if "achieved_gflops" not in view.frame or view.frame["achieved_gflops"].isna().all():
@@ -231,6 +256,7 @@ def grid_findings(views: Sequence[StudyView], exps: pd.DataFrame, cross: pd.Data
         out += layer_findings(view, memory)
         out += chunk_findings(view, memory)
         out += range_findings(view, memory)
+        out += transient_findings(view, memory)
         out += [f for f in (stage_finding(view), rate_finding(view, env)) if f is not None]
         out += exponent_findings(view, exps)
     return out

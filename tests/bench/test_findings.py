@@ -103,3 +103,17 @@ def test_a_study_plotted_against_a_category_gets_no_stage_growth_finding():
     assert stage_finding(StudyView(name="kinds", frame=frame, x="attention", **args)) is None
     grows = stage_finding(StudyView(name="lengths", frame=numeric, x="seq_len", **args))
     assert grows is not None and "hash" in grows.text
+
+
+def test_the_peak_over_saved_ratio_is_computed_per_series_from_the_records():
+    records = []
+    for n_hashes, saved in ((1, 100.0), (2, 150.0), (8, 400.0)):
+        r = _record("lsh", 4096, 10.0 * n_hashes, 300.0 + 100 * n_hashes, n_hashes=n_hashes)
+        r["metrics"]["saved_for_backward_mib"] = saved
+        r["point_id"] += f"h{n_hashes}"
+        records.append(r)
+    df = add_derived(ok_frame(records), {})
+    view = study_view(df, "s", {"grid": {"n_hashes": []}}, "cpu")
+    text = findings_markdown(grid_findings([view], exponent_table([view]), crossover_table([view]), {}, "cpu"))
+    # 400 / 100 at 1 round, 1100 / 400 at 8 rounds
+    assert re.search(r"over saved-for-backward bytes: 4\.00x at 1 hash round, 2\.75x at 8 hash rounds\.", text), text

@@ -9,18 +9,22 @@ from pathlib import Path
 from typing import Any, Callable
 
 from bench.executors.base import Executor
-from bench.executors.local import LocalExecutor
+from bench.executors.local import DEFAULT_PROCESSES, LocalExecutor
 from bench.options import RunError
 
 EXECUTORS = ("local", "ray", "submitit")
 
 
 def make_executor(opts: Any, timeout_s: float | None, run_dir: Path | None = None,
-                  log: Callable[[str], None] | None = None, processes: int = 3,
+                  log: Callable[[str], None] | None = None, processes: int = DEFAULT_PROCESSES,
                   measure: str | None = None) -> Executor:
     """`opts.executor`'s executor for units of `timeout_s` each (None: each point's own) measured in
-    `processes` worker processes by `measure` (the grid's measurement by default)."""
-    extra = {} if opts.memory_limit_mib is None else {"memory_limit_mib": int(opts.memory_limit_mib)}
+    `processes` worker processes by `measure` (the grid's measurement by default), on any executor."""
+    extra: dict[str, Any] = {} if opts.memory_limit_mib is None else {"memory_limit_mib": int(opts.memory_limit_mib)}
+    if processes != DEFAULT_PROCESSES:  # the suite's memory processes per point, on every executor
+        extra["processes"] = processes
+    if measure is not None:
+        extra["measure"] = measure
     if opts.executor == "ray":
         # Imported when chosen: ray is an optional dependency, and slow to import.
         from bench.executors.ray_executor import RayExecutor

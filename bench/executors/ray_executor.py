@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from bench.executors.base import ClusterLost, ExecutorError, Record
-from bench.executors.remote_task import RunPoint, failure_record, run_point_remote
+from bench.executors.local import DEFAULT_PROCESSES
+from bench.executors.ray_address import LOCAL, cluster_target, dead_hint
+from bench.executors.remote_task import RunPoint, failure_record, point_runner, run_point_remote
 from bench.point import GridPoint
 
 __all__ = ["RayExecutor", "failure_record", "run_point_task", "enable_token_auth"]
@@ -50,14 +52,15 @@ def cluster_nodes(ray: Any) -> dict[str, Node]:
     return nodes
 
 
-def host_port(address: str | None) -> tuple[str, int] | None:
+def host_port(address: str | None, source: str = "--ray-address") -> tuple[str, int] | None:
     """(host, port) of `host:port` or `ray://host:port`; None for None, `auto`, `local`."""
     if not address or address in ("auto", "local"):
         return None
     rest = address.split("://", 1)[-1]
     host, sep, port = rest.rpartition(":")
     if not sep or not port.isdigit():
-        raise ExecutorError(f"--ray-address {address!r}: expected HOST:PORT, ray://HOST:PORT or auto")
+        what = f"{source} {address!r}" if source.startswith("--") else f"{address!r} ({source})"
+        raise ExecutorError(f"{what}: expected HOST:PORT, ray://HOST:PORT or auto")
     return host.strip("[]"), int(port)
 
 
@@ -129,7 +132,8 @@ class RayExecutor:
 
     address: `HOST:PORT` (GCS), `ray://HOST:PORT` (Ray Client), `auto`, or None (Ray's own choice:
     RAY_ADDRESS, else a cluster started on this machine with `ray start`, else a new local instance,
-    stopped at the end). A task is never retried (a crash is a result) and gets a fresh worker
+    stopped at the end). Each point runs in `processes` worker processes (the suite's), measured by
+    `measure`, unless `run_point` replaces the whole task body (tests). A task is never retried (a crash is a result) and gets a fresh worker
     (`max_calls=1`). A task that fails becomes an `error` record. A node that dies under a point
     leaves that point unrecorded; losing the whole cluster ends the run with ClusterLost.
     """
@@ -143,6 +147,8 @@ class RayExecutor:
         torch_threads: int | None = None,
         memory_limit_mib: int | None = None,
         run_point: RunPoint | None = None,
+        processes: int = DEFAULT_PROCESSES,
+        measure: str | None = None,
         init_kwargs: dict[str, Any] | None = None,
         log: Callable[[str], None] | None = None,
     ) -> None:
@@ -156,7 +162,7 @@ class RayExecutor:
         self.connect_timeout_s = connect_timeout_s
         self.torch_threads = torch_threads
         self.memory_limit_mib = memory_limit_mib
-        self.run_point = run_point
+        self.run_point = run_point or point_runner(processes, measure)  # the suite's memory processes per point
         self.init_kwargs = dict(init_kwargs or {})
         self.log = log or (lambda message: None)
         self._head: tuple[str, int] | None = None
@@ -167,12 +173,12 @@ class RayExecutor:
         """Connect (or start a local instance) unless Ray is already up; True when we connected."""
         if ray.is_initialized():
             return False
-        where = self.address or "the default Ray address"
-        hp = host_port(self.address)
-        if hp is not None and (why := reachable(hp, self.connect_timeout_s)) is not None:
-            raise ExecutorError(f"ray: cannot reach {self.address} within {self.connect_timeout_s:g} s ({why}); "
-                                "check the address (`ray status` on the head prints it), that the cluster "
-                                "is running, and that this machine can reach that port")
+        target, source = cluster_target(self.address)  # RAY_ADDRESS or a `ray start` file when none is given
+        where = LOCAL if target is None else target if source == "--ray-address" else f"{target} ({source})"
+        hp = host_port(target, source)
+        if hp is not None and (why := reachable(hp, self.connect_timeout_s)) is not None:  # at once when refused
+            raise ExecutorError(f"ray: cannot reach {where} within {self.connect_timeout_s:g} s ({why}); "
+                                f"{dead_hint(source)}")
         token = enable_token_auth(ray)
         kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, **self.init_kwargs}
         if "runtime_env" not in kwargs:

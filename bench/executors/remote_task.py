@@ -3,11 +3,14 @@ explicitly, run the point in a subprocess exactly as the local executor does, an
 with the node it ran on. Shared by the Ray and submitit executors."""
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any, Callable, Mapping
 
 from bench.point import GridPoint
-from bench.executors.local import STDERR_TAIL, run_point_subprocess  # STDERR_TAIL: as much error text as a local failure keeps
+from bench.executors.local import (  # STDERR_TAIL: as much error text as a local failure keeps
+    DEFAULT_PROCESSES, STDERR_TAIL, run_point_subprocess,
+)
 from bench.store import make_record
 from bench.worker import THREADS_ENV, node_info
 
@@ -21,6 +24,14 @@ def failure_record(point: GridPoint, reason: str, traceback: str | None = None) 
     """The `error` record of a point whose task returned none, shaped exactly as the local
     executor's failures are (bench.store.make_record); the runner fills in run_id."""
     return make_record(point, "error", reason, traceback=traceback[-STDERR_TAIL:] if traceback else None)
+
+
+def point_runner(processes: int = DEFAULT_PROCESSES, measure: str | None = None) -> RunPoint:
+    """How a node runs one point: in `processes` worker processes measured by `measure` (the suite's
+    `processes`, as under the local executor), picklable for a Ray task or a Slurm job."""
+    if processes < 1:
+        raise ValueError(f"processes={processes}: need at least one worker process per point")
+    return functools.partial(run_point_subprocess, processes=processes, measure=measure)
 
 
 def node_cpus() -> int:

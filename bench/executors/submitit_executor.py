@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from bench.executors.base import Record
-from bench.executors.remote_task import RunPoint, failure_record, node_cpus, run_point_remote
+from bench.executors.local import DEFAULT_PROCESSES
+from bench.executors.remote_task import RunPoint, failure_record, node_cpus, point_runner, run_point_remote
 from bench.point import GridPoint
 
 # Slurm's own limit sits above the point's timeout: interpreter start, imports, and the point's
@@ -70,7 +71,8 @@ class SubmititExecutor:
     """Submits every point as a job to `folder` (logs and pickles land there) and yields records as
     jobs finish. A job that fails (node failure, Slurm timeout, preemption) becomes an `error` row.
 
-    slurm: extra submitit parameters, generic (`mem_gb`, `timeout_min`) or Slurm-specific
+    Each point runs in `processes` worker processes (the suite's), measured by `measure`, unless
+    `run_point` replaces the job's body (tests). slurm: extra submitit parameters, generic (`mem_gb`, `timeout_min`) or Slurm-specific
     (`slurm_partition`). Every job asks for a whole node (`slurm_exclusive`); without Slurm
     (`local`) jobs run one after another, so a timed point still has its machine to itself.
     """
@@ -85,6 +87,8 @@ class SubmititExecutor:
         slurm: Mapping[str, Any] | None = None,
         memory_limit_mib: int | None = None,
         run_point: RunPoint | None = None,
+        processes: int = DEFAULT_PROCESSES,
+        measure: str | None = None,
         poll_s: float | None = None,
     ) -> None:
         if timeout_s <= 0:
@@ -97,7 +101,7 @@ class SubmititExecutor:
         self.cluster = cluster
         self.slurm = dict(slurm or {})
         self.memory_limit_mib = memory_limit_mib
-        self.run_point = run_point
+        self.run_point = run_point or point_runner(processes, measure)  # the suite's memory processes per point
         self.poll_s = poll_s  # None: 5 s against Slurm, 0.2 s for local processes
 
     def _executor(self) -> Any:

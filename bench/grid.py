@@ -27,7 +27,7 @@ LSH_ONLY = ("n_hashes", "chunk_len", "n_buckets", "same_bucket", "dup_correction
 MODEL_ONLY = ("n_layers", "reversible", "ff_chunks", "d_ff", "vocab_size", "pos_emb", "max_seq_len", "residual")
 # Fields added after references were recorded, left out of a point's identity at their default so
 # every existing point_id stays what it was.
-QUIET_DEFAULTS = {"residual": "two_stream"}
+QUIET_DEFAULTS = {"residual": "two_stream", "head_size": None, "self_mask": True}
 
 
 class GridError(ValueError):

@@ -24,9 +24,14 @@ class AttentionSetting(BaseModel):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")  # also a checkpoint file name
     attention: Literal["full", "sdpa", "lsh", "local"]
     n_hashes: Optional[int] = Field(default=None, ge=1)
+    # False: full attention without the shared-QK self-mask (a query may attend to its own key);
+    # None: the model's rule. The experiment behind Table 2's 0.8% cells.
+    self_mask: Optional[bool] = None
 
     @model_validator(mode="after")
     def _check(self) -> "AttentionSetting":
+        if self.self_mask is False and self.attention not in ("full", "sdpa"):
+            raise ValueError(f"setting {self.name!r}: self_mask=False applies to attention 'full' or 'sdpa' only")
         if self.attention == "lsh" and self.n_hashes is None:
             raise ValueError(f"setting {self.name!r}: attention='lsh' needs n_hashes")
         if self.attention != "lsh" and self.n_hashes is not None:
@@ -37,6 +42,8 @@ class AttentionSetting(BaseModel):
         """`base` running this attention (n_hashes kept from base when not LSH: it is unused there)."""
         if self.attention == "lsh":
             return base.replace(attention="lsh", n_hashes=self.n_hashes)
+        if self.self_mask is not None:
+            return base.replace(attention=self.attention, self_mask=self.self_mask)
         return base.replace(attention=self.attention)
 
 

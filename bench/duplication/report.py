@@ -9,6 +9,7 @@ from typing import Any, Iterable, Optional
 import pandas as pd
 
 from bench import store
+from bench.duplication import copy_distance as cd
 
 # Paper Table 2 (Kitaev et al. 2020), accuracy in %: (train attention, n_hashes) -> column.
 PAPER_COLUMNS = (("full", None), ("lsh", 8), ("lsh", 4), ("lsh", 2), ("lsh", 1))
@@ -25,9 +26,21 @@ def read_records(run_dir: Path) -> list[dict[str, Any]]:
     return store.read_records(Path(run_dir) / store.RECORDS)
 
 
+NO_SELF_MASK = "full, no self-mask"  # a column the paper does not have
+
+
 def _key(params: dict[str, Any]) -> tuple[str, Optional[int]]:
+    if params["attention"] == "local":
+        return "local", None
+    if params.get("self_mask") is False:
+        return NO_SELF_MASK, None
     kind = "lsh" if params["attention"] == "lsh" else "full"  # sdpa is full attention too
     return kind, params.get("n_hashes") if kind == "lsh" else None
+
+
+def _in_study(record: dict[str, Any], study: str) -> bool:
+    """Whether a record belongs to `study`; records from before studies were named are Table 2's."""
+    return study in (record.get("studies") or ["table2", "train"])
 
 
 def _label(key: tuple[str, Optional[int]]) -> str:
@@ -43,7 +56,7 @@ def accuracy_matrix(records: Iterable[dict[str, Any]], spec: Optional[dict[str, 
     """Accuracy in % of the latest ok eval records: rows = trained model, columns = eval setting
     (names as in the suite, in suite order when `spec` is the run's suite_spec); NaN where missing."""
     rows = [r for r in store.latest_by_point(records).values()
-            if r["params"].get("role") == "eval" and r["status"] == "ok"]
+            if r["params"].get("role") == "eval" and r["status"] == "ok" and _in_study(r, "table2")]
     if not rows:
         return pd.DataFrame(dtype=float)
     df = pd.DataFrame([{"train_model": r["params"]["train_model"], "eval_setting": r["params"]["eval_setting"],
@@ -60,9 +73,9 @@ def setting_keys(records: Iterable[dict[str, Any]]) -> tuple[dict[str, tuple], d
     trained, evaluated = {}, {}
     for r in records:
         p = r["params"]
-        if p.get("role") == "train":
+        if p.get("role") == "train" and _in_study(r, "train"):
             trained[p["train_model"]] = _key(p)
-        elif p.get("role") == "eval":
+        elif p.get("role") == "eval" and _in_study(r, "table2"):
             evaluated[p["eval_setting"]] = _key(p)
     return trained, evaluated
 
@@ -95,7 +108,7 @@ def training_curves(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
     """Long table (model, step, loss, accuracy, lr, train_s) from the latest ok training records."""
     rows = []
     for r in store.latest_by_point(records).values():
-        if r["params"].get("role") == "train" and r["status"] == "ok":
+        if r["params"].get("role") == "train" and r["status"] == "ok" and _in_study(r, "train"):
             rows += [{"model": r["params"]["train_model"], **c} for c in r.get("curve", [])]
     return pd.DataFrame(rows, columns=["model", "step", "loss", "accuracy", "lr", "train_s"])
 
@@ -105,7 +118,8 @@ def training_summary(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
     for r in store.latest_by_point(records).values():
         if r["params"].get("role") == "train":
             m = r["metrics"]
-            rows.append({"model": r["params"]["train_model"], "status": r["status"], "steps": m.get("steps_done"),
+            rows.append({"model": r["params"]["train_model"], "seq_len": r["params"].get("seq_len"),
+                         "status": r["status"], "steps": m.get("steps_done"),
                          "final loss": m.get("final_loss"), "train accuracy %": _pct(m.get("train_accuracy")),
                          "step ms (median)": m.get("step_ms_median"), "train s": m.get("train_s"),
                          "peak alloc MiB": m.get("peak_alloc_mib")})
@@ -177,6 +191,27 @@ def findings(measured: pd.DataFrame, paper: pd.DataFrame) -> list[str]:
     return out
 
 
+def _copy_distance_section(run_dir: Path, spec: dict[str, Any], records: list[dict[str, Any]],
+                           chance: float) -> tuple[list[str], list[str]]:
+    """(the report section, its findings) of the copy-distance study; nothing when the run has none."""
+    study = spec.get("studies", {}).get(cd.STUDY)
+    table = cd.accuracy_by_length(records, spec)
+    if not study or table.empty:
+        return [], []
+    window = study.get("window")
+    kinds = {s["name"]: s["attention"] for s in study.get("grid", {}).get("settings", [])}
+    model = spec.get("model", {})
+    caption = (f"Each model trained ({spec.get('train', {}).get('steps')} steps) and scored at each length; "
+               f"{model.get('n_layers')} layer, d_model {model.get('d_model')}, chunk_len {model.get('chunk_len')} "
+               f"(local: {window} keys back at most), {spec.get('task', {}).get('n_symbols')} symbols.")
+    cd.plot_copy_distance(table, chance, window, caption, run_dir / "copy_distance.png")
+    table.round(2).to_csv(run_dir / "copy_distance.csv")
+    section = ["## Copy distance: accuracy against length", "",
+               f"{study.get('description', '')}. {caption} Accuracy % on the second copy, chance {chance:.1f}%.", "",
+               table.round(1).to_markdown(), "", "![copy distance](copy_distance.png)", ""]
+    return section, cd.copy_findings(table, chance, window, kinds)
+
+
 def _table(df: pd.DataFrame, **kw) -> str:
     return df.to_markdown(**kw) if not df.empty else "_nothing recorded yet_"
 
@@ -195,6 +230,10 @@ def write_report(run_dir: Path) -> Path:
     paper = paper_matrix(measured, records)
     curves = training_curves(records)
     problems = [r for r in store.latest_by_point(records).values() if r["status"] != "ok"]
+    task_spec = spec.get("task", {})
+    chance = 100 / max(1, task_spec.get("n_symbols", 1))
+    trained, evaluated = setting_keys(records)
+    copy_lines = _copy_distance_section(run_dir, spec, records, chance)
     if not measured.empty:
         measured.round(2).to_csv(run_dir / "table2.csv")
         plot_heatmap(measured, paper, run_dir / "table2_heatmap.png")
@@ -214,6 +253,8 @@ def write_report(run_dir: Path) -> Path:
         "_Computed from this run's records._",
         "",
         *(findings(measured, paper) or ["_No evaluated model yet._"]),
+        *cd.self_mask_findings(measured, evaluated, trained, chance, (NO_SELF_MASK, None)),
+        *copy_lines[1],
         "",
         "## Accuracy %, trained (rows) x evaluated (columns): measured (paper)",
         "",
@@ -230,6 +271,7 @@ def write_report(run_dir: Path) -> Path:
         "",
         "![Table 2 heatmap](table2_heatmap.png)" if not measured.empty else "",
         "",
+        *copy_lines[0],
         "## Training",
         "",
         _table(training_summary(records), index=False, floatfmt=".3f"),

@@ -44,6 +44,29 @@ class ModelSection(BaseModel):
     dropout: float = 0.0
 
 
+class CopyDistanceProfile(BaseModel):
+    """The lengths a profile trains the copy-distance study's models at: `0 w` halves of these sizes."""
+
+    model_config = CHECKED
+    half_lens: tuple[int, ...] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> "CopyDistanceProfile":
+        if any(isinstance(h, bool) or h < 2 for h in self.half_lens):
+            raise ValueError(f"half_lens={list(self.half_lens)}: every half length must be an integer >= 2")
+        if len(set(self.half_lens)) != len(self.half_lens):
+            raise ValueError(f"half_lens={list(self.half_lens)}: lengths must be unique")
+        return self
+
+
+class CopyDistanceSection(BaseModel):
+    """Accuracy against copy distance: each model trained and scored at every length of the profile."""
+
+    model_config = CHECKED
+    description: str = ""
+    models: tuple[AttentionSetting, ...] = Field(min_length=1)
+
+
 class ProfileSpec(BaseModel):
     model_config = CHECKED
     description: str = ""
@@ -51,6 +74,7 @@ class ProfileSpec(BaseModel):
     model: ModelSection
     train: TrainSettings
     eval: EvalSettings
+    copy_distance: Optional[CopyDistanceProfile] = None
 
     @model_validator(mode="after")
     def _check(self) -> "ProfileSpec":
@@ -67,6 +91,7 @@ class DuplicationSuite(BaseModel):
     description: str = ""
     train_models: tuple[AttentionSetting, ...] = Field(min_length=1)
     eval_settings: tuple[AttentionSetting, ...] = Field(min_length=1)
+    copy_distance: Optional[CopyDistanceSection] = None
     profiles: dict[str, ProfileSpec] = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -75,6 +100,14 @@ class DuplicationSuite(BaseModel):
             names = [s.name for s in getattr(self, key)]
             if len(set(names)) != len(names):
                 raise ValueError(f"{key}: names must be unique, got {names}")
+        if self.copy_distance is not None:
+            names = [s.name for s in self.copy_distance.models]
+            if len(set(names)) != len(names):
+                raise ValueError(f"copy_distance.models: names must be unique, got {names}")
+        for name, profile in self.profiles.items():
+            if profile.copy_distance is not None and self.copy_distance is None:
+                raise ValueError(f"profiles.{name}.copy_distance: the suite has no copy_distance section "
+                                 "naming its models")
         return self
 
 
@@ -97,6 +130,15 @@ class ResolvedSuite:
     train_models: tuple[AttentionSetting, ...]
     eval_settings: tuple[AttentionSetting, ...]
     description: str = ""
+    copy_models: tuple[AttentionSetting, ...] = ()  # the copy-distance study's, trained at each length
+    copy_half_lens: tuple[int, ...] = ()
+    copy_description: str = ""
+
+    def copy_task(self, half_len: int) -> DuplicationTask:
+        return DuplicationTask(half_len=half_len, n_symbols=self.task.n_symbols)
+
+    def copy_config(self, model: AttentionSetting, half_len: int) -> ReformerConfig:
+        return model.apply(self.base.replace(max_seq_len=2 * half_len))
 
     def train_config(self, model: AttentionSetting) -> ReformerConfig:
         return model.apply(self.base)
@@ -121,6 +163,14 @@ class ResolvedSuite:
                                     "settings": [s.model_dump() for s in self.eval_settings]},
                            "plot": {"kind": "heatmap", "rows": "train_model", "cols": "eval_setting",
                                     "value": "accuracy"}},
+                **({"copy_distance": {
+                    "description": self.copy_description,
+                    "grid": {"model": [m.name for m in self.copy_models],
+                             "seq_len": [2 * h for h in self.copy_half_lens],
+                             "settings": [m.model_dump() for m in self.copy_models]},
+                    "window": 2 * self.base.chunk_len,
+                    "plot": {"kind": "lines", "x": "seq_len", "y": "accuracy", "hue": "model"}}}
+                   if self.copy_models and self.copy_half_lens else {}),
             },
         }
 
@@ -139,9 +189,17 @@ def resolve_profile(suite: DuplicationSuite, profile: str) -> ResolvedSuite:
         raise ValueError(f"profile={profile!r}: not in suite {suite.name!r}; choose one of {sorted(suite.profiles)}")
     p = suite.profiles[profile]
     task = DuplicationTask(half_len=p.task.half_len, n_symbols=p.task.n_symbols)
-    return ResolvedSuite(suite=suite.name, profile=profile, task=task, base=base_config(p), train=p.train,
+    copy = suite.copy_distance if p.copy_distance is not None else None
+    base = base_config(p)
+    if copy is not None:  # the longest length fixes max_seq_len of each copy model; refuse a bad one now
+        for model in copy.models:
+            model.apply(base.replace(max_seq_len=2 * max(p.copy_distance.half_lens)))
+    return ResolvedSuite(suite=suite.name, profile=profile, task=task, base=base, train=p.train,
                          eval=p.eval, train_models=suite.train_models, eval_settings=suite.eval_settings,
-                         description=p.description)
+                         description=p.description,
+                         copy_models=copy.models if copy else (),
+                         copy_half_lens=p.copy_distance.half_lens if copy else (),
+                         copy_description=copy.description if copy else "")
 
 
 def resolve_device(device: Optional[str], profile: str) -> str:
@@ -160,6 +218,14 @@ def eval_point_id(model: AttentionSetting, setting: AttentionSetting) -> str:
     return f"dup-eval-{model.name}-as-{setting.name}"
 
 
+def copy_train_id(model: AttentionSetting, half_len: int) -> str:
+    return f"dup-cd-train-{model.name}-L{2 * half_len}"
+
+
+def copy_eval_id(model: AttentionSetting, half_len: int) -> str:
+    return f"dup-cd-eval-{model.name}-L{2 * half_len}"
+
+
 def planned_ids(run: ResolvedSuite) -> list[str]:
     """Every point a run of this suite records: one per trained model, one per Table 2 cell."""
     return training_plan(run).planned_ids()
@@ -173,6 +239,28 @@ def training_plan(run: ResolvedSuite) -> TrainingPlan:
     evals = tuple(EvalPoint(point_id=eval_point_id(m, s), train=trains[m.name], setting=s.name,
                             cfg=run.eval_config(m, s), studies=("table2",))
                   for m in run.train_models for s in run.eval_settings)
+    copy_trains, copy_evals = _copy_distance_points(run, trains)
     return TrainingPlan(kind=WORKLOAD, suite=run.suite, profile=run.profile,
                         task=DuplicationTraining(run.task, run.eval), spec=run.to_json(),
-                        trains=tuple(trains.values()), evals=evals, threads=run.train.threads)
+                        trains=(*trains.values(), *copy_trains), evals=(*evals, *copy_evals),
+                        threads=run.train.threads)
+
+
+def _copy_distance_points(run: ResolvedSuite, table2: dict[str, TrainPoint]):
+    """Each copy-distance model trained at each length (a Table 2 training of the same configuration
+    and length is reused) and scored as trained on held-out sequences of that length."""
+    trains, evals = [], []
+    for half_len in run.copy_half_lens:
+        task = None if half_len == run.task.half_len else DuplicationTraining(run.copy_task(half_len), run.eval)
+        for model in run.copy_models:
+            cfg = run.copy_config(model, half_len)
+            same = table2.get(model.name)
+            if task is None and same is not None and same.cfg == cfg:
+                train = same
+            else:
+                train = TrainPoint(point_id=copy_train_id(model, half_len), name=model.name, seed=run.train.seed,
+                                   cfg=cfg, settings=run.train, studies=("copy_distance",), task=task)
+                trains.append(train)
+            evals.append(EvalPoint(point_id=copy_eval_id(model, half_len), train=train, setting=model.name,
+                                   cfg=cfg, studies=("copy_distance",)))
+    return trains, evals

@@ -231,7 +231,7 @@ class WorkerExecutor:
                 record = train_record(u.plan, u.run_id, point, u.device, None, status, reason, wall_s)
             elif isinstance(point, EvalPoint):
                 record = eval_record(u.plan, u.run_id, point, u.device, None, status, reason, wall_s,
-                                     u.plan.task.eval_batch_size)
+                                     u.plan.task_of(point.train).eval_batch_size)
             else:
                 record = analysis_record(u.plan, u.run_id, point, u.device, None, status, reason, wall_s)
             record["effective"] = {**(record.get("effective") or {}), **(effective or {})}

@@ -29,6 +29,8 @@ class TrainPoint:
     cfg: ReformerConfig
     settings: TrainSettings  # its seed is `seed`
     studies: tuple[str, ...] = ()
+    # Its own task where the plan's does not fit it (e.g. a copy task of another length); None: the plan's.
+    task: Optional[TrainingTask] = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,10 @@ class TrainingPlan:
         dupes = sorted({pid for pid in ids if ids.count(pid) > 1})
         if dupes:
             raise ValueError(f"suite {self.suite!r}: point ids {dupes} are planned twice")
+
+    def task_of(self, train: TrainPoint) -> TrainingTask:
+        """The task `train` (and every evaluation of it) runs on: its own, else the plan's."""
+        return train.task if train.task is not None else self.task
 
     def planned_ids(self) -> list[str]:
         return [p.point_id for p in (*self.trains, *self.evals, *self.analyses)]

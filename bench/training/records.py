@@ -30,13 +30,13 @@ def canonical_model(cfg: ReformerConfig) -> dict[str, Any]:
 
 def _params(plan: TrainingPlan, train: TrainPoint, cfg: ReformerConfig, device: str, batch_size: int,
             **extra: Any) -> dict[str, Any]:
-    model = canonical_model(cfg)
+    model, task = canonical_model(cfg), plan.task_of(train)
     t = train.settings
     return {
-        "workload": plan.task.workload, "impl": "ours", "device": device, "dtype": "float32",
-        "batch_size": batch_size, "seq_len": plan.task.seq_len,
+        "workload": task.workload, "impl": "ours", "device": device, "dtype": "float32",
+        "batch_size": batch_size, "seq_len": task.seq_len,
         **{f.name: model.get(f.name) for f in fields(ReformerConfig)},
-        **plan.task.params(), **plan.record_params,
+        **task.params(), **plan.record_params,
         "optimizer": "AdamW", "lr": t.lr, "warmup_steps": t.warmup_steps, "min_lr_ratio": t.min_lr_ratio,
         "betas": list(t.betas), "weight_decay": t.weight_decay, "grad_clip": t.grad_clip, "steps": t.steps,
         "train_batch_size": t.batch_size, "train_seed": t.seed, "seed": train.seed,
@@ -47,14 +47,15 @@ def _params(plan: TrainingPlan, train: TrainPoint, cfg: ReformerConfig, device: 
 def _record(plan: TrainingPlan, run_id: str, point_id: str, studies: tuple[str, ...], train: TrainPoint,
             cfg: ReformerConfig, device: str, batch_size: int, status: str, reason: Optional[str],
             metrics: dict[str, Any], wall_s: float, **extra: Any) -> dict[str, Any]:
-    point = GridPoint(suite=plan.suite, workload=plan.task.workload, device=device, dtype="float32",
-                      batch_size=batch_size, seq_len=plan.task.seq_len, model=canonical_model(cfg), repeats=1,
+    task = plan.task_of(train)
+    point = GridPoint(suite=plan.suite, workload=task.workload, device=device, dtype="float32",
+                      batch_size=batch_size, seq_len=task.seq_len, model=canonical_model(cfg), repeats=1,
                       warmup=0, studies=studies)
     return jsonable({
         "point_id": point_id, "run_id": run_id, "suite": plan.suite, "studies": list(studies),
         "status": status, "reason": reason, "point": point.to_json(),
         "params": _params(plan, train, cfg, device, batch_size, **extra),
-        "effective": dict(describe(cfg, plan.task.seq_len)) if status == "ok" else {},  # what really ran
+        "effective": dict(describe(cfg, task.seq_len)) if status == "ok" else {},  # what really ran
         "metrics": {**{k: None for k in CONTRACT_METRICS}, **metrics},
         "wall_s": round(wall_s, 3),
         "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

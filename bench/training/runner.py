@@ -53,7 +53,7 @@ class Units:
         t0 = time.perf_counter()
         before, own = load.snapshot(), load.process_cpu_s()
         try:
-            outcome = train_model(point.point_id, point.cfg, self.plan.task, point.settings, ckpt, self.device,
+            outcome = train_model(point.point_id, point.cfg, self.plan.task_of(point), point.settings, ckpt, self.device,
                                   validate_every=self.plan.validate_every, deadline=self.deadline,
                                   on_step=self._progress(point, steps))
             saved = self._activation_mib(point, ckpt) if outcome.finished else None
@@ -82,14 +82,14 @@ class Units:
         t0 = time.perf_counter()
         try:
             model = self._load(ev.train, ev.cfg)
-            metrics = self.plan.task.evaluate(model, torch.device(self.device))
+            metrics = self.plan.task_of(ev.train).evaluate(model, torch.device(self.device))
             status, reason = "ok", None
         except Exception as err:  # noqa: BLE001
             metrics, (status, reason) = None, classify(err)
         head = next(iter(metrics.items())) if metrics else ("", "")
         self.say(f"eval {ev.point_id}: {status} {reason or f'{head[0]} {head[1]:.4g}'}")
         return eval_record(self.plan, self.run_id, ev, self.device, metrics, status, reason,
-                           time.perf_counter() - t0, self.plan.task.eval_batch_size)
+                           time.perf_counter() - t0, self.plan.task_of(ev.train).eval_batch_size)
 
     def analyse(self, an: AnalysisPoint) -> dict[str, Any]:
         t0 = time.perf_counter()
@@ -105,12 +105,12 @@ class Units:
         """The record of an evaluation or analysis whose model did not finish training."""
         if isinstance(point, EvalPoint):
             return eval_record(self.plan, self.run_id, point, self.device, None, "skipped", why, 0.0,
-                               self.plan.task.eval_batch_size)
+                               self.plan.task_of(point.train).eval_batch_size)
         return analysis_record(self.plan, self.run_id, point, self.device, None, "skipped", why, 0.0)
 
     def _activation_mib(self, point: TrainPoint, ckpt: Path) -> float:
         model = load_trained(ckpt, point.cfg, self.device)
-        batch = self.plan.task.stream(point.seed).next_batch(point.settings.batch_size).to(self.device)
+        batch = self.plan.task_of(point).stream(point.seed).next_batch(point.settings.batch_size).to(self.device)
         return activation_mib(model, batch)
 
     def _progress(self, point: TrainPoint, total: int) -> Callable[[int], None]:

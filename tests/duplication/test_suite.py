@@ -21,7 +21,8 @@ def test_the_shipped_suite_is_table_2():
     suite = load_suite(DEFAULT_SUITE)
     assert [(m.attention, m.n_hashes) for m in suite.train_models] == [("full", None), ("lsh", 4), ("lsh", 2), ("lsh", 1)]
     assert [(s.attention, s.n_hashes) for s in suite.eval_settings] == [
-        ("full", None), ("lsh", 8), ("lsh", 4), ("lsh", 2), ("lsh", 1)]
+        ("full", None), ("lsh", 8), ("lsh", 4), ("lsh", 2), ("lsh", 1), ("full", None)]
+    assert [s.self_mask for s in suite.eval_settings] == [None] * 5 + [False]
     gpu = resolve_profile(suite, "gpu")
     assert (gpu.task.seq_len, gpu.task.n_symbols) == (1024, 127)
     assert (gpu.base.d_model, gpu.base.d_ff, gpu.base.n_heads, gpu.base.n_layers) == (256, 256, 4, 1)
@@ -72,10 +73,13 @@ def test_unknown_profile_is_refused():
 def test_the_plan_is_table_2_rows_trained_then_every_cell_evaluated():
     run = resolve_profile(load_suite(DEFAULT_SUITE), "cpu")
     plan = training_plan(run)
-    rows, cols = ["full", "lsh-4", "lsh-2", "lsh-1"], ["full", "lsh-8", "lsh-4", "lsh-2", "lsh-1"]
-    assert [p.point_id for p in plan.trains] == [f"dup-train-{m}" for m in rows]
-    assert [p.point_id for p in plan.evals] == [f"dup-eval-{m}-as-{s}" for m in rows for s in cols]
-    assert planned_ids(run) == plan.planned_ids() and len(set(plan.planned_ids())) == 4 + 20
+    rows = ["full", "lsh-4", "lsh-2", "lsh-1"]
+    cols = ["full", "lsh-8", "lsh-4", "lsh-2", "lsh-1", "full-no-self-mask"]
+    assert [p.point_id for p in plan.trains if "train" in p.studies] == [f"dup-train-{m}" for m in rows]
+    assert [p.point_id for p in plan.evals if "table2" in p.studies] == [f"dup-eval-{m}-as-{s}" for m in rows for s in cols]
+    copies = len(run.copy_models) * len(run.copy_half_lens)
+    assert planned_ids(run) == plan.planned_ids()
+    assert len(set(plan.planned_ids())) == 4 + 24 + (copies - 4) + copies  # Table 2's 4 trainings reused once
     lsh1_as_8 = next(e for e in plan.evals if e.point_id == "dup-eval-lsh-1-as-lsh-8")
     assert lsh1_as_8.train.cfg.n_hashes == 1 and lsh1_as_8.cfg.n_hashes == 8
     assert lsh1_as_8.cfg.replace(n_hashes=1) == lsh1_as_8.train.cfg  # the same model, more rounds

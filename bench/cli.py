@@ -19,7 +19,7 @@ from bench.executors.base import ClusterLost, ExecutorError
 from bench.options import ReportFailed, RunError, RunOptions, Terminated, raise_terminated
 from bench.listing import counts_cells, outline
 from bench.reference import promote
-from bench.store import StoreError, is_reference, load_run_json
+from bench.store import StoreError, check_run_names, is_reference, load_run_json
 from bench.suite import DEFAULT_MAX_POINTS, PROFILES, SUITES_DIR, SuiteError, resolve_suite_path, suite_kind
 
 
@@ -315,8 +315,8 @@ def cmd_publish(args: argparse.Namespace, console: Console) -> int:
     # Imported here: publishing pulls in pandas and the W&B sink.
     from bench.publish import PublishError, publish_report, publish_run
 
-    for run_dir in args.run_dirs:
-        load_run_json(run_dir)
+    for run_dir in args.run_dirs:  # W&B keys and media files are named after them
+        check_run_names(run_dir, load_run_json(run_dir))
     try:
         for run_dir in args.run_dirs:
             publish_run(run_dir, online=args.online)

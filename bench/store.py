@@ -145,6 +145,21 @@ def load_run_json(run_dir: Path) -> dict[str, Any]:
     return meta
 
 
+def check_run_names(run_dir: Path, meta: Mapping[str, Any]) -> None:
+    """The names of a run.json that become file names and W&B keys (its suite and run id, its
+    suite_spec's studies, models and evaluation settings): each one plain name, else a StoreError
+    naming the field (what a suite the loader refuses today, or an edited run.json, left there)."""
+    path = Path(run_dir) / RUN_JSON
+    for key in ("suite", "run_id"):
+        if meta.get(key) is not None:
+            check_name(f"{path}: {key}", str(meta[key]))
+    spec = meta.get("suite_spec") if isinstance(meta.get("suite_spec"), Mapping) else {}
+    for key in ("studies", "models", "eval_settings"):
+        names = spec.get(key)
+        for name in names if isinstance(names, Mapping) else ():
+            check_name(f"{path}: suite_spec.{key}: name", str(name))
+
+
 def plan_key(spec: Mapping[str, Any], planned: Iterable[str]) -> str:
     """What a continued run must share with the one that began it: the resolved suite (without its
     file's location or prose) and the planned point ids. Equal content gives equal keys on any checkout."""

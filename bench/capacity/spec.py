@@ -72,7 +72,8 @@ class SearchSpec(BaseModel):
 class ConfigSpec(_WithSettings):
     """One configuration, or several: `grid` axes are crossed, each combination a configuration."""
 
-    name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.+-]+$")]
+    # a label in tables, never a path: no '/', '[' or space, and no '.' first (so never '.' or '..')
+    name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_+-][A-Za-z0-9_.+-]*$")]
     base: Settings
     grid: dict[str, Annotated[list[Any], Field(min_length=1)]] = Field(default_factory=dict)
 

@@ -8,8 +8,6 @@ import os
 import socket
 import subprocess
 import sys
-from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 

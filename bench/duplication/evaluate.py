@@ -21,7 +21,7 @@ class AttentionSetting(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")  # also a checkpoint file name
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$")  # a file name part: no leading dot
     attention: Literal["full", "sdpa", "lsh", "local"]
     n_hashes: Optional[int] = Field(default=None, ge=1)
     # False: full attention without the shared-QK self-mask (a query may attend to its own key);

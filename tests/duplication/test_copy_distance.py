@@ -93,3 +93,11 @@ def test_the_self_mask_verdict_follows_the_accuracies(no_mask, verdict):
     trained = {"lsh-4": ("lsh", 4), "lsh-1": ("lsh", 1)}
     (line,) = cd.self_mask_findings(measured, keys, trained, 3.125, (NO_SELF_MASK, None))
     assert verdict in line and "`lsh-4` 100.0% / " in line
+
+
+@pytest.mark.parametrize("name", ["..", ".hidden", "a/b"])
+def test_a_setting_name_that_is_not_a_plain_file_name_part_is_refused(tmp_path, name):
+    def mutate(raw):
+        raw["train_models"][0]["name"] = name
+    with pytest.raises(SuiteError, match="name"):
+        load_suite(_suite(tmp_path, mutate))

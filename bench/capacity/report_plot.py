@@ -50,17 +50,19 @@ def plot(df: pd.DataFrame, plan: CapacityPlan, path: Path, caption: str) -> Path
                    label="Table 3 term: the paper's lower bound on memory (an upper bound on the length)")
     ax.set_xscale("log", base=2)
     ax.set_xlim(left=left, right=max(known) * 6)
-    ax.set_yticks(range(len(df)), df.configuration)
+    budgets = sorted(set(df.budget_gib))
+    names = [f"{c} ({b:g} GiB)" if len(budgets) > 1 else c for c, b in zip(df.configuration, df.budget_gib)]
+    ax.set_yticks(range(len(df)), names)
     ax.invert_yaxis()
     ax.set_xlabel(f"longest {plan.over.replace('_', ' ')} under the budget ({UNIT[plan.over]}, log scale)")
-    handles = [Rectangle((0, 0), 1, 1, color=c, alpha=0.9) for c in KINDS.values()]
-    labels = [f"measured, attention={k}" for k in KINDS]
+    present = [k for k in KINDS if k in set(df.attention)]
+    handles = [Rectangle((0, 0), 1, 1, color=KINDS[k], alpha=0.9) for k in present]
+    labels = [f"measured, attention={k}" for k in present]
     if any(predicted):
         handles.append(Rectangle((0, 0), 1, 1, facecolor="#bbbbbb", hatch="///", edgecolor="#777777"))
         labels.append("calibrated prediction (3 small probes, fitted, solved for the budget)")
     hs, ls = ax.get_legend_handles_labels()
     ax.legend(handles + hs, labels + ls, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
-    budgets = sorted(set(df.budget_gib))
     ax.set_title(f"{plan.suite} ({plan.profile}): how long a sequence fits in "
                  f"{' / '.join(f'{b:g}' for b in budgets)} GiB", fontsize=10)
     lines = textwrap.wrap(caption, 150)

@@ -48,17 +48,30 @@ def copy_findings(table: pd.DataFrame, chance: float, window: Optional[int], kin
                    if low else " No model is at chance.")
         out.append(f"- Length {length}: {parts}.{verdict}{reach}{where}")
     local = [m for m in table.index if kinds.get(m) == "local"]
-    others = [m for m in table.index if kinds.get(m) != "local"]
-    if local and others and window:
-        far = [c for c in table.columns if c // 2 > window]
-        if far:
-            local_chance = all(at_chance(table.loc[m, c]) for m in local for c in far if pd.notna(table.loc[m, c]))
-            best = table.loc[others, far].max(axis=0)
-            out.append(f"- Where the copy is out of the local window ({', '.join(str(c) for c in far)} tokens): "
-                       f"local {'is' if local_chance else 'is not'} at chance, while the best hashing or full "
-                       f"model scores {best.min():.1f}% to {best.max():.1f}%: "
-                       f"{'what hashing buys: it reaches what a window cannot' if local_chance and best.min() > COLLAPSE * chance else 'inconclusive: the models do not separate'}.{where}")
+    lsh = [m for m in table.index if kinds.get(m) == "lsh"]
+    full = [m for m in table.index if kinds.get(m) in ("full", "sdpa")]
+    if local and window:
+        verdicts = [_verdict(table, length, local, lsh, full, chance) for length in table.columns if length // 2 > window]
+        if verdicts:
+            out.append(f"- Where the copy is out of the local window: {'; '.join(verdicts)}.{where}")
     return out
+
+
+def _verdict(table: pd.DataFrame, length: int, local: list, lsh: list, full: list, chance: float) -> str:
+    """What one length shows about hashing against the window (accuracies in %)."""
+    col = table[length]
+    best = lambda models: max((col[m] for m in models if pd.notna(col[m])), default=float("nan"))  # noqa: E731
+    top_local, top_lsh, top_full = best(local), best(lsh), best(full)
+    floor = COLLAPSE * chance
+    if top_local > floor:
+        return f"at {length}, local scores {top_local:.1f}% (above chance: unexplained, its window cannot reach the copy)"
+    if top_lsh > floor:
+        return (f"at {length}, local is at chance ({top_local:.1f}%) and LSH reaches {top_lsh:.1f}%: "
+                f"hashing finds what the window cannot")
+    if top_full > floor:
+        return (f"at {length}, local and LSH are at chance while full attention reaches {top_full:.1f}%: "
+                f"LSH did not learn the copy in this training budget (inconclusive for hashing)")
+    return f"at {length}, every model is at chance: inconclusive, nothing learned the copy in this training budget"
 
 
 def self_mask_findings(measured: pd.DataFrame, keys: Mapping[str, tuple], trained: Mapping[str, tuple],
@@ -83,8 +96,15 @@ def self_mask_findings(measured: pd.DataFrame, keys: Mapping[str, tuple], traine
         verdict = "both rules collapse: the self-mask does not decide it"
     else:
         verdict = "neither rule collapses to chance: the paper's 0.8% is not reproduced by the self-mask (unexplained)"
+    full_rows = [r for r, k in trained.items() if k[0] == "full" and r in measured.index]
+    also = ""
+    if collapsed[b] and full_rows:
+        r = full_rows[0]
+        if measured.loc[r, b] <= COLLAPSE * chance:
+            also = (f"; the full-attention-trained `{r}` (trained with the mask) collapses too ({measured.loc[r, b]:.1f}%), "
+                    f"so the paper's 100% for its full row fits only a full model trained under the same unmasked rule")
     return [f"- LSH-trained models evaluated with full attention, with / without the self-mask: {rows} "
-            f"(chance {chance:.1f}%): {verdict}.{where}"]
+            f"(chance {chance:.1f}%): {verdict}{also}.{where}"]
 
 
 def plot_copy_distance(table: pd.DataFrame, chance: float, window: Optional[int], caption: str, path: Path) -> Path:

@@ -79,10 +79,15 @@ def test_copy_findings_say_local_is_at_chance_beyond_its_window():
     lines = cd.copy_findings(_table(), chance=3.125, window=16, kinds=kinds)
     assert any("Length 256" in s and "`local` 2.9%" in s and "At chance" in s and "beyond the local window of 16" in s
                for s in lines)
-    assert "local is at chance" in lines[-1] and "what hashing buys" in lines[-1] and "98.0% to 99.0%" in lines[-1]
-    copying = _table().assign(**{})
+    assert "at 256, local is at chance (2.9%) and LSH reaches 90.0%: hashing finds what the window cannot" in lines[-1]
+    copying = _table()
     copying.loc["local"] = [60.0, 50.0]
-    assert "local is not at chance" in cd.copy_findings(copying, 3.125, 16, kinds)[-1]
+    assert "above chance: unexplained" in cd.copy_findings(copying, 3.125, 16, kinds)[-1]
+    untrained = _table()
+    untrained.loc["lsh-2"] = [3.0, 3.1]
+    assert "LSH did not learn the copy" in cd.copy_findings(untrained, 3.125, 16, kinds)[-1]
+    untrained.loc["full"] = [3.0, 3.1]
+    assert "every model is at chance: inconclusive" in cd.copy_findings(untrained, 3.125, 16, kinds)[-1]
 
 
 @pytest.mark.parametrize("no_mask, verdict", [(2.0, "dropping the self-mask reproduces"),
@@ -93,6 +98,9 @@ def test_the_self_mask_verdict_follows_the_accuracies(no_mask, verdict):
     trained = {"lsh-4": ("lsh", 4), "lsh-1": ("lsh", 1)}
     (line,) = cd.self_mask_findings(measured, keys, trained, 3.125, (NO_SELF_MASK, None))
     assert verdict in line and "`lsh-4` 100.0% / " in line
+    with_full = pd.concat([measured, pd.DataFrame({"full": [100.0], "full-no-self-mask": [no_mask]}, index=["full"])])
+    (line,) = cd.self_mask_findings(with_full, keys, {**trained, "full": ("full", None)}, 3.125, (NO_SELF_MASK, None))
+    assert ("collapses too" in line) == (no_mask < 5)
 
 
 @pytest.mark.parametrize("name", ["..", ".hidden", "a/b"])

@@ -11,6 +11,7 @@ from typing import Callable, Optional
 
 import torch
 
+from bench.measure import SavedTensorCounter
 from bench.training.checkpoint import (
     CHECKPOINT_FORMAT, check_identity, hash_rng_state, load_checkpoint, restore_hash_rng, restore_rng, rng_state,
     save_checkpoint,
@@ -222,7 +223,6 @@ def load_trained(checkpoint: Path, cfg: ReformerConfig, device: str | torch.devi
 def activation_mib(model: torch.nn.Module, batch: Batch) -> float:
     """MiB autograd keeps from one training forward for the backward, parameters excluded: the
     device-independent memory figure of a training point (the allocator peak needs CUDA)."""
-    from bench.measure import SavedTensorCounter
 
     model.train()
     with SavedTensorCounter(exclude=model.parameters()) as counter:

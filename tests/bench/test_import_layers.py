@@ -144,7 +144,7 @@ def test_imports_inside_functions_of_the_run_layers_say_why():
 
 
 # Other owners' modules whose function-level imports still need their reason (issue 20 item 5).
-PENDING = frozenset({"bench/quality/report_frames.py", "bench/quality/task.py", "bench/training/loop.py"})
+PENDING = frozenset({"bench/quality/report_frames.py", "bench/quality/task.py"})
 
 
 def test_imports_inside_functions_say_why_outside_the_pending_modules():

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 import torch
@@ -35,12 +35,15 @@ def eval_starts(n_bytes: int, seq_len: int, max_windows: Optional[int] = None) -
 
 @dataclass(frozen=True)
 class Evaluation:
-    """Held-out result: mean nats per byte, its bits per byte, and how many bytes were scored."""
+    """Held-out result: mean nats per byte, its bits per byte, how many bytes were scored, and each
+    window's bits per byte in window order (every window has seq_len targets, so their mean is the
+    whole figure): what differences paired by window are computed from."""
 
     nats_per_byte: float
     bits_per_byte: float
     n_bytes: int
     n_windows: int
+    window_bpb: tuple[float, ...] = field(default=(), repr=False)
 
 
 @torch.no_grad()
@@ -52,12 +55,15 @@ def evaluate(
     (tokens (B, seq_len) int64 -> logits (B, seq_len, 256)); the sum runs in float64."""
     starts = eval_starts(data.numel(), seq_len, max_windows)
     offsets = torch.arange(seq_len + 1)
-    total, count = 0.0, 0
+    total, count, per_window = 0.0, 0, []
     for i in range(0, len(starts), batch_size):
         windows = data[torch.tensor(starts[i : i + batch_size])[:, None] + offsets].long().to(device)
         logits = logits_fn(windows[:, :-1])
-        losses = F.cross_entropy(logits.flatten(0, 1).double(), windows[:, 1:].flatten(), reduction="sum")
-        total += float(losses)
+        losses = F.cross_entropy(logits.flatten(0, 1).double(), windows[:, 1:].flatten(), reduction="none")
+        sums = losses.view(windows.shape[0], seq_len).sum(dim=1)
+        total += float(sums.sum())
+        per_window += [bits_per_byte(v / seq_len) for v in sums.tolist()]
         count += windows.shape[0] * seq_len
     nats = total / count
-    return Evaluation(nats_per_byte=nats, bits_per_byte=bits_per_byte(nats), n_bytes=count, n_windows=len(starts))
+    return Evaluation(nats_per_byte=nats, bits_per_byte=bits_per_byte(nats), n_bytes=count, n_windows=len(starts),
+                      window_bpb=tuple(per_window))

@@ -10,15 +10,18 @@ import torch
 from bench.quality.data import BatchSampler, Corpus
 from bench.quality.metrics import evaluate
 from bench.training.checkpoint import reset_hash_generators
+from bench.training.records import PER_ITEM
 from bench.training.task import Batch, StepStream
 
 WORKLOAD = "lm"
+WINDOW_DIGITS = 5  # per-window bpb kept to 1e-5 bpb: far below any difference a verdict weighs, ~8 bytes a window
 
 
 @dataclass(frozen=True)
 class TextLM:
     """Next-byte prediction on `corpus`. Evaluation scores `eval_windows` evenly spaced windows of the
-    valid split (None: all of them); learning curves use `curve_windows` of them."""
+    valid split (None: all of them), keeping each window's bpb beside the mean (the record's
+    `per_window`); learning curves use `curve_windows` of them."""
 
     corpus: Corpus = field(repr=False)
     seq_len: int
@@ -53,7 +56,8 @@ class TextLM:
         t0 = time.perf_counter()
         ev = self._bpb(model, device, self.eval_windows)
         return {"bpb": ev.bits_per_byte, "nats_per_byte": ev.nats_per_byte, "eval_bytes": ev.n_bytes,
-                "eval_windows": ev.n_windows, "eval_s": round(time.perf_counter() - t0, 3)}
+                "eval_windows": ev.n_windows, "eval_s": round(time.perf_counter() - t0, 3),
+                PER_ITEM: {"bpb": [round(v, WINDOW_DIGITS) for v in ev.window_bpb]}}
 
     def validate(self, model: torch.nn.Module, device: torch.device) -> Optional[dict[str, float]]:
         return {"valid_bpb": self._bpb(model, device, self.curve_windows).bits_per_byte}

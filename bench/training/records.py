@@ -19,6 +19,9 @@ CONTRACT_METRICS = (
     "nvml_device_used_mib", "nvml_process_used_mib", "peak_rss_mib", "rss_delta_mib",
     "saved_for_backward_mib", "predicted_memory_term", "predicted_time_term",
 )
+# Where a task's evaluation returns per-item figures (the quality task: each held-out window's bpb):
+# kept as the evaluation record's own field, so `metrics` stays one number per name.
+PER_ITEM = "per_window"
 
 
 def canonical_model(cfg: ReformerConfig) -> dict[str, Any]:
@@ -84,9 +87,15 @@ def train_record(plan: TrainingPlan, run_id: str, train: TrainPoint, device: str
 
 def eval_record(plan: TrainingPlan, run_id: str, ev: EvalPoint, device: str, metrics: Optional[dict[str, Any]],
                 status: str, reason: Optional[str], wall_s: float, batch_size: int) -> dict[str, Any]:
-    """One record per (trained model, evaluation setting)."""
-    return _record(plan, run_id, ev.point_id, ev.studies, ev.train, ev.cfg, device, batch_size, status, reason,
-                   dict(metrics or {}), wall_s, role="eval", eval_setting=ev.setting)
+    """One record per (trained model, evaluation setting); the evaluation's per-item figures (PER_ITEM), if
+    any, in the record's own field of that name."""
+    metrics = dict(metrics or {})
+    per_item = metrics.pop(PER_ITEM, None)
+    rec = _record(plan, run_id, ev.point_id, ev.studies, ev.train, ev.cfg, device, batch_size, status, reason,
+                  metrics, wall_s, role="eval", eval_setting=ev.setting)
+    if per_item is not None:
+        rec[PER_ITEM] = jsonable(per_item)
+    return rec
 
 
 def analysis_record(plan: TrainingPlan, run_id: str, an: AnalysisPoint, device: str,

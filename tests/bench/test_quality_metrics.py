@@ -61,3 +61,20 @@ def test_evaluation_of_a_real_model_is_deterministic():
     first, second = run(), run()
     assert first == second
     assert 7.0 < first.bits_per_byte < 9.5  # an untrained model is near uniform
+
+
+def test_each_windows_bpb_is_kept_and_their_mean_is_the_whole_figure():
+    """Data where byte i+1 = byte i + 1, and a model right on every byte but those of the second window:
+    that window pays 8 bits a byte (uniform logits there), the others the closed-form figure."""
+    data = (torch.arange(401) % 256).to(torch.uint8)
+    a = 3.0
+
+    def logits_fn(x):
+        logits = torch.zeros(*x.shape, 256).scatter_(-1, ((x + 1) % 256).unsqueeze(-1), a)
+        logits[x[:, 0] == 50] = 0.0  # the window starting at byte 50
+        return logits
+
+    result = evaluate(logits_fn, data, seq_len=50, batch_size=3)
+    right = -math.log2(math.exp(a) / (math.exp(a) + 255))
+    assert result.window_bpb == pytest.approx([right, 8.0] + [right] * 6, rel=1e-12)
+    assert sum(result.window_bpb) / len(result.window_bpb) == pytest.approx(result.bits_per_byte, rel=1e-12)

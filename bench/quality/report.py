@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -17,13 +18,16 @@ from bench import store
 from bench.environment import portable_path
 from bench.load import OTHER_CPU_LIMIT, STEAL_LIMIT
 from bench.quality.report_figures import BPB, model_colours, plot_approximation, plot_learning_curves, plot_pareto
+from bench.quality import baselines as count_models
 from bench.quality.report_frames import (
-    AS_TRAINED, AXES, Spread, approx_frame, bpb_by_seed, coinciding, curve_frame, eval_frame, final_table,
-    load_summary, memory_column, model_configs, models_frame, study_x, train_frame,
+    AS_TRAINED, AXES, Spread, approx_frame, bpb_by_seed, coinciding, count_frame, curve_frame, eval_frame,
+    final_table, load_summary, memory_column, model_configs, models_frame, spec_controls, study_x, train_frame,
+    windows_by_seed,
 )
 from bench.quality.verdicts import (
-    COINCIDE_BPB, MIN_REAL_BPB, RULE, SAME_FUNCTION, Coincidence, Paired, PartVerdict, coincidence, paired,
-    same_function_pairs, study_verdict, why_context, why_not,
+    COINCIDE_BPB, CONFIDENCE, LEARNED_MARGIN_BPB, MIN_REAL_BPB, RULE, SAME_FUNCTION, BaselineScore, Coincidence,
+    Comparison, Gate, Interval, Margin, PartVerdict, coincidence, learned_gate, paired, same_function_pairs,
+    study_verdict, why_context, why_not,
 )
 from bench.report.findings import slug  # a file name from user text: one plain component
 from bench.report.frames import status_frame
@@ -57,10 +61,14 @@ def _s(s: Spread) -> str:
 def readable_final(table: pd.DataFrame) -> pd.DataFrame:
     """The final table with headings in words and units; spreads as min–max; a step time measured
     with any seed's training under load marked †."""
+    roles = table["role"] if "role" in table.columns else pd.Series(["model"] * len(table), index=table.index)
+    counted = roles == "count model"
     out = pd.DataFrame({
-        "model": table["model"], "evaluated as": table["setting"], "seeds": table["n_seeds"],
+        "model": [m if r == "model" else f"{m} ({r}, baseline)" for m, r in zip(table["model"], roles)],
+        "evaluated as": table["setting"],
+        "seeds": ["–" if c else _num(n, ".0f") for n, c in zip(table["n_seeds"], counted)],
         f"mean {BPB}": table["bpb_mean"].map(lambda v: f"{v:.4f}"),
-        "bpb min–max": [f"{a:.4f}–{b:.4f}" for a, b in zip(table["bpb_min"], table["bpb_max"])],
+        "bpb min–max": ["–" if c else f"{a:.4f}–{b:.4f}" for a, b, c in zip(table["bpb_min"], table["bpb_max"], counted)],
         "bpb std": table["bpb_std"].map(lambda v: _num(v, ".4f")),
         "step (ms)": [_num(v) + (LOADED if loaded and _num(v) else "")
                       for v, loaded in zip(table["step_ms"], table["under_load"])],
@@ -126,30 +134,79 @@ def models_markdown(trains: pd.DataFrame, spec: Mapping[str, Any], models: Seque
             "pre-norm Transformer, x + Attn(x) then + FF(x).", "", md(frame), ""]
 
 
-def _call(d: Paired) -> str:
+def _ci(ci: Interval | None, sign: float = 1.0) -> str:
+    """An interval as text ('+a to +b'), optionally of the negated difference."""
+    if ci is None:
+        return "no interval (a single value)"
+    lo, hi = sorted((sign * ci.lo, sign * ci.hi))
+    return f"{lo:+.4f} to {hi:+.4f}"
+
+
+def _call(c: Comparison) -> str:
     """Why the rule called this difference what it did, in words."""
-    if len(d.diffs) == 1:
+    d = c.d
+    if len(d.diffs) == 1 and c.ci is None:
         return f"one seed, no spread known: threshold {MIN_REAL_BPB} alone"
     if not (all(x < 0 for x in d.diffs) or all(x > 0 for x in d.diffs)):
         return "seeds disagree in sign"
     if abs(d.mean) < MIN_REAL_BPB - 1e-12:
         return f"every seed agrees but |mean d| < {MIN_REAL_BPB}"
+    if c.ci is not None and not c.ci.excludes_zero:
+        return f"every seed agrees and |mean d| >= {MIN_REAL_BPB}, but the {CONFIDENCE:.0%} interval includes 0"
     return f"every seed agrees and |mean d| >= {MIN_REAL_BPB}"
 
 
-def verdict_markdown(verdict: str, parts: Sequence[PartVerdict], context: Mapping[str, Any]) -> list[str]:
-    """The study's verdict, each part's comparisons with their numbers, and, where a part does not
-    reproduce (or stays within noise), the templated reasons it may not at this scale."""
+def _interval_text(c: Comparison) -> str:
+    if c.ci is None:
+        return ""
+    return (f" {CONFIDENCE:.0%} interval of mean d: {_ci(c.ci)} bpb over {c.ci.over}"
+            f"{'' if c.ci.excludes_zero else ', includes 0'}.")
+
+
+def margin_text(m: Margin, what: str) -> str:
+    ci = f", {CONFIDENCE:.0%} interval {_ci(m.ci, -1.0)}" if m.ci is not None else ""
+    return f"{m.below:+.4f} bpb below {what} `{m.baseline.name}` ({m.baseline.bpb:.4f}{ci})"
+
+
+def gate_text(gate: Gate | None) -> str:
+    """The reference model's margins below the baselines, and whether the study may be judged."""
+    if gate is None:
+        return ""
+    if gate.reference_bpb is None:
+        return f"**Learned?** The reference `{gate.reference}` has no evaluation: nothing can be judged."
+    margins = "; ".join(margin_text(m, what) for m, what in ((gate.control, "the no-attention control"),
+                                                              (gate.count, "the best count model")) if m is not None)
+    if gate.learned is None:
+        known = f": {margins}" if margins else ""
+        return (f"**Learned?** Reference `{gate.reference}` {gate.reference_bpb:.4f} bpb{known}. Not known: "
+                f"{'; '.join(gate.missing)}, so no verdict is drawn (needed: >= {gate.margin} bpb below the "
+                f"no-attention control and the best count model).")
+    word = ("yes: its differences are read as a verdict" if gate.learned
+            else "no: the models are at n-gram level, so no verdict is drawn")
+    return (f"**Learned?** Reference `{gate.reference}` {gate.reference_bpb:.4f} bpb: {margins} (needed: >= "
+            f"{gate.margin} bpb below each) → {word}.")
+
+
+def verdict_markdown(verdict: str, parts: Sequence[PartVerdict], context: Mapping[str, Any],
+                     gate: Gate | None = None) -> list[str]:
+    """The study's verdict, its reference's margins below the baselines, each part's comparisons with
+    their numbers and intervals, and, where a part does not reproduce (or stays within noise), the
+    templated reasons it may not at this scale."""
     lines = [f"**Verdict: {verdict}.**", ""]
+    if gate is not None:
+        lines += [gate_text(gate), ""]
     if verdict == "no rule":
         return lines + ["_No claim rule is defined for this study; its numbers are in the table above._", ""]
+    judged = gate is None or gate.verdict is None
     for p in parts:
-        lines += [f"- *{p.part.text}*: **{p.verdict}**"]
+        lines += [f"- *{p.part.text}*: **{p.verdict}**" + ("" if judged else " (as the rule would call it; "
+                                                                              "not a verdict here)")]
         for c in p.comparisons:
             per_seed = ", ".join(f"{x:+.4f}" for x in c.d.diffs)
             lines.append(f"  - {c.name} minus {c.versus}, per seed ({', '.join(map(str, c.d.seeds))}): {per_seed}; "
-                         f"mean d {c.diff:+.4f} bpb ({_call(c.d)}) → {c.outcome}. Unpaired: {_s(c.a)} vs {_s(c.b)}")
-        reasons = why_not(p.part, context) if p.verdict in ("does not reproduce", "within noise") else []
+                         f"mean d {c.diff:+.4f} bpb ({_call(c)}) → {c.outcome}. Unpaired: {_s(c.a)} vs {_s(c.b)}."
+                         f"{_interval_text(c)}")
+        reasons = why_not(p.part, context) if judged and p.verdict in ("does not reproduce", "within noise") else []
         if reasons:
             lines.append("  - _Why it may not at this scale:_ " + " ".join(reasons))
     return lines + [""]
@@ -174,7 +231,8 @@ def curves_caption(name: str, study: Mapping[str, Any], spec: Mapping[str, Any],
     """What a learning-curve figure shows and everything held fixed."""
     ev, train = spec.get("eval") or {}, spec.get("train") or {}
     fixed = ", ".join(f"{k} {v}" for k, v in (spec.get("model") or {}).items() if k != study.get("x"))
-    return (f"{name} ({study.get('paper')}): lines are the mean over {len(spec.get('seeds') or ()) or '?'} training "
+    seeds = (spec.get("study_seeds") or {}).get(name) or spec.get("seeds") or ()
+    return (f"{name} ({study.get('paper')}): lines are the mean over {len(seeds) or '?'} training "
             f"seeds, bands the min–max over seeds; held-out bpb on {ev.get('curve_windows')} valid windows every "
             f"{ev.get('validate_every')} steps; training loss is the mean over each log interval, in nats / ln 2. "
             f"Right: against cumulative training seconds (mean over seeds). Held fixed unless the model's name says "
@@ -183,15 +241,44 @@ def curves_caption(name: str, study: Mapping[str, Any], spec: Mapping[str, Any],
             f"{device}.")
 
 
+@dataclass(frozen=True)
+class Evidence:
+    """What the verdicts are computed from: bpb per (model, setting) and seed, per-window bpb where the
+    records keep it, and the baselines (the no-attention controls' names, the count models' scores)."""
+
+    by_seed: Mapping
+    windows: Mapping = field(default_factory=dict)
+    controls: Sequence[str] = ()
+    counts: Sequence[BaselineScore] = ()
+
+    def gate(self, study: Mapping[str, Any]) -> Gate:
+        models = list(study.get("models") or ())
+        return learned_gate(study.get("baseline") or models[-1], self.by_seed, self.windows, self.controls,
+                            self.counts)
+
+    def verdict(self, name: str, study: Mapping[str, Any], x_of: Mapping[str, Any],
+                spec: Mapping[str, Any]) -> tuple[str, list[PartVerdict], Gate]:
+        gate = self.gate(study)
+        verdict, parts = study_verdict(name, study, x_of, self.by_seed, spec.get("eval_settings") or {},
+                                       self.windows, gate)
+        return verdict, parts, gate
+
+
+def count_scores(counts: pd.DataFrame) -> list[BaselineScore]:
+    return [BaselineScore(r.model, float(r.bpb), "count", r.window_bpb if isinstance(r.window_bpb, list) else None)
+            for r in counts.itertuples()]
+
+
 def study_section(name: str, study: Mapping[str, Any], meta: Mapping[str, Any], table: pd.DataFrame,
-                  trains: pd.DataFrame, curves: pd.DataFrame, by_seed: Mapping, plots: Path
-                  ) -> tuple[str, list[Coincidence], list[str]]:
+                  trains: pd.DataFrame, curves: pd.DataFrame, evidence: Evidence, plots: Path
+                  ) -> tuple[str, list[Coincidence], list[str], Gate]:
     """One study: (its verdict, its same-function checks, its markdown: hypothesis, table, learning
-    curves, verdict evidence)."""
+    curves, verdict evidence, its reference's margins below the baselines)."""
     spec = meta.get("suite_spec") or {}
+    by_seed = evidence.by_seed
     models, x = list(study.get("models") or ()), study.get("x")
     x_of = study_x(trains, models, x)
-    verdict, parts = study_verdict(name, study, x_of, by_seed, spec.get("eval_settings") or {})
+    verdict, parts, gate = evidence.verdict(name, study, x_of, spec)
     baseline = study.get("baseline") or models[-1]
     sub = table[table["model"].isin(models) & table["setting"].isin((AS_TRAINED, *(study.get("eval") or ())))]
     base = by_seed.get((baseline, AS_TRAINED), {})
@@ -213,35 +300,95 @@ def study_section(name: str, study: Mapping[str, Any], meta: Mapping[str, Any], 
         png = plot_learning_curves(curves, models, model_colours(models, x_of), f"Learning curves: {name}", caption,
                                    plots / f"curves_{slug(name)}.png", names)
         lines += [f"![learning curves, {name}](plots/{png.name})", "", f"_{caption}_", ""]
-    lines += verdict_markdown(verdict, parts, why_context(spec))
+    lines += verdict_markdown(verdict, parts, why_context(spec), gate)
     checks = []
-    if (field := SAME_FUNCTION.get(name)) is not None:
-        for a, b in same_function_pairs(models, model_configs(spec), field):
+    if (same := SAME_FUNCTION.get(name)) is not None:
+        for a, b in same_function_pairs(models, model_configs(spec), same):
             checks.append(coincidence(a, b, curves, by_seed, trains))
-            lines += coincidence_markdown(checks[-1], field)
-    return verdict, checks, lines
+            lines += coincidence_markdown(checks[-1], same)
+    return verdict, checks, lines, gate
 
 
-def findings(spec: Mapping[str, Any], table: pd.DataFrame, trains: pd.DataFrame, by_seed: Mapping) -> list[str]:
+def findings(spec: Mapping[str, Any], table: pd.DataFrame, trains: pd.DataFrame, evidence: Evidence) -> list[str]:
     """The findings that open the report, from its numbers: the lowest and highest held-out bpb as
-    trained, and each study's verdict with its first comparison (means and paired difference)."""
+    trained, the baselines, and each study's verdict with its first comparison (means, paired
+    difference and its interval) and its reference's margins below the baselines."""
     out = []
     trained = table[(table["setting"] == AS_TRAINED) & table["bpb_mean"].notna()] if not table.empty else table
+    if "role" in trained.columns:
+        trained = trained[trained["role"] == "model"]
     if not trained.empty:
         best, worst = trained.loc[trained["bpb_mean"].idxmin()], trained.loc[trained["bpb_mean"].idxmax()]
         out.append(f"- Lowest held-out bits per byte as trained: `{best['model']}` {best['bpb_mean']:.3f} "
                    f"({int(best['n_seeds'])} seeds); highest: `{worst['model']}` {worst['bpb_mean']:.3f} "
                    f"([final table](#final-table)).")
+    out.append(baselines_finding(evidence))
     for name, study in (spec.get("studies") or {}).items():
         models = list(study.get("models") or ())
         x_of = study_x(trains, models, study.get("x"))
-        verdict, parts = study_verdict(name, study, x_of, by_seed, spec.get("eval_settings") or {})
+        verdict, parts, gate = evidence.verdict(name, study, x_of, spec)
         first = next((c for p in parts for c in p.comparisons), None)
-        evidence = (f": `{first.name}` {first.a.mean:.3f} vs `{first.versus}` {first.b.mean:.3f} bpb, paired "
-                    f"difference {first.diff:+.4f} over {len(first.d.diffs)} seed(s)" if first is not None else "")
+        detail = (f": `{first.name}` {first.a.mean:.3f} vs `{first.versus}` {first.b.mean:.3f} bpb, paired "
+                  f"difference {first.diff:+.4f} over {len(first.d.diffs)} seed(s)"
+                  + (f" ({CONFIDENCE:.0%} interval {_ci(first.ci)})" if first.ci is not None else "")
+                  if first is not None else "")
         anchor = re.sub(r"[^a-z0-9_ -]", "", f"study {name} {study.get('paper') or ''}".lower()).strip().replace(" ", "-")
-        out.append(f"- `{name}` ({study.get('paper')}): **{verdict}**{evidence} ([study](#{anchor})).")
+        out.append(f"- `{name}` ({study.get('paper')}): **{verdict}**{detail}{_gate_brief(gate)} ([study](#{anchor})).")
     return out
+
+
+def _gate_brief(gate: Gate) -> str:
+    """The reference's margins below the baselines, in a few words."""
+    if gate.reference_bpb is None:
+        return ""
+    parts = [f"{m.below:+.3f} below `{m.baseline.name}`" for m in (gate.control, gate.count) if m is not None]
+    return f"; reference `{gate.reference}` {', '.join(parts)}" if parts else ""
+
+
+def baselines_finding(evidence: Evidence) -> str:
+    controls = [(c, evidence.by_seed.get((c, AS_TRAINED))) for c in evidence.controls]
+    controls = [(c, sum(v.values()) / len(v)) for c, v in controls if v]
+    words = [f"count models {', '.join(f'`{b.name}` {b.bpb:.3f}' for b in evidence.counts)}"] if evidence.counts else []
+    words += [f"no-attention control `{c}` {v:.3f}" for c, v in controls]
+    if not words:
+        return ("- **No baselines in these records** (count models, no-attention control): the run predates them, "
+                "so no study can show its models learned past n-gram statistics and every verdict is inconclusive "
+                "([baselines](#baselines)).")
+    return f"- Baselines (bpb on the same held-out windows): {'; '.join(words)} ([baselines](#baselines))."
+
+
+def baselines_markdown(evidence: Evidence, gates: Mapping[str, Gate], spec: Mapping[str, Any]) -> list[str]:
+    """The count models (their rule and scores), the no-attention control, and each study's
+    reference margins below them: what decides whether a study's verdict is drawn."""
+    lines = ["## Baselines", ""]
+    if not evidence.counts and not any(evidence.by_seed.get((c, AS_TRAINED)) for c in evidence.controls):
+        return lines + [
+            "_Baselines are missing: these records hold neither count-model scores nor a no-attention control "
+            "(the run predates them). Without them no study can show its models learned past n-gram "
+            "statistics, so every verdict below is inconclusive; rerun the suite to get them._", ""]
+    lines += [count_models.RULE, ""]
+    if not evidence.counts:
+        lines += ["_No count-model scores in these records._", ""]
+    controls = [c for c in evidence.controls if evidence.by_seed.get((c, AS_TRAINED))]
+    lines += ["The no-attention control" + (f" (`{'`, `'.join(controls)}`)" if controls else "") + " is the same "
+              "network with its attention branch replaced by zeros, trained with the same budget: each byte sees "
+              "only itself and its position, so it is about a bigram model. "
+              + ("" if controls else "_This run has no evaluated no-attention control._"), ""]
+    rows = []
+    for name, gate in gates.items():
+        def cell(m: Margin | None) -> str:
+            return "–" if m is None else (f"{m.below:+.4f} ({_ci(m.ci, -1.0)})" if m.ci is not None else f"{m.below:+.4f}")
+        rows.append({"study": name, "reference": gate.reference,
+                     f"reference {BPB}": "–" if gate.reference_bpb is None else f"{gate.reference_bpb:.4f}",
+                     "below the no-attention control (95% interval)": cell(gate.control),
+                     "below the best count model (95% interval)": cell(gate.count),
+                     "best count model": "–" if gate.count is None else gate.count.baseline.name,
+                     f"learned (>= {LEARNED_MARGIN_BPB} below each)": {True: "yes", False: "no", None: "unknown"}[
+                         gate.learned]})
+    if rows:
+        lines += ["Each study's reference model against the baselines (mean over its seeds; intervals of the paired "
+                  "difference over seeds and windows):", "", md(pd.DataFrame(rows)), ""]
+    return lines
 
 
 def write_report(run_dir: Path) -> Path:
@@ -256,30 +403,43 @@ def write_report(run_dir: Path) -> Path:
     for old in plots.glob("*.png") if plots.exists() else ():
         old.unlink()
     seen = set(trains["model"]) | set(evals["model"])
+    controls = spec_controls(spec)
     models = [m for m in spec.get("models") or {} if m in seen] + sorted(seen - set(spec.get("models") or {}))
-    table = final_table(evals, trains, models, list(spec.get("eval_settings") or {}))
+    models = [m for m in models if m not in controls] + [m for m in models if m in controls]
+    counts = count_frame(records)
+    table = final_table(evals, trains, models, list(spec.get("eval_settings") or {}), controls, counts)
     table.to_csv(tables / "final_table.csv", index=False)
-    by_seed = bpb_by_seed(evals)
+    evidence = Evidence(bpb_by_seed(evals), windows_by_seed(evals), controls, count_scores(counts))
     setup = setup_markdown(meta, run_dir)
     title, _, rest = setup.partition("## Setup (as run)")
-    found = findings(spec, table, trains, by_seed) or ["_No evaluated model yet._"]
+    found = findings(spec, table, trains, evidence) or ["_No evaluated model yet._"]
     setup = "\n".join([title.rstrip(), "", "## Findings", "", "_Computed from this run's records._", "", *found, "",
                        "## Setup (as run)" + rest])
     out_md = [setup, *models_markdown(trains, spec, models), "## Final table", "",
               SPREAD_NOTE + " Step time and memory describe training the model and sit on its as-trained row "
               "(means over seeds of each seed's median step); activation memory is what autograd keeps for one "
-              "training forward (the same on every device).", "", load_note(trains), "",
+              "training forward (the same on every device). Rows marked *baseline* are the no-attention control "
+              "and the count models ([baselines](#baselines)).", "", load_note(trains), "",
               md(readable_final(table)), "", "CSV: `tables/final_table.csv`.", ""]
-    verdicts, checks, studies_md = [], [], []
+    verdicts, checks, studies_md, gates = [], [], [], {}
     for name, study in (spec.get("studies") or {}).items():
-        verdict, study_checks, lines = study_section(name, study, meta, table, trains, curves, by_seed, plots)
+        verdict, study_checks, lines, gate = study_section(name, study, meta, table, trains, curves, evidence, plots)
+        gates[name] = gate
         verdicts.append({"study": name, "paper": study.get("paper"), "hypothesis": study.get("hypothesis"),
                          "verdict": verdict})
         checks += [(name, c) for c in study_checks]
         studies_md += lines
-    pd.DataFrame(verdicts, columns=["study", "paper", "hypothesis", "verdict"]).to_csv(tables / "verdicts.csv",
-                                                                                        index=False)
-    out_md += ["## Verdicts", "", RULE, "", md(pd.DataFrame(verdicts)), ""]
+    margins = [{"reference": g.reference, "reference_bpb": g.reference_bpb,
+                "below_control": None if g.control is None else g.control.below,
+                "below_best_count": None if g.count is None else g.count.below,
+                "best_count": None if g.count is None else g.count.baseline.name,
+                "learned": g.learned} for g in gates.values()]
+    pd.DataFrame([{**v, **m} for v, m in zip(verdicts, margins)],
+                 columns=["study", "paper", "hypothesis", "verdict", "reference", "reference_bpb", "below_control",
+                          "below_best_count", "best_count", "learned"]).to_csv(tables / "verdicts.csv", index=False)
+    out_md += baselines_markdown(evidence, gates, spec)
+    out_md += ["## Verdicts", "", RULE, "", md(pd.DataFrame(verdicts, columns=["study", "paper", "hypothesis",
+                                                                               "verdict"])), ""]
     out_md += [f"Same function check ({name}): `{c.a}` and `{c.b}` **{c.verdict}** (details in the study)."
                for name, c in checks] + ([""] if checks else [])
     out_md += [*studies_md, *pareto_markdown(table, trains, meta, plots)]
@@ -290,21 +450,33 @@ def write_report(run_dir: Path) -> Path:
     return out
 
 
+PLOT_BASELINES_WITHIN = 1.5  # bpb above the worst model: baselines higher than that are named, not drawn
+
+
 def pareto_markdown(table: pd.DataFrame, trains: pd.DataFrame, meta: Mapping[str, Any], plots: Path) -> list[str]:
-    rows = table[(table["setting"] == AS_TRAINED) & table["step_ms"].notna()]
+    role = table["role"] if "role" in table.columns else pd.Series(["model"] * len(table), index=table.index)
+    rows = table[(table["setting"] == AS_TRAINED) & table["step_ms"].notna() & (role == "model")]
     if rows.empty:
         return ["## Quality against cost", "", "_No model has both an evaluation and a training record._", ""]
     mem = memory_column(trains)
+    refs = table[(role != "model") & ((table["setting"] == AS_TRAINED) | (role == "count model"))]
+    ceiling = float(rows["bpb_mean"].max()) + PLOT_BASELINES_WITHIN
+    drawn = [(f"{r.model} ({r.role})", float(r.bpb_mean), r.role) for r in refs.itertuples() if r.bpb_mean <= ceiling]
+    off = [f"`{r.model}` {r.bpb_mean:.3f}" for r in refs.itertuples() if r.bpb_mean > ceiling]
     hollow = (" Hollow markers (left): at least one seed's training of that model ran under load, so its step time "
               "may be inflated." if rows["under_load"].astype(bool).any() else "")
+    lines_note = (" Horizontal lines: the baselines' bpb on the same held-out windows (dash-dot: the no-attention "
+                  "control, dotted: count models), not part of the front" + (f"; beyond the plot: {', '.join(off)}"
+                                                                              if off else "") + "."
+                  if drawn or off else " This run has no baselines to draw.")
     caption = ("Each point is one model as trained: mean held-out bpb over seeds (vertical bars: min–max over "
                "seeds) "
                f"against the mean of each seed's median training-step time (left) and "
                f"{'the CUDA allocator peak' if mem == 'peak_alloc_mib' else 'activation memory saved for backward'} "
                f"(right; horizontal bars: min–max over seeds). Dashed: the Pareto front, models no other model beats "
-               f"on both axes (ringed).{hollow} Measured on {meta.get('device')} "
+               f"on both axes (ringed).{hollow}{lines_note} Measured on {meta.get('device')} "
                f"({(meta.get('environment') or {}).get('device_name')}).")
-    png = plot_pareto(rows, trains, caption, plots / "pareto.png")
+    png = plot_pareto(rows, trains, caption, plots / "pareto.png", drawn)
     return ["## Quality against cost (Pareto)", "", f"![Pareto plots](plots/{png.name})", "", f"_{caption}_", ""]
 
 

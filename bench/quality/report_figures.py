@@ -72,10 +72,13 @@ def plot_learning_curves(curves: pd.DataFrame, models: Sequence[str], colours: M
     return _save(fig, caption, path)
 
 
-def plot_pareto(table: pd.DataFrame, trains: pd.DataFrame, caption: str, path: Path) -> Path:
+def plot_pareto(table: pd.DataFrame, trains: pd.DataFrame, caption: str, path: Path,
+                references: Sequence[tuple[str, float, str]] = ()) -> Path:
     """Mean bpb as trained (bars: min–max over seeds) against step time and against memory, one
     labelled point per model coloured by attention kind, the Pareto front dashed. A model whose
-    training ran under load (table's `under_load`) is hollow in the step-time panel."""
+    training ran under load (table's `under_load`) is hollow in the step-time panel. `references`
+    (label, bpb, role): baselines drawn as labelled horizontal lines, dash-dot for a control and
+    dotted for a count model, outside the front."""
     mem = memory_column(trains)
     rows = table[table["setting"] == AS_TRAINED].reset_index(drop=True)
     kinds = {m: g["attention"].iloc[0] for m, g in trains.groupby("model")}
@@ -99,6 +102,10 @@ def plot_pareto(table: pd.DataFrame, trains: pd.DataFrame, caption: str, path: P
                    zorder=3)
         if len(front) > 1:
             ax.plot(rows.loc[front, col], rows.loc[front, "bpb_mean"], "k--", drawstyle="steps-post", linewidth=1)
+        for label, bpb, role in references:
+            ax.axhline(bpb, color="#777777", linewidth=1, linestyle="-." if role == "control" else ":")
+            ax.annotate(label, (0.01, bpb), xycoords=("axes fraction", "data"), fontsize="x-small", va="bottom",
+                        color="#555555")
         ax.set_xlabel(xlabel)
         if rows[col].max() > 8 * rows[col].min() > 0:
             ax.set_xscale("log")
@@ -113,6 +120,10 @@ def plot_pareto(table: pd.DataFrame, trains: pd.DataFrame, caption: str, path: P
     if rows["under_load"].astype(bool).any():
         handles.append(Line2D([], [], color="#444444", marker="o", markerfacecolor="white", linestyle="none"))
         names.append("hollow: step time measured\nunder load (left panel)")
+    for role, style, name in (("control", "-.", "no-attention control\n(baseline)"), ("count model", ":", "count model\n(baseline)")):
+        if any(r == role for _, _, r in references):
+            handles.append(Line2D([], [], color="#777777", linestyle=style))
+            names.append(name)
     axes[1].legend(handles + [front], names + ["Pareto front (lower is better)"],
                    loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False, fontsize="small")
     fig.suptitle("Quality against cost: every model as trained", fontsize="medium")

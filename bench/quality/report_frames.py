@@ -40,11 +40,43 @@ def train_frame(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=TRAIN_COLUMNS)
 
 
+def _window_bpb(record: Mapping[str, Any]) -> Optional[list[float]]:
+    """An evaluation's per-window bpb (None where its record keeps only the mean: older runs)."""
+    values = (record.get("per_window") or {}).get("bpb") if isinstance(record.get("per_window"), Mapping) else None
+    return [float(v) for v in values] if isinstance(values, list) and values else None
+
+
 def eval_frame(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
-    """One row per ok evaluation: trained model, evaluation setting, training seed, bpb."""
+    """One row per ok evaluation: trained model, evaluation setting, training seed, bpb, and its
+    per-window bpb (a list, or None where the record has none)."""
     rows = [{"model": r["params"]["train_model"], "setting": r["params"].get("eval_setting") or AS_TRAINED,
-             "seed": r["params"].get("seed"), "bpb": r["metrics"].get("bpb")} for r in _latest(records, "eval")]
-    return pd.DataFrame(rows, columns=["model", "setting", "seed", "bpb"])
+             "seed": r["params"].get("seed"), "bpb": r["metrics"].get("bpb"), "window_bpb": _window_bpb(r)}
+            for r in _latest(records, "eval")]
+    return pd.DataFrame(rows, columns=["model", "setting", "seed", "bpb", "window_bpb"])
+
+
+def windows_by_seed(evals: pd.DataFrame) -> dict[tuple[str, str], dict[Any, list[float]]]:
+    """(model, setting) -> {training seed: per-window bpb}, for evaluations that kept them."""
+    out: dict[tuple[str, str], dict[Any, list[float]]] = {}
+    for r in evals.itertuples():
+        if isinstance(r.window_bpb, list):
+            out.setdefault((r.model, r.setting), {})[r.seed] = r.window_bpb
+    return out
+
+
+def _analyses(records: Iterable[Mapping[str, Any]], name: str) -> list[Mapping[str, Any]]:
+    """Ok analysis records of one analysis (`lsh_approximation` for records that do not name theirs)."""
+    return [r for r in _latest(records, "analysis") if (r["params"].get("analysis") or "lsh_approximation") == name]
+
+
+COUNT_ANALYSIS = "count_baselines"  # bench.quality.spec.BASELINES
+
+
+def count_frame(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
+    """The count-model baselines' rows: model (count-order-k), order, alpha, bpb, bytes, per-window bpb."""
+    rows = [{k: row.get(k) for k in ("model", "order", "alpha", "bpb", "n_bytes", "window_bpb")}
+            for r in _analyses(records, COUNT_ANALYSIS) for row in r.get("table") or ()]
+    return pd.DataFrame(rows, columns=["model", "order", "alpha", "bpb", "n_bytes", "window_bpb"])
 
 
 def curve_frame(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
@@ -60,7 +92,7 @@ def approx_frame(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     """The LSH approximation rows of every training seed (`seed` there is the rotation seed)."""
     rows = [{"train_seed": r["params"].get("seed"),
              **{("rotation_seed" if k == "seed" else k): v for k, v in row.items()}}
-            for r in _latest(records, "analysis") for row in r.get("table") or ()]
+            for r in _analyses(records, "lsh_approximation") for row in r.get("table") or ()]
     return pd.DataFrame(rows, columns=["train_seed", "n_hashes", "chunk_len", "n_buckets", "rotation_seed",
                                        "mass_recall", "relative_error"])
 
@@ -132,11 +164,17 @@ def load_summary(trains: pd.DataFrame) -> tuple[int, int, Optional[float]]:
     return sum(flags), len(flags), float(frac.max()) if frac.notna().any() else None
 
 
+ROLES = ("model", "control", "count model")  # a final-table row: a study's model, the no-attention control, a count model
+COUNTED = "counted"  # a count model's "setting"
+
+
 def final_table(evals: pd.DataFrame, trains: pd.DataFrame, models: Sequence[str],
-                settings: Sequence[str]) -> pd.DataFrame:
+                settings: Sequence[str], controls: Sequence[str] = (),
+                counts: Optional[pd.DataFrame] = None) -> pd.DataFrame:
     """One row per (model, setting) in suite order: bpb over seeds, and on the as-trained row the
     training cost (step ms, activation MiB, allocator MiB, params; means over seeds) and whether any
-    seed's training ran under load."""
+    seed's training ran under load; `role` says which rows are baselines: the no-attention
+    `controls` and, last, one row per count model of `counts` (no seeds, no cost)."""
     bpb, rows, loaded = bpb_spreads(evals), [], loaded_models(trains)
     for m in models:
         cost = trains[trains["model"] == m]
@@ -149,10 +187,15 @@ def final_table(evals: pd.DataFrame, trains: pd.DataFrame, models: Sequence[str]
                          "bpb_max": b.hi, "bpb_std": b.std, "step_ms": mean("step_ms"),
                          "saved_for_backward_mib": mean("saved_for_backward_mib"),
                          "peak_alloc_mib": mean("peak_alloc_mib"), "n_params": mean("n_params"),
-                         "under_load": own and m in loaded})
+                         "under_load": own and m in loaded, "role": "control" if m in controls else "model"})
+    for r in (counts if counts is not None else pd.DataFrame()).itertuples():
+        rows.append({"model": r.model, "setting": f"{COUNTED} (add-{r.alpha:g})", "n_seeds": np.nan,
+                     "bpb_mean": float(r.bpb), "bpb_min": float(r.bpb), "bpb_max": float(r.bpb), "bpb_std": np.nan,
+                     "step_ms": np.nan, "saved_for_backward_mib": np.nan, "peak_alloc_mib": np.nan,
+                     "n_params": np.nan, "under_load": False, "role": "count model"})
     return pd.DataFrame(rows, columns=["model", "setting", "n_seeds", "bpb_mean", "bpb_min", "bpb_max", "bpb_std",
                                        "step_ms", "saved_for_backward_mib", "peak_alloc_mib", "n_params",
-                                       "under_load"])
+                                       "under_load", "role"])
 
 
 def pareto_front(xs: Sequence[float], ys: Sequence[float]) -> list[int]:
@@ -177,6 +220,13 @@ def coinciding(curves: pd.DataFrame, models: Sequence[str], metric: str = "valid
                     and np.allclose(means[g[0]], means[m], rtol=rtol, atol=0)), None)
         grp.append(m) if grp is not None else groups.append([m])
     return [g for g in groups if len(g) > 1]
+
+
+def spec_controls(spec: Mapping[str, Any]) -> list[str]:
+    """The run's no-attention controls: as its suite_spec names them, else its models of attention `none`."""
+    if spec.get("controls") is not None:
+        return list(spec["controls"])
+    return [m for m, cfg in model_configs(spec).items() if cfg.get("attention") == "none"]
 
 
 def model_configs(spec: Mapping[str, Any]) -> dict[str, dict[str, Any]]:

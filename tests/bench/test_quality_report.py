@@ -41,20 +41,24 @@ FINAL = {"full": 2.0, "full-separate-qk": 2.02, "lsh-2": 2.3, "lsh-4": 2.1, "loc
          "full-standard-residual": 2.005}
 SEED_SHIFT = 0.4
 LOADED = ("lsh-2", 0, 0.35)  # (model, seed, other_cpu_frac) of the one training measured under load
+# The baselines every report now carries: the no-attention control (trained, seed shift as the others)
+# and count models of orders 0-3; every study's reference is >= 0.3 bpb below both, so it learned.
+CONTROL = ("no-attention", 3.5)
+COUNTS = {0: 5.0, 1: 4.0, 2: 3.4, 3: 3.1}
 
 
 def _params(model: str, seed: int, role: str, setting=None) -> dict:
     cfg = {"attention": "lsh", "n_hashes": None, "n_layers": 2, "chunk_len": 16, "shared_qk": True, "reversible": True,
-           "residual": "two_stream", **MODELS[model]}
+           "residual": "two_stream", **{**MODELS, CONTROL[0]: {"attention": "none", "reversible": False}}[model]}
     if cfg["attention"] == "full":
         cfg["chunk_len"] = None
     return {**cfg, "seed": seed, "train_model": model, "role": role, "eval_setting": setting, "seq_len": 64,
             "corpus": "stdlib"}
 
 
-def _records() -> list[dict]:
+def _records(baselines: bool = True) -> list[dict]:
     recs = []
-    for model, final in FINAL.items():
+    for model, final in {**FINAL, **(dict([CONTROL]) if baselines else {})}.items():
         for seed in (0, 1):
             curve = [{"step": st, "loss": (final + 3 / st + 0.05 * seed) * math.log(2), "accuracy": 0.1, "lr": 1e-3,
                       "train_s": st * (0.1 + 0.01 * seed),
@@ -83,7 +87,18 @@ def _records() -> list[dict]:
                      "params": _params("full", seed, "analysis"), "metrics": {}, "table": table})
     recs.append({"point_id": "train-local-s1", "status": "error", "reason": "boom in /work/main/bench/x.py",
                  "studies": ["local_control"], "params": _params("local", 1, "train"), "metrics": {}})
+    if baselines:
+        recs.append(count_record(COUNTS))
     return recs
+
+
+def count_record(bpb_by_order: dict, windows: int = 0) -> dict:
+    """The count-model baselines' analysis record (per-window bpb: `windows` copies of each order's bpb)."""
+    table = [{"model": f"count-order-{k}", "order": k, "alpha": 0.5, "bpb": v, "n_bytes": 64 * max(windows, 1),
+              "window_bpb": [v] * windows} for k, v in bpb_by_order.items()]
+    return {"point_id": "baselines-count-models", "status": "ok", "reason": None, "studies": list(STUDIES),
+            "params": {**_params(CONTROL[0], 0, "analysis"), "analysis": "count_baselines"},
+            "metrics": {f"count_order_{k}_bpb": v for k, v in bpb_by_order.items()}, "table": table}
 
 
 @pytest.fixture
@@ -95,8 +110,10 @@ def run_dir(tmp_path: Path) -> Path:
                                       "python_version": "3.11.7"},
             "model": {"d_model": 32, "n_layers": 2, "chunk_len": 16, "reversible": True},
             "train": {"steps": 40, "batch_size": 8, "lr": 0.002},
-            "eval": {"windows": 8, "curve_windows": 4, "validate_every": 20}, "models": MODELS,
+            "eval": {"windows": 8, "curve_windows": 4, "validate_every": 20},
+            "models": {**MODELS, CONTROL[0]: {"attention": "none", "reversible": False}},
             "eval_settings": {"lsh-4": {"attention": "lsh", "n_hashes": 4}}, "studies": STUDIES,
+            "controls": [CONTROL[0]], "baselines": {"orders": [0, 1, 2, 3], "alpha": 0.5},
             "lsh_approximation": {"model": "full", "layer": 0, "n_hashes": [1, 2, 4], "chunk_lens": [16, 32],
                                   "seeds": [0, 1], "windows": 2}}
     meta = {"kind": "quality", "suite": "quality", "profile": "cpu", "run_id": "cpu-cpu-test", "device": "cpu",
@@ -145,7 +162,7 @@ def test_write_report_writes_sections_figures_and_csv_without_machine_paths(run_
                if line.startswith("| full-standard-residual ") and "standard" in line)
     assert "False" in std and "reversible" in std
     # load: one training under load, marked in the final table and counted
-    assert "**Load:** 1 of 13 trainings were measured under load" in text and "took during one training was 35%" in text
+    assert "**Load:** 1 of 15 trainings were measured under load" in text  # 7 models and the control x 2 seeds, one lost and "took during one training was 35%" in text
     lsh2 = next(line for line in text.splitlines() if line.startswith("| lsh-2 ") and "as trained" in line)
     assert "| 15†" in lsh2  # 10 + len("lsh-2")
     assert "train-local-s1" in text and "…/x.py" in text and "`eval-never-s0`" in text
@@ -156,7 +173,8 @@ def test_write_report_writes_sections_figures_and_csv_without_machine_paths(run_
         assert f"(plots/{png}.png)" in text
     table = pd.read_csv(run_dir / "tables" / "final_table.csv")
     assert list(zip(table["model"], table["setting"]))[:2] == [("full", AS_TRAINED), ("full", "lsh-4")]
-    assert len(table) == len(FINAL) + 2
+    assert len(table) == len(FINAL) + 2 + 1 + len(COUNTS)  # and the baselines: the control and 4 count models
+    assert list(table["role"]).count("model") == len(FINAL) + 2
     t = table.set_index(["model", "setting"])
     assert t.loc[("lsh-4", AS_TRAINED), "bpb_mean"] == pytest.approx(2.1 + SEED_SHIFT / 2)
     assert t.loc[("lsh-2", AS_TRAINED), "under_load"] and not t.loc[("lsh-4", AS_TRAINED), "under_load"]

@@ -77,6 +77,11 @@ class ProfileSpec(BaseModel):
     description: str = ""
     seq_len: int = Field(ge=2)
     seeds: tuple[int, ...] = Field(min_length=1)
+    # The studies this profile trains and reports (None: every study of the suite): a small machine
+    # spends its budget on fewer, longer trainings. The no-attention controls are always trained.
+    studies: Optional[tuple[str, ...]] = Field(default=None, min_length=1)
+    # A study's own seeds where its claim needs more (or fewer) than the profile's `seeds`.
+    study_seeds: dict[str, tuple[int, ...]] = Field(default_factory=dict)
     model: dict[str, Any] = Field(default_factory=dict)
     train: TrainSettings
     eval: EvalSection
@@ -88,8 +93,13 @@ class ProfileSpec(BaseModel):
         if self.eval.validate_every % self.train.log_every:
             raise ValueError(f"eval.validate_every={self.eval.validate_every} must be a multiple of "
                              f"train.log_every={self.train.log_every}")
-        if len(set(self.seeds)) != len(self.seeds):
-            raise ValueError(f"seeds: {list(self.seeds)} repeats a seed")
+        for where, seeds in (("seeds", self.seeds), *((f"study_seeds.{k}", v) for k, v in self.study_seeds.items())):
+            if not seeds:
+                raise ValueError(f"{where}: no seed")
+            if len(set(seeds)) != len(seeds):
+                raise ValueError(f"{where}: {list(seeds)} repeats a seed")
+        if self.studies is not None and len(set(self.studies)) != len(self.studies):
+            raise ValueError(f"studies: {list(self.studies)} names a study twice")
         return self
 
 
@@ -143,9 +153,36 @@ class QualitySuite(BaseModel):
                 raise ValueError(f"studies.{sname}.x: {study.x!r} is not a model field")
         if self.lsh_approximation is not None and self.lsh_approximation.model not in self.models:
             raise ValueError(f"lsh_approximation.model: unknown model {self.lsh_approximation.model!r}")
-        for pname in self.profiles:
+        for name in controls(self):
+            if any(name in study.models for study in self.studies.values()):
+                raise ValueError(f"models.{name}: a no-attention control (attention: none) is every study's baseline "
+                                 "in the report; list it in no study")
+        for pname, profile in self.profiles.items():
+            for where, names in (("studies", profile.studies or ()), ("study_seeds", profile.study_seeds)):
+                for s in names:
+                    if s not in self.studies:
+                        raise ValueError(f"profiles.{pname}.{where}: unknown study {s!r}; known: {', '.join(self.studies)}")
+            for s in profile.study_seeds:
+                if s not in profile_studies(self, pname):
+                    raise ValueError(f"profiles.{pname}.study_seeds.{s}: the profile does not run study {s!r}")
             resolve_models(self, pname)  # impossible configs refused now, naming the model and field
         return self
+
+
+def controls(suite: QualitySuite) -> tuple[str, ...]:
+    """The suite's no-attention controls: models whose attention is `none` (the branch outputs zeros)."""
+    return tuple(m for m, overrides in suite.models.items() if overrides.get("attention") == "none")
+
+
+def profile_studies(suite: QualitySuite, profile: str) -> tuple[str, ...]:
+    """The studies a profile runs, in the suite's order."""
+    chosen = suite.profiles[profile].studies
+    return tuple(s for s in suite.studies if chosen is None or s in chosen)
+
+
+def study_seeds(suite: QualitySuite, profile: str, study: str) -> tuple[int, ...]:
+    p = suite.profiles[profile]
+    return tuple(p.study_seeds.get(study, p.seeds))
 
 
 def model_config(suite: QualitySuite, profile: str, overrides: dict[str, Any], cls: Optional[type] = None) -> Any:
@@ -177,32 +214,55 @@ def load_suite(path: Path) -> QualitySuite:
     return validate(path, QualitySuite, read_yaml(path))
 
 
+BASELINES_ID = "baselines-count-models"  # the count-model baselines' analysis point
+
+
 @dataclass(frozen=True)
 class Units:
     """What one profile trains, evaluates and analyses, by name: trainings (model, seed) -> studies;
-    evaluations (model, seed, setting or None for "as trained") -> (config, studies); analysis seeds."""
+    evaluations (model, seed, setting or None for "as trained") -> (config, studies); analyses
+    (point id -> (model, seed) whose trained weights it reads, or that it hangs on)."""
 
     trains: dict[tuple[str, int], tuple[str, ...]]
     evals: dict[tuple[str, int, Optional[str]], tuple[Any, tuple[str, ...]]]
-    analyses: tuple[int, ...]
+    analyses: dict[str, tuple[str, int]]
 
 
 def planned_units(suite: QualitySuite, profile: str, configs: Optional[dict[str, Any]] = None) -> Units:
-    """One training per used model and seed, an evaluation "as trained" for each model in a study and
-    one per extra setting of its studies that changes its config, an analysis per seed (the one rule
-    the plan and `bench list` share)."""
+    """One training per used model and seed (a model's seeds: those of every study of the profile it is
+    in; a no-attention control's: every seed the profile uses, and it counts for every study), an
+    evaluation "as trained" of each, one per extra setting of its studies that changes its config, the
+    approximation analysis per profile seed, and one count-model baselines analysis (the one rule the
+    plan and `bench list` share)."""
     p = suite.profiles[profile]
     configs = configs or resolve_models(suite, profile)
-    studies_of = {m: tuple(s for s, st in suite.studies.items() if m in st.models) for m in suite.models}
+    run = profile_studies(suite, profile)
+    studies_of = {m: tuple(s for s in run if m in suite.studies[s].models) for m in suite.models}
     approx = suite.lsh_approximation
-    used = [m for m in suite.models if studies_of[m] or (approx is not None and approx.model == m)]
-    trains = {(m, seed): studies_of[m] for m in used for seed in p.seeds}
+    seeds_of: dict[str, tuple[int, ...]] = {}
+    for m in suite.models:
+        seeds = [seed for s in studies_of[m] for seed in study_seeds(suite, profile, s)]
+        if approx is not None and approx.model == m:
+            seeds += p.seeds
+        seeds_of[m] = tuple(dict.fromkeys(seeds))
+    every_seed = tuple(dict.fromkeys(seed for m in seeds_of for seed in seeds_of[m]))
+    for m in controls(suite):
+        studies_of[m], seeds_of[m] = run, every_seed or tuple(p.seeds)
+    trains = {(m, seed): studies_of[m] for m in suite.models for seed in seeds_of[m]}
     evals: dict[tuple[str, int, Optional[str]], tuple[Any, tuple[str, ...]]] = {}
     for m, seed in trains:
         if studies_of[m]:
             evals[(m, seed, None)] = (configs[m], studies_of[m])
+        if m in controls(suite):
+            continue  # a control has no attention weights to evaluate under another attention
         for e in dict.fromkeys(e for s in studies_of[m] for e in suite.studies[s].eval):
             cfg = configs[m].replace(**suite.eval_settings[e])
             if cfg != configs[m]:
                 evals[(m, seed, e)] = (cfg, tuple(s for s in studies_of[m] if e in suite.studies[s].eval))
-    return Units(trains, evals, tuple(p.seeds) if approx is not None else ())
+    analyses: dict[str, tuple[str, int]] = {}
+    if approx is not None:
+        analyses.update({f"approx-{approx.model}-s{seed}": (approx.model, seed) for seed in p.seeds})
+    if trains:  # the counts need no model; the point hangs on the first training (a control where there is one)
+        first = next((k for k in trains if k[0] in controls(suite)), next(iter(trains)))
+        analyses[BASELINES_ID] = first
+    return Units(trains, evals, analyses)

@@ -102,21 +102,51 @@ pytestmark = pytest.mark.usefixtures("torch_threads_restored")
 
 
 # ---------------------------------------------------------------- the shipped suite
-def test_the_shipped_suite_validates_and_its_cpu_profile_plans_every_model_by_2_seeds():
+def test_the_shipped_suite_validates_and_its_cpu_profile_plans_two_studies_by_3_seeds_and_the_baselines():
     suite = load_suite(QUALITY_YAML)
     plan = training_plan(suite, "cpu", corpus=tiny_corpus())
-    n_models = len(yaml.safe_load(QUALITY_YAML.read_text())["models"])  # 11 when this test was written
-    assert len(suite.models) == n_models >= 11 and plan.profile == "cpu"
-    assert len(plan.trains) == 2 * n_models and len({t.point_id for t in plan.trains}) == 2 * n_models
-    assert {(t.name, t.seed) for t in plan.trains} == {(m, s) for m in suite.models for s in (0, 1)}
-    assert all(t.cfg.max_seq_len == 256 and t.settings.seed == t.seed for t in plan.trains)
-    as_lsh8 = {(e.train.name, e.train.seed) for e in plan.evals if e.setting == "lsh-8"}
+    assert plan.profile == "cpu" and set(plan.spec["studies"]) == {"shared_qk", "reversible"}
+    assert plan.spec["controls"] == ["no-attention"] and suite.models["no-attention"]["attention"] == "none"
+    cpu_models = {m for s in ("shared_qk", "reversible") for m in suite.studies[s].models} | {"no-attention"}
+    assert {(t.name, t.seed) for t in plan.trains} == {(m, s) for m in cpu_models for s in (0, 1, 2)}
+    assert len({t.point_id for t in plan.trains}) == len(plan.trains) == 15
+    assert all(t.cfg.max_seq_len == 256 and t.settings.steps == 2000 and t.settings.batch_size == 16
+               and t.settings.seed == t.seed for t in plan.trains)
+    assert {(e.train.name, e.train.seed) for e in plan.evals} == {(t.name, t.seed) for t in plan.trains}
+    assert all(e.setting == "as trained" for e in plan.evals)  # no study of this profile asks for lsh-8
+    assert [a.point_id for a in plan.analyses] == ["approx-full-s0", "approx-full-s1", "approx-full-s2",
+                                                   "baselines-count-models"]
+    baselines = plan.analyses[-1]
+    assert baselines.train.point_id == "train-no-attention-s0" and set(baselines.studies) == set(plan.spec["studies"])
+    gpu = training_plan(suite, "gpu", corpus=tiny_corpus())  # the other profile runs every study
+    assert set(gpu.spec["studies"]) == set(suite.studies)
+    seeds = {}
+    for t in gpu.trains:
+        seeds.setdefault(t.name, set()).add(t.seed)
+    assert seeds == {m: ({0, 1} if m in ("full-1-layer", "full-4-layers", "full-6-layers") else {0, 1, 2})
+                     for m in suite.models}  # depth's own models: 2 seeds; the rest, control included: 3
+    as_lsh8 = {(e.train.name, e.train.seed) for e in gpu.evals if e.setting == "lsh-8"}
     # lsh-8 is a study model itself: evaluating it "as lsh-8" is its as-trained evaluation
-    assert as_lsh8 == {(m, s) for m in ("lsh-1", "lsh-2", "lsh-4", "full") for s in (0, 1)}
-    assert {(e.train.name, e.train.seed) for e in plan.evals if e.setting == "as trained"} == {
-        (t.name, t.seed) for t in plan.trains}
-    assert [a.train.point_id for a in plan.analyses] == ["train-full-s0", "train-full-s1"]
-    training_plan(suite, "gpu", corpus=tiny_corpus())  # the other profile resolves too
+    assert as_lsh8 == {(m, s) for m in ("lsh-1", "lsh-2", "lsh-4", "full") for s in (0, 1, 2)}
+
+
+def test_a_profile_runs_its_own_studies_with_their_own_seeds_and_always_the_control(tmp_path):
+    spec = _mutate(lambda s: (s["models"].update({"no-attention": {"attention": "none", "reversible": False}}),
+                              s["profiles"]["cpu"].update(studies=["hash_rounds"], seeds=[0],
+                                                          study_seeds={"hash_rounds": [0, 1, 2]})))
+    suite = load_suite(write(tmp_path, spec))
+    plan = training_plan(suite, "cpu", corpus=tiny_corpus())
+    assert list(plan.spec["studies"]) == ["hash_rounds"] and plan.spec["study_seeds"] == {"hash_rounds": [0, 1, 2]}
+    assert [(t.name, t.seed) for t in plan.trains] == [(m, s) for m in ("lsh-1", "full", "no-attention")
+                                                       for s in (0, 1, 2)]
+    control = [t for t in plan.trains if t.name == "no-attention"]
+    assert all(t.studies == ("hash_rounds",) and t.cfg.attention == "none" for t in control)
+    assert not any(e.train.name == "no-attention" and e.setting != "as trained" for e in plan.evals)
+    assert [a.point_id for a in plan.analyses] == ["approx-full-s0", "baselines-count-models"]
+    from bench.plans.training import only_studies
+    kept = only_studies(plan, ["hash_rounds"], tmp_path)
+    assert {t.name for t in kept.trains} == {"lsh-1", "full", "no-attention"}
+    assert "baselines-count-models" in [a.point_id for a in kept.analyses]
 
 
 # ---------------------------------------------------------------- bad input, refused up front
@@ -147,6 +177,17 @@ BAD_SUITES = {
         ["models.full-4", "models.full", "same configuration"]),
     "unknown evaluation setting": (_mutate(lambda s: s["studies"]["hash_rounds"].update(eval=["lsh-16"])),
                                    ["studies.hash_rounds.eval", "'lsh-16'"]),
+    "a profile naming an unknown study": (_mutate(lambda s: s["profiles"]["cpu"].update(studies=["hash_round"])),
+                                          ["profiles.cpu.studies", "'hash_round'"]),
+    "seeds for a study the profile does not run": (
+        _mutate(lambda s: s["profiles"]["cpu"].update(studies=["hash_rounds"], study_seeds={"control": [0, 1, 2]})),
+        ["profiles.cpu.study_seeds.control", "does not run"]),
+    "a repeated study seed": (_mutate(lambda s: s["profiles"]["cpu"].update(study_seeds={"control": [1, 1]})),
+                              ["study_seeds.control", "repeats a seed"]),
+    "a no-attention control inside a study": (
+        _mutate(lambda s: (s["models"].update({"none": {"attention": "none", "reversible": False}}),
+                           s["studies"]["control"].update(models=["full", "none"]))),
+        ["models.none", "in no study"]),
 }
 
 
@@ -235,6 +276,40 @@ def test_a_model_in_several_studies_is_trained_once_per_seed(finished):
     assert [t.point_id for t in unused.trains] == [t.point_id for t in plan.trains]
 
 
+def test_a_run_with_the_control_keeps_per_window_bpb_and_the_count_baselines_and_reports_them(tmp_path):
+    """A real tiny run: the no-attention control trains (not reversible), every evaluation keeps each
+    window's bpb beside the mean, the count models are scored on the same windows, and the report
+    calls a study of 12-step models inconclusive: they are nowhere near the count models."""
+    from bench.quality.baselines import count_baselines, window_targets
+    from bench.quality.metrics import eval_starts
+    from bench.quality.report import write_report
+    from bench.quality.verdicts import AT_NGRAM
+
+    spec = _mutate(lambda s: (s["models"].update({"no-attention": {"attention": "none", "reversible": False}}),
+                              s["profiles"]["cpu"].update(seeds=[0], studies=["hash_rounds"]),
+                              s.pop("lsh_approximation")))
+    run_dir = run(write(tmp_path, spec), tmp_path / "results")
+    records = by_point(run_dir)
+    assert all(r["status"] == "ok" for r in records.values()), {k: r["reason"] for k, r in records.items()}
+    for pid in ("eval-full-s0", "eval-lsh-1-s0", "eval-lsh-1-s0-as-lsh-8", "eval-no-attention-s0"):
+        rec = records[pid]
+        windows = rec["per_window"]["bpb"]
+        assert len(windows) == rec["metrics"]["eval_windows"] == 4 and "per_window" not in rec["metrics"]
+        assert sum(windows) / 4 == pytest.approx(rec["metrics"]["bpb"], abs=1e-5)
+    assert records["train-no-attention-s0"]["metrics"]["n_params"] < records["train-full-s0"]["metrics"]["n_params"]
+    counted = records["baselines-count-models"]
+    assert counted["params"]["analysis"] == "count_baselines" and counted["studies"] == ["hash_rounds"]
+    corpus = tiny_corpus()
+    start, stop = corpus.bounds["valid"]
+    expected = count_baselines(corpus.data.numpy(), corpus.bounds["train"],
+                               window_targets(start, eval_starts(stop - start, 32, 4), 32))
+    assert [row["model"] for row in counted["table"]] == [f"count-order-{k}" for k in range(4)]
+    assert [row["bpb"] for row in counted["table"]] == pytest.approx([b.bpb for b in expected], rel=1e-12)
+    assert all(len(row["window_bpb"]) == 4 for row in counted["table"])
+    text = write_report(run_dir).read_text()
+    assert "## Baselines" in text and f"**Verdict: {AT_NGRAM}.**" in text
+
+
 # ---------------------------------------------------------------- out of memory
 def test_an_oom_model_is_a_row_its_evaluations_are_skipped_once_and_it_is_never_retrained(
         tmp_path, monkeypatch, capsys):
@@ -265,7 +340,8 @@ def test_an_oom_model_is_a_row_its_evaluations_are_skipped_once_and_it_is_never_
     records = by_point(run_dir)
     assert {pid for pid, r in records.items() if r["status"] != "ok"} == {
         "train-lsh-1-s0", "train-lsh-1-s1", "eval-lsh-1-s0", "eval-lsh-1-s1",
-        "eval-lsh-1-s0-as-lsh-8", "eval-lsh-1-s1-as-lsh-8"}
+        "eval-lsh-1-s0-as-lsh-8", "eval-lsh-1-s1-as-lsh-8",
+        "baselines-count-models"}  # with no control in the suite it hangs on the first training, lsh-1's
     skipped = records["eval-lsh-1-s1-as-lsh-8"]
     assert skipped["status"] == "skipped" and skipped["reason"] == "training of 'lsh-1' (seed 1) did not finish (oom)"
     assert records["approx-full-s0"]["status"] == "ok" and records["eval-full-s1-as-lsh-8"]["status"] == "ok"

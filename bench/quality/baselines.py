@@ -21,9 +21,8 @@ Python loop over bytes.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
@@ -106,8 +105,3 @@ def count_baselines(data: np.ndarray, train: tuple[int, int], targets: np.ndarra
         out.append(Baseline(k, alpha, float(bits.mean()), tuple(float(v) for v in bits.mean(axis=1)), int(bits.size)))
     return out
 
-
-def best_count(rows: Iterable[dict[str, Any]]) -> Optional[dict[str, Any]]:
-    """The count-model row with the lowest bpb (None without rows)."""
-    rows = [r for r in rows if r.get("bpb") is not None and not math.isnan(float(r["bpb"]))]
-    return min(rows, key=lambda r: float(r["bpb"])) if rows else None

@@ -134,10 +134,8 @@ def models_markdown(trains: pd.DataFrame, spec: Mapping[str, Any], models: Seque
             "pre-norm Transformer, x + Attn(x) then + FF(x).", "", md(frame), ""]
 
 
-def _ci(ci: Interval | None, sign: float = 1.0) -> str:
+def _ci(ci: Interval, sign: float = 1.0) -> str:
     """An interval as text ('+a to +b'), optionally of the negated difference."""
-    if ci is None:
-        return "no interval (a single value)"
     lo, hi = sorted((sign * ci.lo, sign * ci.hi))
     return f"{lo:+.4f} to {hi:+.4f}"
 
@@ -267,6 +265,20 @@ class Evidence:
 def count_scores(counts: pd.DataFrame) -> list[BaselineScore]:
     return [BaselineScore(r.model, float(r.bpb), "count", r.window_bpb if isinstance(r.window_bpb, list) else None)
             for r in counts.itertuples()]
+
+
+def evidence_of(spec: Mapping[str, Any], records: Sequence[Mapping[str, Any]]) -> Evidence:
+    """What a run's verdicts are computed from, read from its records."""
+    evals = eval_frame(records)
+    return Evidence(bpb_by_seed(evals), windows_by_seed(evals), spec_controls(spec), count_scores(count_frame(records)))
+
+
+def study_verdicts(spec: Mapping[str, Any], records: Sequence[Mapping[str, Any]]) -> dict[str, str]:
+    """Each study's verdict exactly as report.md states it (baselines gate and intervals included), for
+    other views of the same run (the W&B report)."""
+    trains, evidence = train_frame(records), evidence_of(spec, records)
+    return {name: evidence.verdict(name, study, study_x(trains, list(study.get("models") or ()), study.get("x")),
+                                   spec)[0] for name, study in (spec.get("studies") or {}).items()}
 
 
 def study_section(name: str, study: Mapping[str, Any], meta: Mapping[str, Any], table: pd.DataFrame,

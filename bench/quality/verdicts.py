@@ -40,8 +40,8 @@ RULE = (f"**Verdict rule.** Every model trained with seed *s* saw the same batch
         f"- bpb(reference, s, w), lower is better. Its **{CONFIDENCE:.0%} interval** is a t-interval of the mean "
         f"d over seeds and windows: the mean's variance over a seeds x windows grid has a part from the seed means "
         f"and one from the window means, each scaled by its own t quantile (S - 1 and W - 1 degrees of freedom: "
-        f"two seeds are not read as if they were 256 windows); over seeds alone where the records keep no "
-        f"per-window bpb, over windows alone with one seed (then it omits seed-to-seed noise). A "
+        f"two seeds are not read as if they were 256 windows), over windows alone with one seed (then it omits "
+        f"seed-to-seed noise); records without per-window bpb (runs before they were kept) have no interval. A "
         f"difference is **real** when every seed's mean d_s has the same sign, the interval excludes 0 and "
         f"|mean d| >= {MIN_REAL_BPB} bpb (a practical threshold: smaller gaps are not read off the paper's "
         f"curves either); otherwise it is **within noise**. **reproduces**: real and pointing the way the claim "
@@ -153,7 +153,7 @@ class Interval:
             return f"{self.n_seeds} seeds x {self.n_windows} windows"
         if self.n_windows > 1:
             return f"{self.n_windows} windows of one seed (no seed-to-seed noise)"
-        return f"{self.n_seeds} seeds (no per-window bpb recorded)"
+        return f"{self.n_seeds} seeds (one window each)"
 
 
 def paired_interval(diffs: Any, confidence: float = CONFIDENCE) -> Optional[Interval]:
@@ -185,21 +185,21 @@ def paired_interval(diffs: Any, confidence: float = CONFIDENCE) -> Optional[Inte
 Windows = Mapping[tuple[str, str], Mapping[Any, Sequence[float]]]  # (model, setting) -> {seed: per-window bpb}
 
 
-def comparison_interval(a: tuple[str, str], b: tuple[str, str], bpb: "BySeed", windows: Windows,
+def comparison_interval(a: tuple[str, str], b: tuple[str, str], windows: Windows,
                         seeds: Sequence[Any]) -> Optional[Interval]:
-    """The interval of a - b over `seeds` and, where both sides kept the same number of per-window
-    figures for every one of those seeds, over windows too; over seeds alone otherwise."""
+    """The interval of a - b over `seeds` and held-out windows, where both sides kept the same number
+    of per-window figures for every one of those seeds; None otherwise (records without per-window
+    bpb, from before they were kept: the sign rule and the threshold alone decide, as they did)."""
     wa, wb = windows.get(a) or {}, windows.get(b) or {}
     rows = []
     for s in seeds:
         x, y = wa.get(s), wb.get(s)
         if x is None or y is None or len(x) != len(y) or not len(x):
-            rows = None
-            break
+            return None
         rows.append(np.asarray(x, dtype=float) - np.asarray(y, dtype=float))
-    if rows and len({len(r) for r in rows}) == 1:
-        return paired_interval(np.stack(rows))
-    return paired_interval(np.array([[bpb[a][s] - bpb[b][s]] for s in seeds]))
+    if not rows or len({len(r) for r in rows}) != 1:
+        return None
+    return paired_interval(np.stack(rows))
 
 
 @dataclass(frozen=True)
@@ -337,7 +337,7 @@ def comparisons(part: Part, models: Sequence[str], baseline: str, x_of: Mapping[
             vs = b[0] if b[0] != a[0] else f"{b[0]} {AS_TRAINED}"
             out.append(Comparison(name, vs, spread(bpb[a].values()), spread(bpb[b].values()), d,
                                   accept_noise=part.kind in ("not_worse", "approaches"),
-                                  ci=comparison_interval(a, b, bpb, windows, d.seeds)))
+                                  ci=comparison_interval(a, b, windows, d.seeds)))
     return out
 
 
@@ -447,7 +447,7 @@ def learned_gate(reference: str, bpb: BySeed, windows: Windows, controls: Sequen
         name, by_seed = min(scored, key=lambda t: sum(t[1].values()) / len(t[1]))
         base = BaselineScore(name, sum(by_seed.values()) / len(by_seed), "control")
         seeds = tuple(sorted((s for s in ref if s in by_seed), key=str))
-        ci = comparison_interval((reference, AS_TRAINED), (name, AS_TRAINED), bpb, windows, seeds) if seeds else None
+        ci = comparison_interval((reference, AS_TRAINED), (name, AS_TRAINED), windows, seeds) if seeds else None
         control = Margin(base, base.bpb - ref_mean, ci)
     count = None
     if counts:
@@ -455,8 +455,7 @@ def learned_gate(reference: str, bpb: BySeed, windows: Windows, controls: Sequen
         rows = [np.asarray(ref_windows[s], dtype=float) - np.asarray(best.per_window, dtype=float)
                 for s in sorted(ref, key=str) if best.per_window is not None and s in ref_windows
                 and len(ref_windows[s]) == len(best.per_window)]
-        ci = paired_interval(np.stack(rows)) if rows and len(rows) == len(ref) else \
-            paired_interval(np.array([[v - best.bpb] for v in ref.values()]))
+        ci = paired_interval(np.stack(rows)) if rows and len(rows) == len(ref) else None
         count = Margin(best, best.bpb - ref_mean, ci)
     return Gate(reference, ref_mean, control, count, margin)
 

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from bench.quality.baselines import ALPHA, count_baselines, fit_count_model, window_targets
-from bench.quality.report import write_report
+from bench.quality.report import study_verdicts, write_report
 from bench.quality.report_frames import AS_TRAINED
 from bench.quality.verdicts import (
     AT_NGRAM, LEARNED_MARGIN_BPB, NO_BASELINES, BaselineScore, classify, learned_gate, paired_interval,
@@ -227,6 +227,8 @@ def test_the_report_renders_baselines_in_the_final_table_the_pareto_plot_and_eac
             "`no-attention` (3.7000") in text and "+0.8800 bpb below the best count model `count-order-3`" in text
     assert "→ yes: its differences are read as a verdict." in text
     assert _verdicts(run_dir)["shared_qk"] == "reproduces"
+    assert study_verdicts(json.loads((run_dir / "run.json").read_text())["suite_spec"],
+                          report_fixture._records()) == _verdicts(run_dir)
     table = pd.read_csv(run_dir / "tables" / "verdicts.csv").set_index("study")
     assert table.loc["local_control", "below_best_count"] == pytest.approx(3.1 - 2.8)
     assert set(table["learned"]) == {True}
@@ -241,6 +243,8 @@ def test_a_report_at_count_model_level_is_inconclusive_and_says_why(tmp_path):
     assert verdicts["hash_rounds"] == verdicts["shared_qk"] == AT_NGRAM  # references 2.2 and 2.22 vs 2.25
     assert verdicts["local_control"] == AT_NGRAM  # local (2.8) is above the order-3 counts
     assert "→ no: the models are at n-gram level, so no verdict is drawn." in text
+    meta = json.loads((run_dir / "run.json").read_text())
+    assert study_verdicts(meta["suite_spec"], records) == verdicts  # what other views of the run read
     assert "(as the rule would call it; not a verdict here)" in text
     assert "_Why it may not at this scale:_" not in text  # no excuses for a verdict that was not drawn
 

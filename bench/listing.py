@@ -78,11 +78,26 @@ def duplication_outline(path: Path) -> Outline:
     raw = read_yaml(path)
     models = [m.get("name", "?") for m in raw.get("train_models") or []]
     settings = [s.get("name", "?") for s in raw.get("eval_settings") or []]
-    profiles = list(raw.get("profiles") or {})
+    profiles = raw.get("profiles") or {}
+    copy = [m for m in (raw.get("copy_distance") or {}).get("models") or []]
+    table2 = {m.get("name"): m for m in raw.get("train_models") or []}
+
+    def copy_units(profile: dict) -> tuple[int, int]:
+        """(new trainings, evaluations) of the copy-distance study: a Table 2 training of the same
+        model at the profile's own length is reused."""
+        lengths = ((profile or {}).get("copy_distance") or {}).get("half_lens") or []
+        own = ((profile or {}).get("task") or {}).get("half_len")
+        reused = sum(1 for h in lengths for m in copy if h == own and table2.get(m.get("name")) == m)
+        return len(lengths) * len(copy) - reused, len(lengths) * len(copy)
+
+    units = {p: copy_units(prof) for p, prof in profiles.items()}
     rows = (Row("train", {p: f"{len(models)}t" for p in profiles}, ", ".join(models)),
             Row("table2", {p: f"{len(models) * len(settings)}e" for p in profiles},
                 f"each model evaluated as {', '.join(settings)}"))
-    total = Row("all", {p: f"{len(models)}t/{len(models) * len(settings)}e" for p in profiles},
+    if copy:
+        rows += (Row("copy_distance", {p: f"{t}t/{e}e" for p, (t, e) in units.items()},
+                     f"{', '.join(m.get('name', '?') for m in copy)} at each length of the profile"),)
+    total = Row("all", {p: f"{len(models) + t}t/{len(models) * len(settings) + e}e" for p, (t, e) in units.items()},
                 _first_line(str(raw.get("description") or "")))
     return Outline(str(raw.get("name") or path.stem), "duplication", "trainings/evaluations", total, rows)
 

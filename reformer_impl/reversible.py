@@ -140,12 +140,16 @@ def _block_backward(block, rng_f, rng_g, buckets, y1, y2, dy1, dy2, own_grads: b
         x2.requires_grad_()
         with rng_f.replay(), stage(REVERSIBLE_RECOMPUTE):
             f_out, _ = block.f.compute(x2, buckets)
-        with stage(REVERSIBLE_BACKWARD):
-            torch.autograd.backward(f_out, dx1)
+        if f_out.requires_grad:  # attention 'none' outputs constant zeros: nothing to differentiate
+            with stage(REVERSIBLE_BACKWARD):
+                torch.autograd.backward(f_out, dx1)
         with torch.no_grad():
             x1 = y1.detach().sub_(f_out)  # X1 = Y1 - F(X2), in Y1's buffer
         del f_out
-        dx2 = _accumulate(dy2, x2.grad, own_grads)
+        if x2.grad is not None:
+            dx2 = _accumulate(dy2, x2.grad, own_grads)
+        else:  # dY2 passes through unchanged; the engine's buffer is never written
+            dx2 = dy2 if own_grads else dy2.clone()
         x2.grad = None
     return x1, x2.detach(), dx1, dx2
 

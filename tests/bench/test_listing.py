@@ -32,6 +32,9 @@ def test_outlines_count_what_a_run_plans():
     cap = outline(SUITES_DIR / "capacity.yaml")
     assert cap.kind == "capacity" and {r.name for r in cap.rows} >= {"full", "lsh"}
     dup = outline(SUITES_DIR / "duplication.yaml")
-    assert dup.total.counts["cpu"] == "4t/20e"  # Table 2: 4 trained rows x 5 evaluation columns
+    from bench.duplication.spec import load_suite, resolve_profile, training_plan  # the real plan needs torch
+    for profile in ("cpu", "gpu"):
+        plan = training_plan(resolve_profile(load_suite(SUITES_DIR / "duplication.yaml"), profile))
+        assert dup.total.counts[profile] == f"{len(plan.trains)}t/{len(plan.evals)}e"
     quality = outline(SUITES_DIR / "quality.yaml")
     assert {r.name for r in quality.rows} >= {"hash_rounds", "shared_qk"}

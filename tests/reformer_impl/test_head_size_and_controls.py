@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from reformer_impl import ReformerConfig, ReformerLM
+from reformer_impl import ReformerConfig, ReformerLM, lm_loss
 from reformer_impl.attention import build_attention
 from bench.flops import attention_params, flop_count
 
@@ -101,3 +101,17 @@ def test_the_flop_and_parameter_counts_follow_head_size():
     assert math.isclose(wide["attention"], 2 * narrow["attention"])
     assert math.isclose(wide["projections"], 2 * narrow["projections"])
     assert flop_count({**params, "attention": "none"}).forward["attention"] == 0
+
+
+def test_the_no_attention_control_trains_reversibly_with_the_gradients_of_its_plain_twin():
+    cfg = ReformerConfig(d_model=16, n_heads=2, d_ff=32, vocab_size=11, n_layers=2, attention="none", max_seq_len=16,
+                         pos_emb="absolute", reversible=True)
+    torch.manual_seed(4)
+    rev = ReformerLM(cfg)
+    plain = ReformerLM(cfg.replace(reversible=False))
+    plain.load_state_dict(rev.state_dict())
+    tokens, targets = torch.randint(0, 11, (2, 16)), torch.randint(0, 11, (2, 16))
+    for model in (rev, plain):
+        lm_loss(model(tokens), targets).backward()
+    for (name, a), (_, b) in zip(rev.named_parameters(), plain.named_parameters()):
+        torch.testing.assert_close(a.grad, b.grad, msg=name)

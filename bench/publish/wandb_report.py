@@ -26,8 +26,7 @@ from bench.publish.training import (
     CURVE_LABELS, FINAL_TABLE, STEP_KEY, analysis_tables, curve_history_keys, curve_label, final_table, is_training,
     study_prefix,
 )
-from bench.quality.report_frames import bpb_by_seed, eval_frame, study_x, train_frame
-from bench.quality.verdicts import study_verdict
+from bench.quality.report import study_verdicts
 from bench.report.frames import main_memory_metrics
 from bench.report.labels import label
 
@@ -162,15 +161,9 @@ def _training_plots(study: str, axes: StudyAxes, runs: Sequence[ReportRun], firs
 
 
 def _quality_verdicts(run: ReportRun) -> dict[str, str]:
-    """Each quality study's verdict as report.md words it (bench.quality.report.study_section),
-    computed again from the records."""
-    spec = run.info.suite_spec
-    trains, by_seed = train_frame(run.records), bpb_by_seed(eval_frame(run.records))
-    verdicts = {}
-    for name, study in (spec.get("studies") or {}).items():
-        x_of = study_x(trains, study.get("models") or (), study.get("x"))
-        verdicts[name] = study_verdict(name, study, x_of, by_seed, spec.get("eval_settings") or {})[0]
-    return verdicts
+    """Each quality study's verdict exactly as report.md words it (bench.quality.report.study_verdicts:
+    the learned gate and the intervals included), computed again from the records."""
+    return study_verdicts(run.info.suite_spec, run.records)
 
 
 def _study_lead(run: ReportRun, study: str, verdicts: Mapping[str, str]) -> str:

@@ -1,12 +1,9 @@
 """The copy-distance study and the self-mask experiment: planned per length with each length's own
 task, bad input refused naming the field, local attention provably blind past its window, and the
 findings computed from records."""
-from pathlib import Path
-
 import pandas as pd
 import pytest
 import torch
-import yaml
 
 from bench.duplication import DEFAULT_SUITE
 from bench.duplication import copy_distance as cd
@@ -14,14 +11,7 @@ from bench.duplication.report import NO_SELF_MASK
 from bench.duplication.spec import load_suite, resolve_profile, training_plan
 from bench.loader import SuiteError
 from reformer_impl import ReformerConfig, ReformerLM
-
-
-def _suite(tmp_path: Path, mutate) -> Path:
-    raw = yaml.safe_load(DEFAULT_SUITE.read_text())
-    mutate(raw)
-    path = tmp_path / "dup.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
+from tests.duplication.test_suite import write_suite as _suite
 
 
 def test_each_length_trains_each_model_on_its_own_task_and_reuses_table_2s():

@@ -60,5 +60,6 @@ def test_only_keeps_a_training_suites_studies_and_the_models_they_need():
                     python_version="test")
     path = resolve_suite_path("quality")
     plan = only_studies(training_plan(load_suite(path), "cpu", corpus=corpus), ("shared_qk",), path)
-    assert {p.name for p in plan.trains} == {"full-separate-qk", "full"}
-    assert all("shared_qk" in e.studies for e in plan.evals) and plan.analyses == ()
+    assert {p.name for p in plan.trains} == {"full-separate-qk", "full", "no-attention"}  # the control is kept
+    assert all("shared_qk" in e.studies for e in plan.evals)
+    assert [a.point_id for a in plan.analyses] == ["baselines-count-models"]  # the count models, nothing else

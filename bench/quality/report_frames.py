@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from bench import store
+from bench.report.labels import plain
 
 AS_TRAINED = "as trained"
 # The model fields a quality model can change, as record columns (the paper's names; `residual` is
@@ -136,8 +137,6 @@ def bpb_by_seed(evals: pd.DataFrame) -> dict[tuple[str, str], dict[Any, float]]:
 
 def study_x(trains: pd.DataFrame, models: Sequence[str], x: Optional[str]) -> dict[str, Any]:
     """Each model's value of the study's varying field `x` (e.g. n_hashes), None where it has none."""
-    from bench.report.labels import plain
-
     first = trains.drop_duplicates("model").set_index("model")
     return {m: plain(first.loc[m, x]) if x in first.columns and m in first.index else None for m in models}
 

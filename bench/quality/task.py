@@ -2,6 +2,7 @@
 of the corpus's train split, bits per byte on fixed windows of its valid split."""
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -51,8 +52,6 @@ class TextLM:
                         max_windows=windows, device=device)
 
     def evaluate(self, model: torch.nn.Module, device: torch.device) -> dict[str, Any]:
-        import time
-
         t0 = time.perf_counter()
         ev = self._bpb(model, device, self.eval_windows)
         return {"bpb": ev.bits_per_byte, "nats_per_byte": ev.nats_per_byte, "eval_bytes": ev.n_bytes,

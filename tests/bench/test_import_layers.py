@@ -144,14 +144,6 @@ def test_imports_inside_functions_of_the_run_layers_say_why():
 
 
 # Other owners' modules whose function-level imports still need their reason (issue 20 item 5).
-PENDING = frozenset({"bench/quality/report_frames.py", "bench/quality/task.py"})
-
-
-def test_imports_inside_functions_say_why_outside_the_pending_modules():
-    assert silent_in(leave_out=PENDING) == []
-
-
-@pytest.mark.xfail(strict=True, reason="other owners' files pending")
 def test_every_import_inside_a_function_in_bench_says_why():
     silent = silent_in()
     assert silent == [], "function-level imports without a reason on their line or the line above:\n" + "\n".join(silent)

@@ -66,7 +66,7 @@ class ReformerLM(nn.Module):
             raise ValueError(f"sequence length {length} exceeds ReformerConfig.max_seq_len={self.cfg.max_seq_len}")
         x = self.token_emb(tokens) + self.pos_emb(length)
         y = self.stack(x)  # two-stream stacks return the mean of their streams
-        del x
+        del x  # the embedding is not needed past the stack: free it before the head's logits
         with stage(LM_HEAD):
             return self.head(self.norm(y))
 

@@ -103,14 +103,14 @@ class _ReversibleFunction(torch.autograd.Function):
         y1, y2, *saved = ctx.saved_tensors
         saved_buckets = iter(saved)
         buckets_per_layer = [next(saved_buckets) if has else None for has in ctx.has_buckets]
-        dy1 = dy2 = dy / 2  # d mean / d Y1 = d mean / d Y2; read, never written
+        dy1 = dy2 = dy / 2  # d mean / d Y1 = d mean / d Y2: one buffer for both, so the first layer adds out of place
         own_grads = False
         layers = zip(ctx.blocks, ctx.rng_states, buckets_per_layer)
         for block, (rng_f, rng_g), buckets in reversed(list(layers)):
             buckets = None if buckets is None else buckets.long()
             y1, y2, dy1, dy2 = _block_backward(block, rng_f, rng_g, buckets, y1, y2, dy1, dy2, own_grads)
             own_grads = True
-        return dy1.add_(dy2) if own_grads else dy1 + dy2, None
+        return dy1.add_(dy2), None  # n_layers >= 1: both are this backward's own, separate buffers by now
 
 
 def _accumulate(grad: torch.Tensor, extra: torch.Tensor, in_place: bool) -> torch.Tensor:
@@ -146,10 +146,8 @@ def _block_backward(block, rng_f, rng_g, buckets, y1, y2, dy1, dy2, own_grads: b
         with torch.no_grad():
             x1 = y1.detach().sub_(f_out)  # X1 = Y1 - F(X2), in Y1's buffer
         del f_out
-        if x2.grad is not None:
-            dx2 = _accumulate(dy2, x2.grad, own_grads)
-        else:  # dY2 passes through unchanged; the engine's buffer is never written
-            dx2 = dy2 if own_grads else dy2.clone()
+        # dY2 passes through unchanged where F did not depend on X2 (dX1 is a buffer of its own by now)
+        dx2 = dy2 if x2.grad is None else _accumulate(dy2, x2.grad, own_grads)
         x2.grad = None
     return x1, x2.detach(), dx1, dx2
 

@@ -15,6 +15,16 @@ COLLAPSE = 2.0  # "at chance": at most this many times the chance accuracy
 PAPER_COLLAPSE = 0.8  # % : the paper's LSH-trained models evaluated with full attention (Table 2)
 
 
+def at_chance(accuracy: float, chance: float) -> bool:
+    """Whether an accuracy (in %) is at chance level: at most COLLAPSE x chance (in %); NaN is not."""
+    return accuracy <= COLLAPSE * chance
+
+
+def above_chance(accuracy: float, chance: float) -> bool:
+    """Whether an accuracy (in %) is above chance level; NaN (no such model) is not."""
+    return accuracy > COLLAPSE * chance
+
+
 def accuracy_by_length(records: Iterable[Mapping[str, Any]], spec: Optional[Mapping[str, Any]] = None) -> pd.DataFrame:
     """Accuracy in % of the latest ok copy-distance evaluations: rows = model (suite order), columns = seq_len."""
     rows = [r for r in store.latest_by_point(records).values()
@@ -35,11 +45,10 @@ def copy_findings(table: pd.DataFrame, chance: float, window: Optional[int], kin
         return []
     where = " ([table](#copy-distance-accuracy-against-length), [plot](copy_distance.png))"
     out = []
-    at_chance = lambda v: v <= COLLAPSE * chance  # noqa: E731
     for length in table.columns:
         col = table[length].dropna()
         parts = ", ".join(f"`{m}` {v:.1f}%" for m, v in col.items())
-        low = [m for m, v in col.items() if at_chance(v)]
+        low = [m for m, v in col.items() if at_chance(v, chance)]
         reach = ""
         if window:
             reach = (f" The first copy is {length // 2} tokens back, "
@@ -62,13 +71,12 @@ def _verdict(table: pd.DataFrame, length: int, local: list, lsh: list, full: lis
     col = table[length]
     best = lambda models: max((col[m] for m in models if pd.notna(col[m])), default=float("nan"))  # noqa: E731
     top_local, top_lsh, top_full = best(local), best(lsh), best(full)
-    floor = COLLAPSE * chance
-    if top_local > floor:
+    if above_chance(top_local, chance):
         return f"at {length}, local scores {top_local:.1f}% (above chance: unexplained, its window cannot reach the copy)"
-    if top_lsh > floor:
+    if above_chance(top_lsh, chance):
         return (f"at {length}, local is at chance ({top_local:.1f}%) and LSH reaches {top_lsh:.1f}%: "
                 f"hashing finds what the window cannot")
-    if top_full > floor:
+    if above_chance(top_full, chance):
         return (f"at {length}, local and LSH are at chance while full attention reaches {top_full:.1f}%: "
                 f"LSH did not learn the copy in this training budget (inconclusive for hashing)")
     return f"at {length}, every model is at chance: inconclusive, nothing learned the copy in this training budget"
@@ -86,7 +94,7 @@ def self_mask_findings(measured: pd.DataFrame, keys: Mapping[str, tuple], traine
     a, b = with_mask[0], no_mask[0]
     where = " ([matrix](#accuracy-trained-rows-x-evaluated-columns-measured-paper))"
     rows = ", ".join(f"`{r}` {measured.loc[r, a]:.1f}% / {measured.loc[r, b]:.1f}%" for r in lsh_rows)
-    collapsed = {c: all(measured.loc[r, c] <= COLLAPSE * chance for r in lsh_rows) for c in (a, b)}
+    collapsed = {c: all(at_chance(measured.loc[r, c], chance) for r in lsh_rows) for c in (a, b)}
     if collapsed[b] and not collapsed[a]:
         verdict = (f"dropping the self-mask reproduces the paper's collapse to chance ({PAPER_COLLAPSE}% there, "
                    f"chance 1/127); with the mask the models copy")
@@ -100,7 +108,7 @@ def self_mask_findings(measured: pd.DataFrame, keys: Mapping[str, tuple], traine
     also = ""
     if collapsed[b] and full_rows:
         r = full_rows[0]
-        if measured.loc[r, b] <= COLLAPSE * chance:
+        if at_chance(measured.loc[r, b], chance):
             also = (f"; the full-attention-trained `{r}` (trained with the mask) collapses too ({measured.loc[r, b]:.1f}%), "
                     f"so the paper's 100% for its full row fits only a full model trained under the same unmasked rule")
     return [f"- LSH-trained models evaluated with full attention, with / without the self-mask: {rows} "

@@ -96,14 +96,12 @@ class DuplicationSuite(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> "DuplicationSuite":
-        for key in ("train_models", "eval_settings"):
-            names = [s.name for s in getattr(self, key)]
+        named = {"train_models": self.train_models, "eval_settings": self.eval_settings,
+                 "copy_distance.models": self.copy_distance.models if self.copy_distance else ()}
+        for key, settings in named.items():
+            names = [s.name for s in settings]
             if len(set(names)) != len(names):
                 raise ValueError(f"{key}: names must be unique, got {names}")
-        if self.copy_distance is not None:
-            names = [s.name for s in self.copy_distance.models]
-            if len(set(names)) != len(names):
-                raise ValueError(f"copy_distance.models: names must be unique, got {names}")
         for name, profile in self.profiles.items():
             if profile.copy_distance is not None and self.copy_distance is None:
                 raise ValueError(f"profiles.{name}.copy_distance: the suite has no copy_distance section "

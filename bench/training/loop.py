@@ -223,7 +223,6 @@ def load_trained(checkpoint: Path, cfg: ReformerConfig, device: str | torch.devi
 def activation_mib(model: torch.nn.Module, batch: Batch) -> float:
     """MiB autograd keeps from one training forward for the backward, parameters excluded: the
     device-independent memory figure of a training point (the allocator peak needs CUDA)."""
-
     model.train()
     with SavedTensorCounter(exclude=model.parameters()) as counter:
         logits = model(batch.inputs)

@@ -6,8 +6,11 @@ is remembered, so a search killed at any moment resumes where it stopped: the sa
 same order, none lost, none repeated.
 
 Two searches. With a budget (`Search.budget_mib`), the calibrated one: probe three small
-calibration lengths (up to the first that fails; halvings below them until two fit), fit their peaks by the configuration's form and solve for the budget
-(bench.capacity.calibrate), probe the predicted length and just above it, widen the bracket in
+calibration lengths (up to the first that fails; halvings below them until two fit), fit their peaks
+by the configuration's form and solve for the budget (bench.capacity.calibrate); while that
+prediction is more than `reach` (2) times the longest calibration fit, probe at the prediction over
+`reach` too and fit the longest three again (a peak's slope at a few thousand tokens need not be its slope at a
+hundred thousand); then probe the predicted length and just above it, widen the bracket in
 doubling steps from there until it holds the limit, then bisect. Without a budget (or when the
 calibration cannot be fitted), the classic one: double from `start` until the first failure (or
 halve down from a failing start until a success), then bisect between the last success and the
@@ -24,6 +27,11 @@ from bench.capacity.calibrate import FORMS, LINEAR, Calibration, calibrate
 FIT, NO_FIT, ERROR = "fit", "no_fit", "error"
 MEMORY, TIME, MAX_VALUE = "memory", "time", "max_value"  # what stops a search
 CALIBRATION_FRACTIONS = (0.25, 0.5, 1.0)  # default calibration lengths, as fractions of `start`
+# The calibration extends (a probe at the prediction / REACH) while its prediction is more than REACH
+# times its longest fit: the CPU reference's reversible LSH, calibrated at 8K-32K and extrapolated 3-6x,
+# missed its limit by 17-23% (the per-token peak at 16K is not the one at 100K).
+REACH = 2.0
+FIT_POINTS = 3  # the prediction fits the calibration's longest three fits
 
 
 @dataclass(frozen=True)
@@ -66,6 +74,7 @@ class Search:
     time_form: str = LINEAR
     timeout_s: float | None = None
     calibration: tuple[int, ...] | None = None
+    reach: float = REACH
 
     def __post_init__(self) -> None:
         if self.multiple < 1:
@@ -88,6 +97,8 @@ class Search:
             if len(cal) < 2 or cal != sorted(set(cal)) or cal[0] < 1 or cal[-1] > self.max_value:
                 raise ValueError(f"Search.calibration={self.calibration}: need >= 2 increasing lengths "
                                  f"in [1, max_value={self.max_value}]")
+        if not self.reach > 1:
+            raise ValueError(f"Search.reach={self.reach}: must be > 1")
 
     def down(self, value: float) -> int:
         """The largest allowed value <= value (0 if none)."""
@@ -177,29 +188,59 @@ def next_probe(search: Search, outcomes: Mapping[int, OutcomeLike]) -> Probe | D
 
 def _calibration_walk(search: Search, outcomes: Mapping[int, OutcomeLike]):
     """The calibration probes in order, and the fits among them: the calibration lengths up to the
-    first failure; with fewer than two fits then, halvings below the smallest until two fit. Yields
-    each value asked; returns (fits as (length, peak, wall), complete) through StopIteration."""
+    first failure; with fewer than two fits then, halvings below the smallest until two fit; with no
+    failure, the prediction over `reach` while the prediction is more than `reach` times the longest
+    fit (and below max_value). Yields each value asked; returns (fits as (length, peak, wall), complete) through
+    StopIteration."""
     fits: list[tuple[int, float | None, float | None]] = []
     lengths = search.calibration_lengths
     below = [search.down(lengths[0] / 2**k) for k in range(1, 64) if search.down(lengths[0] / 2**k) >= search.multiple]
     failed = False
+
+    def ask(value: int):
+        """The outcome of one asked value: None if unprobed or an error (the walk is over)."""
+        raw = outcomes.get(value)
+        outcome = None if raw is None else _outcome(raw)
+        if outcome is None or outcome.status == ERROR:
+            return None
+        return outcome
+
     for value in (*lengths, *below):
         if value in below and (len(fits) >= 2 or not failed):
             break
         if failed and value in lengths:
             continue
         yield value
-        raw = outcomes.get(value)
-        if raw is None:
+        outcome = ask(value)
+        if outcome is None:
             return fits, False
-        outcome = _outcome(raw)
-        if outcome.status == ERROR:
+        if outcome.status == FIT:
+            fits.append((value, outcome.peak_mib, outcome.wall_s))
+        else:
+            failed = True
+    while not failed:
+        cal = _predict(search, fits)
+        longest = max(v for v, _, _ in fits) if fits else None
+        if cal is None or longest is None or cal.value >= search.top or cal.value <= search.reach * longest:
+            break
+        value = min(search.down(cal.value / search.reach), search.top)
+        if value <= longest:
+            break
+        yield value
+        outcome = ask(value)
+        if outcome is None:
             return fits, False
         if outcome.status == FIT:
             fits.append((value, outcome.peak_mib, outcome.wall_s))
         else:
             failed = True
     return fits, True
+
+
+def _predict(search: Search, fits) -> Calibration | None:
+    """The calibration of the longest FIT_POINTS fits (None if they cannot be fitted)."""
+    return calibrate(sorted(fits)[-FIT_POINTS:], search.budget_mib, search.memory_form, search.timeout_s,
+                     search.time_form, search.multiple, search.top)
 
 
 def _walk(search: Search, outcomes: Mapping[int, OutcomeLike], visit=None):
@@ -220,8 +261,16 @@ def calibration_of(search: Search, outcomes: Mapping[int, OutcomeLike]) -> Calib
     points, complete = _walk(search, outcomes)
     if not complete:
         return None
-    return calibrate(sorted(points), search.budget_mib, search.memory_form, search.timeout_s, search.time_form,
-                     search.multiple, search.top)
+    return _predict(search, points)
+
+
+def calibration_probes(search: Search, outcomes: Mapping[int, OutcomeLike]) -> tuple[int, ...]:
+    """The calibration lengths the search asked for, in order (its extensions included); () without a budget."""
+    if search.budget_mib is None:
+        return ()
+    asked: list[int] = []
+    _walk(search, outcomes, asked.append)
+    return tuple(asked)
 
 
 class _Bracket:

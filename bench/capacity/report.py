@@ -42,7 +42,8 @@ def caption(meta: Mapping[str, Any], plan: CapacityPlan) -> str:
     return (f"Longest {plan.over} whose full training step (forward, backward, AdamW step) ran within "
             f"{' / '.join(f'{b:g}' for b in budgets)} GiB ({enforced}) on {env.get('device_name') or plan.device}; "
             f"held fixed: {fixed}. Search: three calibration probes (start x 1/4, 1/2, 1 unless the suite "
-            f"names them), the calibrated prediction and just above it, then bisection to "
+            f"names them), one at half the prediction while it is over twice the longest of them, the "
+            f"calibrated prediction and just above it, then bisection to "
             f"{plan.search.resolution:g} of the length; cap {plan.search.max_value}, timeout {plan.timeout_s:g} s"
             + own + ".")
 
@@ -53,7 +54,8 @@ COLUMN_LABELS = {
     "step_ms": "step time there (ms)", "limited_by": "stopped by", "predicted": "calibrated prediction",
     "prediction_error": "prediction error", "table3_longest": "Table 3 bound (paper)",
     "table3_over_measured": "Table 3 / measured", "ratio_to_full": "ratio to full attention",
-    "probes": "probes", "calibration_probes": "of which calibration", "memory_fit": "peak fit (MiB, L tokens)",
+    "probes": "probes", "calibration_probes": "of which calibration",
+    "calibration_longest": "longest calibration fit", "memory_fit": "peak fit (MiB, L tokens)",
     "first_failure": "first failure",
 }
 
@@ -75,8 +77,8 @@ def markdown(df: pd.DataFrame, plan: CapacityPlan, meta: Mapping[str, Any], ref:
     for c in (col, "ratio_to_full"):
         main.loc[capped, c] = ">= " + main.loc[capped, c]
     errors = df[["configuration", "limit", col, "predicted", "predicted_limit", "prediction_error",
-                 "memory_fit", "table3_longest", "table3_over_measured"]].copy()
-    for c in (col, "predicted", "table3_longest"):
+                 "calibration_longest", "memory_fit", "table3_longest", "table3_over_measured"]].copy()
+    for c in (col, "predicted", "calibration_longest", "table3_longest"):
         errors[c] = errors[c].map(lambda v: _fmt(v, ",.0f"))
     errors["prediction_error"] = errors.prediction_error.map(lambda v: _fmt(v, "+.1%"))
     errors["table3_over_measured"] = errors.table3_over_measured.map(lambda v: _fmt(v, ".2f"))
@@ -91,7 +93,7 @@ def markdown(df: pd.DataFrame, plan: CapacityPlan, meta: Mapping[str, Any], ref:
         caption(meta, plan), "",
         "## Longest length per configuration", "",
         f"Peak: {peak} at the longest value. Ratio: longest value over `{ref}`'s. Calibrated prediction: the "
-        "step's peak measured at the calibration lengths, fitted by a + b L (linear-memory attention) or "
+        "step's peak measured at the calibration lengths (the longest three), fitted by a + b L (linear-memory attention) or "
         "a + b L + c L^2 (naive full attention), solved for the budget; where the fitted wall time reaches "
         "the per-probe timeout first, that length (bench/capacity/calibrate.py). Table 3 bound: the paper's "
         "memory term of the configuration's row (one copy of the largest activation) plus weights, "

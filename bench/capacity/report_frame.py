@@ -9,7 +9,7 @@ from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
-from bench.capacity.planner import MAX_VALUE, MEMORY, TIME, Done, calibration_of, next_probe
+from bench.capacity.planner import FIT, MAX_VALUE, MEMORY, TIME, Done, calibration_of, calibration_probes, next_probe
 from bench.capacity.predict import predict_longest
 from bench.capacity.runner import below_footprint
 from bench.capacity.searches import budget_gib, config_outcomes, search_for, timeout_for
@@ -112,7 +112,9 @@ def _row(plan: CapacityPlan, config: CapacityConfig, records: Sequence[Mapping[s
     predicted = (cal.time if cal.limit == TIME else cal.memory) if cal is not None else None
     limit = done.limit if done else None
     error = (predicted / longest - 1) if predicted is not None and longest and limit in (MEMORY, TIME) else None
-    n_cal = sum(v in outcomes for v in search.calibration_lengths) if search.budget_mib is not None else 0
+    asked = [v for v in calibration_probes(search, outcomes) if v in outcomes]
+    n_cal = len(asked)
+    cal_top = max((v for v in asked if outcomes[v].status == FIT), default=None)
     stopped = limited_by(done, failure, timeout_for(plan, config))
     if done is not None and longest is None and (note := below_footprint(records, plan, config)):
         stopped = f"{stopped}; {note}"
@@ -140,6 +142,7 @@ def _row(plan: CapacityPlan, config: CapacityConfig, records: Sequence[Mapping[s
         "table3_row": row_name,
         "probes": len(done.probes) if done else len(outcomes),
         "calibration_probes": n_cal,
+        "calibration_longest": cal_top,
     }
 
 
@@ -164,10 +167,13 @@ def findings(df: pd.DataFrame, plan: CapacityPlan) -> list[str]:
     if len(errs):
         within = int((errs.abs() <= TARGET_ERROR).sum())
         worst = mem.loc[errs.abs().idxmax()]
-        lines.append(f"Calibrated prediction (peak at three small lengths, fitted and solved for the budget): "
+        share = (mem.calibration_longest / mem[f"longest_{plan.over}"]).dropna()
+        lines.append(f"Calibrated prediction (the peak at small lengths, fitted and solved for the budget): "
                      f"within {TARGET_ERROR:.0%} of the searched longest {plan.over} for {within} of "
                      f"{len(errs)} memory-limited configurations; worst `{worst.configuration}` "
-                     f"{worst.prediction_error:+.1%}; median |error| {errs.abs().median():.1%}.")
+                     f"{worst.prediction_error:+.1%}; median |error| {errs.abs().median():.1%}"
+                     + (f"; the longest calibration probe at {share.min():.0%}-{share.max():.0%} of the searched "
+                        f"length (median {share.median():.0%})" if len(share) else "") + ".")
     t3 = mem.table3_over_measured.dropna()
     if len(t3):
         lines.append(f"Table 3's term (the paper's lower bound on memory: one copy of the largest activation) "

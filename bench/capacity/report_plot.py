@@ -60,7 +60,7 @@ def plot(df: pd.DataFrame, plan: CapacityPlan, path: Path, caption: str) -> Path
     labels = [f"measured, attention={k}" for k in present]
     if any(predicted):
         handles.append(Rectangle((0, 0), 1, 1, facecolor="#bbbbbb", hatch="///", edgecolor="#777777"))
-        labels.append("calibrated prediction (3 small probes, fitted, solved for the budget)")
+        labels.append("calibrated prediction (small probes, fitted, solved for the budget)")
     hs, ls = ax.get_legend_handles_labels()
     ax.legend(handles + hs, labels + ls, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     ax.set_title(f"{plan.suite} ({plan.profile}): how long a sequence fits in "

@@ -93,7 +93,7 @@ def test_search_refuses_nonsense():
 
 # --------------------------------------------------------------------------- the calibrated search
 
-from bench.capacity.planner import MAX_VALUE, MEMORY, TIME, Outcome, calibration_of  # noqa: E402
+from bench.capacity.planner import MAX_VALUE, MEMORY, TIME, Outcome, calibration_of, calibration_probes  # noqa: E402
 
 
 def machine(peak, wall=lambda v: 1.0, budget=2048.0, timeout=120.0):
@@ -122,18 +122,39 @@ def drive(search: Search, oracle) -> tuple[list[int], Done, dict[int, Outcome]]:
 CAL = dict(start=8192, max_value=1 << 20, resolution=1 / 16, multiple=256, budget_mib=2048.0, timeout_s=120.0)
 
 
+NO_REACH = dict(CAL, reach=1e9)  # the three calibration probes alone, never extended
+
+
 def test_linear_memory_found_with_the_prediction_and_one_probe_above_it():
     order, done, _ = drive(Search(**CAL), machine(lambda v: 300 + 0.02 * v))
-    # 87,400 tokens fit: the calibration predicts 87,296; just above it (+ 1/16, rounded up) fails
-    assert order == [2048, 4096, 8192, 87296, 92928]
+    # 87,400 tokens fit: the calibration predicts 87,296, more than twice its longest length, so it
+    # probes half of it too (43,520: the prediction stays); then the prediction and just above it fails
+    assert order == [2048, 4096, 8192, 43520, 87296, 92928]
     assert (done.longest, done.first_failure, done.why, done.limit) == (87296, 92928, "bracketed", MEMORY)
     assert done.predicted == 87296 and done.probes == tuple(order)
+    assert calibration_probes(Search(**CAL), dict.fromkeys(order, FIT)) == (2048, 4096, 8192)  # no peaks: no fit
+    _, _, outcomes = drive(Search(**CAL), machine(lambda v: 300 + 0.02 * v))
+    assert calibration_probes(Search(**CAL), outcomes) == (2048, 4096, 8192, 43520)
+
+
+def test_a_concave_peak_is_predicted_from_the_extended_calibration():
+    # the small lengths' slope (0.02 MiB per token) overstates the long ones' (0.01): the prediction
+    # from 2K-8K (87,296) is more than twice 8K, so the calibration probes at half of each new
+    # prediction and fits its longest three, until the prediction is within twice its longest probe
+    peak = lambda v: 300 + 0.02 * min(v, 8192) + 0.01 * max(0, v - 8192)  # noqa: E731
+    truth = 8192 + (2048 - 300 - 0.02 * 8192) / 0.01  # 166,624 tokens
+    search = Search(**CAL)
+    order, done, outcomes = drive(search, machine(peak))
+    extension = calibration_probes(search, outcomes)[3:]
+    assert extension and all(v <= done.predicted / 2 + search.multiple for v in extension)
+    assert abs(done.predicted / truth - 1) < 0.01 and done.longest <= truth < done.first_failure
+    unextended = drive(Search(**NO_REACH), machine(peak))[1]
+    assert unextended.predicted == 87296  # what the three small probes alone predict: 48% low
 
 
 def test_a_low_prediction_probes_just_above_then_re_predicts_from_the_long_lengths():
-    # concave memory: the small lengths' slope (0.02 MiB per token) overstates the long ones' (0.01)
     peak = lambda v: 300 + 0.02 * min(v, 8192) + 0.01 * max(0, v - 8192)  # noqa: E731
-    search = Search(**CAL)
+    search = Search(**NO_REACH)
     order, done, _ = drive(search, machine(peak))
     truth = 8192 + (2048 - 300 - 0.02 * 8192) / 0.01  # 166,624 tokens
     # calibration, the prediction (87,296) and just above it (both fit), then the line through
@@ -145,19 +166,34 @@ def test_a_low_prediction_probes_just_above_then_re_predicts_from_the_long_lengt
 
 def test_a_far_low_prediction_widens_at_most_by_doubling():
     peak = lambda v: 300 + 0.02 * min(v, 8192) + 0.005 * max(0, v - 8192)  # noqa: E731
-    order, done, _ = drive(Search(**CAL), machine(peak))
+    order, done, _ = drive(Search(**NO_REACH), machine(peak))
     assert all(b <= 2 * a for a, b in zip(order[3:], order[4:]))
     truth = 8192 + (2048 - 300 - 0.02 * 8192) / 0.005
     assert done.longest <= truth < done.first_failure and len(order) <= 9
+    extended = drive(Search(**CAL), machine(peak))[1]
+    assert abs(extended.predicted / truth - 1) < 0.01 and extended.longest <= truth < extended.first_failure
 
 
 def test_a_high_prediction_steps_down_from_the_failure():
     peak = lambda v: 300 + 0.02 * min(v, 8192) + 0.04 * max(0, v - 8192)  # noqa: E731  (convex)
-    order, done, _ = drive(Search(**CAL), machine(peak))
+    order, done, _ = drive(Search(**NO_REACH), machine(peak))
     assert order[3] == done.predicted == 87296 and done.first_failure <= 87296
     truth = 8192 + (2048 - 300 - 0.02 * 8192) / 0.04
     assert done.longest <= truth < done.first_failure and done.limit == MEMORY
     assert all(v < 87296 for v in order[4:])
+    extended = drive(Search(**CAL), machine(peak))[1]
+    assert abs(extended.predicted / truth - 1) < 0.02 and extended.longest <= truth < extended.first_failure
+
+
+def test_a_failing_extension_probe_ends_the_calibration_and_bounds_the_search():
+    # steep past 8K: half the small probes' prediction (43,520) is already over the budget
+    peak = lambda v: 300 + 0.02 * min(v, 8192) + 0.5 * max(0, v - 8192)  # noqa: E731
+    search = Search(**CAL)
+    order, done, outcomes = drive(search, machine(peak))
+    truth = 8192 + (2048 - 300 - 0.02 * 8192) / 0.5
+    assert order[:4] == [2048, 4096, 8192, 43520] and outcomes[43520].status == NO_FIT
+    assert calibration_probes(search, outcomes) == (2048, 4096, 8192, 43520)
+    assert all(v < 43520 for v in order[4:]) and done.longest <= truth < done.first_failure
 
 
 def test_quadratic_memory_predicted_from_three_small_lengths():
@@ -172,6 +208,7 @@ def test_quadratic_memory_predicted_from_three_small_lengths():
 def test_the_cap_says_which_limit_capped_it():
     tiny = lambda v: 300 + 1e-6 * v  # noqa: E731  memory never runs out
     order, done, _ = drive(Search(**CAL), machine(tiny))
+    assert order == [2048, 4096, 8192, 1 << 20]  # a prediction at the cap is probed at once, not extended to
     assert (done.longest, done.first_failure, done.why, done.limit) == (1 << 20, None, "max_value", MAX_VALUE)
     slow = lambda v: 2 + 0.002 * v  # noqa: E731  the timeout is reached at 59,000 tokens
     order, done, _ = drive(Search(**CAL), machine(tiny, wall=slow))
@@ -239,6 +276,8 @@ def test_calibrated_search_refuses_nonsense():
         Search(**{**CAL, "memory_form": "cubic"})
     with pytest.raises(ValueError, match="calibration"):
         Search(**{**CAL, "calibration": (4096, 2048)})
+    with pytest.raises(ValueError, match="reach"):
+        Search(**{**CAL, "reach": 1.0})
     with pytest.raises(ValueError, match="Outcome.limit"):
         Outcome(NO_FIT, "patience")
     assert Search(**{**CAL, "calibration": (1000, 3000, 9000)}).calibration_lengths == (768, 2816, 8960)

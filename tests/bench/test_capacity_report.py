@@ -75,7 +75,8 @@ CAL_PLAN = CapacityPlan(
 # what each configuration's probes would measure: peak MiB and wall s at a length, None = OOM
 MODELS = {
     "full": (lambda v: 200 + 0.05 * v + 1e-4 * v * v, lambda v: 2.0),
-    "lsh": (lambda v: 250 + 0.02 * min(v, 2048) + 0.016 * max(0, v - 2048), lambda v: 2.0 + 1e-4 * v),
+    # convex past 20K, beyond the calibration's reach (its longest probe is half its prediction, 19K)
+    "lsh": (lambda v: 250 + 0.02 * min(v, 20000) + 0.06 * max(0, v - 20000), lambda v: 2.0 + 1e-4 * v),
     "slow": (lambda v: 250 + 0.001 * v, lambda v: 2.0 + 0.01 * v),  # the 60 s timeout at 5,800 tokens
 }
 
@@ -105,10 +106,11 @@ def test_calibrated_frame_tells_memory_from_time_and_reports_the_prediction_erro
     assert df.loc["full", "limit"] == "memory" and df.loc["full", "calibration_probes"] == 3
     assert df.loc["full", "prediction_error"] == pytest.approx(0, abs=0.07)  # a quadratic fits exactly
     lsh = df.loc["lsh"]
-    truth = 2048 + (1024 - 250 - 0.02 * 2048) / 0.016  # 47,863 tokens
+    truth = 20000 + (1024 - 250 - 0.02 * 20000) / 0.06  # 26,233 tokens
     assert lsh.limit == "memory" and lsh.longest_seq_len <= truth < lsh.first_failure
     assert lsh.prediction_error == pytest.approx((lsh.predicted - lsh.longest_seq_len) / lsh.longest_seq_len)
-    assert lsh.prediction_error < -0.15  # the small lengths' slope misled it: the report says by how much
+    assert lsh.prediction_error > 0.15  # the calibration's slope misled it: the report says by how much
+    assert lsh.calibration_probes == 4 and lsh.calibration_longest == 19200  # 512, 1K, 2K, half of 38,700
     assert lsh.table3_longest > lsh.longest_seq_len  # the paper's term: a lower bound on memory
     slow = df.loc["slow"]
     assert slow.limit == "time" and slow.limited_by == "time (timeout 60 s)" and slow.predicted_limit == "time"

@@ -20,7 +20,7 @@ from bench.load import OTHER_CPU_LIMIT, STEAL_LIMIT
 from bench.quality.report_figures import BPB, model_colours, plot_approximation, plot_learning_curves, plot_pareto
 from bench.quality import baselines as count_models
 from bench.quality.report_frames import (
-    AS_TRAINED, AXES, Spread, approx_frame, bpb_by_seed, coinciding, count_frame, curve_frame, eval_frame,
+    AS_TRAINED, AXES, Spread, approx_frame, bpb_by_seed, coinciding, count_frame, curve_frame, curve_gap, eval_frame,
     final_table, load_summary, memory_column, model_configs, models_frame, spec_controls, study_x, train_frame,
     windows_by_seed,
 )
@@ -185,8 +185,27 @@ def gate_text(gate: Gate | None) -> str:
             f"{gate.margin} bpb below each) → {word}.")
 
 
+GAP_STEADY_BPB = 0.005  # a change of the curve gap smaller than this over the second half reads "steady"
+
+
+def gap_text(curves: pd.DataFrame | None, a: str, b: str) -> str | None:
+    """How the held-out gap between two models moved over training, from this run's curves: up to
+    four validation steps and whether it narrowed, widened or held over the second half."""
+    gap = curve_gap(curves, a, b) if curves is not None and len(curves) else pd.Series(dtype=float)
+    if len(gap) < 2:
+        return None
+    steps = list(gap.index)
+    shown = sorted({steps[round(i * (len(steps) - 1) / 3)] for i in range(4)})
+    mid, last = gap.loc[steps[(len(steps) - 1) // 2]], gap.iloc[-1]
+    trend = ("narrowing" if abs(last) < abs(mid) - GAP_STEADY_BPB else
+             "widening" if abs(last) > abs(mid) + GAP_STEADY_BPB else "steady")
+    return (f"held-out gap {a} minus {b} on the learning curves (mean over seeds): "
+            + ", ".join(f"{gap.loc[s]:+.3f} at step {s}" for s in shown)
+            + f"; {trend} over the second half of training ({mid:+.3f} at step {steps[(len(steps) - 1) // 2]}).")
+
+
 def verdict_markdown(verdict: str, parts: Sequence[PartVerdict], context: Mapping[str, Any],
-                     gate: Gate | None = None) -> list[str]:
+                     gate: Gate | None = None, curves: pd.DataFrame | None = None) -> list[str]:
     """The study's verdict, its reference's margins below the baselines, each part's comparisons with
     their numbers and intervals, and, where a part does not reproduce (or stays within noise), the
     templated reasons it may not at this scale."""
@@ -204,7 +223,11 @@ def verdict_markdown(verdict: str, parts: Sequence[PartVerdict], context: Mappin
             lines.append(f"  - {c.name} minus {c.versus}, per seed ({', '.join(map(str, c.d.seeds))}): {per_seed}; "
                          f"mean d {c.diff:+.4f} bpb ({_call(c)}) → {c.outcome}. Unpaired: {_s(c.a)} vs {_s(c.b)}."
                          f"{_interval_text(c)}")
-        reasons = why_not(p.part, context) if judged and p.verdict in ("does not reproduce", "within noise") else []
+        failed = judged and p.verdict in ("does not reproduce", "within noise")
+        for c in p.comparisons if failed else ():
+            if (text := gap_text(curves, c.name, c.versus)) is not None:
+                lines.append(f"  - _Over training ({c.name}):_ {text}")
+        reasons = why_not(p.part, context) if failed else []
         if reasons:
             lines.append("  - _Why it may not at this scale:_ " + " ".join(reasons))
     return lines + [""]
@@ -312,7 +335,7 @@ def study_section(name: str, study: Mapping[str, Any], meta: Mapping[str, Any], 
         png = plot_learning_curves(curves, models, model_colours(models, x_of), f"Learning curves: {name}", caption,
                                    plots / f"curves_{slug(name)}.png", names)
         lines += [f"![learning curves, {name}](plots/{png.name})", "", f"_{caption}_", ""]
-    lines += verdict_markdown(verdict, parts, why_context(spec), gate)
+    lines += verdict_markdown(verdict, parts, why_context(spec), gate, curves)
     checks = []
     if (same := SAME_FUNCTION.get(name)) is not None:
         for a, b in same_function_pairs(models, model_configs(spec), same):
@@ -403,6 +426,18 @@ def baselines_markdown(evidence: Evidence, gates: Mapping[str, Gate], spec: Mapp
     return lines
 
 
+def seed_spread_note(table: pd.DataFrame) -> list[str]:
+    """The run's largest seed spread (max - min) of final bpb as trained, beside the margin it is weighed against."""
+    trained = table[(table.setting == "as trained") & (table.n_seeds.fillna(0) >= 2)] if len(table) else table
+    if not len(trained):
+        return []
+    spread = trained.bpb_max - trained.bpb_min
+    worst = trained.loc[spread.idxmax()]
+    return [f"Seed spread in this run: the largest max - min of a model's final bpb over its seeds is "
+            f"{spread.max():.3f} (`{worst.model}`, {int(worst.n_seeds)} seeds), the median {spread.median():.3f}, "
+            f"against the {LEARNED_MARGIN_BPB} bpb learned margin.", ""]
+
+
 def write_report(run_dir: Path) -> Path:
     """Write report.md, plots/*.png and tables/*.csv into `run_dir` from its run.json and records."""
     run_dir = Path(run_dir)
@@ -450,8 +485,8 @@ def write_report(run_dir: Path) -> Path:
                  columns=["study", "paper", "hypothesis", "verdict", "reference", "reference_bpb", "below_control",
                           "below_best_count", "best_count", "learned"]).to_csv(tables / "verdicts.csv", index=False)
     out_md += baselines_markdown(evidence, gates, spec)
-    out_md += ["## Verdicts", "", RULE, "", md(pd.DataFrame(verdicts, columns=["study", "paper", "hypothesis",
-                                                                               "verdict"])), ""]
+    out_md += ["## Verdicts", "", RULE, "", *seed_spread_note(table),
+               md(pd.DataFrame(verdicts, columns=["study", "paper", "hypothesis", "verdict"])), ""]
     out_md += [f"Same function check ({name}): `{c.a}` and `{c.b}` **{c.verdict}** (details in the study)."
                for name, c in checks] + ([""] if checks else [])
     out_md += [*studies_md, *pareto_markdown(table, trains, meta, plots)]

@@ -102,9 +102,15 @@ def plot_pareto(table: pd.DataFrame, trains: pd.DataFrame, caption: str, path: P
                    zorder=3)
         if len(front) > 1:
             ax.plot(rows.loc[front, col], rows.loc[front, "bpb_mean"], "k--", drawstyle="steps-post", linewidth=1)
-        for label, bpb, role in references:
+        span = max([*rows["bpb_max"].astype(float), *(b for _, b, _ in references)]) - min(
+            [*rows["bpb_min"].astype(float), *(b for _, b, _ in references)])
+        placed: list[tuple[float, float]] = []  # (x, bpb) of labels drawn: close lines get their labels apart
+        for label, bpb, role in sorted(references, key=lambda ref: ref[1]):
             ax.axhline(bpb, color="#777777", linewidth=1, linestyle="-." if role == "control" else ":")
-            ax.annotate(label, (0.01, bpb), xycoords=("axes fraction", "data"), fontsize="x-small", va="bottom",
+            near = {x for x, b in placed if abs(b - bpb) < 0.04 * span}
+            x = next(x for x in (0.01, 0.35, 0.69) if x not in near) if len(near) < 3 else 0.01
+            placed.append((x, bpb))
+            ax.annotate(label, (x, bpb), xycoords=("axes fraction", "data"), fontsize="x-small", va="bottom",
                         color="#555555")
         ax.set_xlabel(xlabel)
         if rows[col].max() > 8 * rows[col].min() > 0:

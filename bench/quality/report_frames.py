@@ -241,3 +241,15 @@ def models_frame(trains: pd.DataFrame, spec: Mapping[str, Any], models: Sequence
     rows = [{"model": m, **{k: first.loc[m, k] if m in first.index else None for k in AXES},
              "studies": ", ".join(s for s, st in studies.items() if m in (st.get("models") or ()))} for m in models]
     return pd.DataFrame(rows, columns=["model", *AXES, "studies"])
+
+
+def curve_gap(curves: pd.DataFrame, a: str, b: str) -> pd.Series:
+    """Held-out bpb of `a` minus `b` at each validation step, mean over the seeds both have there
+    (paired: the same seed saw the same batches); empty when they share no validated step."""
+    valid = curves.dropna(subset=["valid_bpb"])
+    wide = {m: valid[valid.model == m].pivot_table(index="step", columns="seed", values="valid_bpb") for m in (a, b)}
+    seeds = sorted(set(wide[a].columns) & set(wide[b].columns))
+    steps = sorted(set(wide[a].index) & set(wide[b].index))
+    if not seeds or not steps:
+        return pd.Series(dtype=float)
+    return (wide[a].loc[steps, seeds] - wide[b].loc[steps, seeds]).mean(axis=1).dropna()

@@ -82,3 +82,36 @@ def test_coinciding_finds_models_whose_mean_curves_are_drawn_on_top_of_each_othe
     curves = pd.DataFrame(rows)
     assert coinciding(curves, ["a", "b", "c"]) == [["a", "b"]]
     assert coinciding(curves, ["a", "c"]) == []
+
+
+def _curves(values):
+    """A long curves frame from {(model, seed): {step: valid_bpb}} (training rows carry no valid_bpb)."""
+    rows = [{"model": m, "seed": s, "step": step, "train_s": step / 10, "train_bpb": 3.0, "valid_bpb": v}
+            for (m, s), by_step in values.items() for step, v in by_step.items()]
+    rows.append({"model": "a", "seed": 0, "step": 50, "train_s": 5.0, "train_bpb": 3.0, "valid_bpb": math.nan})
+    return pd.DataFrame(rows)
+
+
+def test_curve_gap_pairs_seeds_and_steps_both_models_have():
+    from bench.quality.report_frames import curve_gap
+
+    curves = _curves({("a", 0): {250: 3.0, 500: 2.6, 750: 2.4}, ("a", 1): {250: 3.2, 500: 2.8, 750: 2.5},
+                      ("a", 2): {250: 9.0, 500: 9.0, 750: 9.0},  # b has no seed 2: left out
+                      ("b", 0): {250: 2.9, 500: 2.4, 750: 2.3, 1000: 2.2}, ("b", 1): {250: 3.0, 500: 2.6, 750: 2.4}})
+    gap = curve_gap(curves, "a", "b")
+    assert list(gap.index) == [250, 500, 750]  # 1000: a was not validated there; 50: no valid_bpb
+    assert gap.tolist() == pytest.approx([0.15, 0.2, 0.1])
+    assert curve_gap(curves, "a", "missing").empty
+
+
+def test_gap_text_says_whether_the_gap_closes_over_training():
+    from bench.quality.report import gap_text
+
+    steps = [250, 500, 750, 1000, 1250, 1500, 1750, 2000]
+    def run(gaps):
+        return _curves({("a", 0): {s: 2.5 + g for s, g in zip(steps, gaps)}, ("b", 0): dict.fromkeys(steps, 2.5)})
+    closing = gap_text(run([0.3, 0.25, 0.2, 0.15, 0.1, 0.08, 0.05, 0.02]), "a", "b")
+    assert "+0.300 at step 250" in closing and "+0.020 at step 2000" in closing and "narrowing" in closing
+    assert "widening" in gap_text(run([0.0, 0.02, 0.03, 0.04, 0.06, 0.08, 0.1, 0.12]), "a", "b")
+    assert "steady" in gap_text(run([0.2, 0.1, 0.1, 0.1, 0.1, 0.1, 0.101, 0.102]), "a", "b")
+    assert gap_text(run([0.1] * 8).iloc[:1], "a", "b") is None  # one validated step: no trend

@@ -2,6 +2,7 @@
 prediction as a hatched bar beside it, Table 3's bound as a marker, on a log axis."""
 from __future__ import annotations
 
+import math
 import textwrap
 from pathlib import Path
 
@@ -62,9 +63,11 @@ def plot(df: pd.DataFrame, plan: CapacityPlan, path: Path, caption: str) -> Path
         handles.append(Rectangle((0, 0), 1, 1, facecolor="#bbbbbb", hatch="///", edgecolor="#777777"))
         labels.append("calibrated prediction (small probes, fitted, solved for the budget)")
     hs, ls = ax.get_legend_handles_labels()
-    ax.legend(handles + hs, labels + ls, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    # above the bars, not beside them: a legend at the side squeezed the axis to a quarter of the figure
+    ax.legend(handles + hs, labels + ls, loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=2, fontsize=8,
+              frameon=False)
     ax.set_title(f"{plan.suite} ({plan.profile}): how long a sequence fits in "
-                 f"{' / '.join(f'{b:g}' for b in budgets)} GiB", fontsize=10)
+                 f"{' / '.join(f'{b:g}' for b in budgets)} GiB", fontsize=10, pad=10 + 16 * math.ceil(len(handles + hs) / 2))
     lines = textwrap.wrap(caption, 150)
     fig.text(0.01, 0.005, "\n".join(lines), fontsize=7, va="bottom")
     fig.tight_layout(rect=(0, min(0.5, (0.14 * len(lines) + 0.15) / height), 1, 1))  # room for the caption

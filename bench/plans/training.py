@@ -141,7 +141,7 @@ class TrainingRunPlan:
         return _did_not_finish(train, (self._latest.get(train.point_id) or {}).get("status") or "not run")
 
     def _after_training(self, point: EvalPoint | AnalysisPoint) -> Unit | None:
-        why = self._why_not(point.train)
+        why = "" if isinstance(point, AnalysisPoint) and not point.needs_model else self._why_not(point.train)
         latest = self._latest.get(point.point_id) or {}
         if latest.get("status") == "ok" and (not self.reevaluate or why):
             return None

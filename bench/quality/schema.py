@@ -262,7 +262,8 @@ def planned_units(suite: QualitySuite, profile: str, configs: Optional[dict[str,
     analyses: dict[str, tuple[str, int]] = {}
     if approx is not None:
         analyses.update({f"approx-{approx.model}-s{seed}": (approx.model, seed) for seed in p.seeds})
-    if trains:  # the counts need no model; the point hangs on the first training (a control where there is one)
+    if trains:  # the counts need no model (needs_model False): the point names the first training (a control
+        # where there is one) and runs after the trainings whether or not that one finished
         first = next((k for k in trains if k[0] in controls(suite)), next(iter(trains)))
         analyses[BASELINES_ID] = first
     return Units(trains, evals, analyses)

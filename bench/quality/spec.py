@@ -78,7 +78,8 @@ def training_plan(suite: QualitySuite, profile: str, data: Optional[Path] = None
         if point_id == BASELINES_ID:  # in every study: `--only` keeps it whatever it names
             analyses.append(AnalysisPoint(
                 point_id=point_id, train=trains[key], name=BASELINES, run=_baselines(corpus, p.seq_len, p.eval.windows),
-                studies=run_studies, params={"orders": list(baselines.ORDERS), "alpha": baselines.ALPHA}))
+                studies=run_studies, params={"orders": list(baselines.ORDERS), "alpha": baselines.ALPHA},
+                needs_model=False))
         else:
             analyses.append(AnalysisPoint(
                 point_id=point_id, train=trains[key], name="lsh_approximation",

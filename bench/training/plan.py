@@ -46,7 +46,9 @@ class EvalPoint:
 
 @dataclass(frozen=True)
 class AnalysisPoint:
-    """An analysis of a trained model's weights or activations (e.g. how well LSH approximates full attention)."""
+    """An analysis of a trained model's weights or activations (e.g. how well LSH approximates full
+    attention), or, with `needs_model` False, of the task alone (the count-model baselines): that one
+    runs after the trainings whether or not `train` finished, and is handed no model."""
 
     point_id: str
     train: TrainPoint
@@ -54,6 +56,7 @@ class AnalysisPoint:
     run: Analysis = field(compare=False, repr=False)
     params: Mapping[str, Any] = field(default_factory=dict)
     studies: tuple[str, ...] = ()
+    needs_model: bool = True
 
 
 @dataclass(frozen=True)

@@ -94,7 +94,8 @@ class Units:
     def analyse(self, an: AnalysisPoint) -> dict[str, Any]:
         t0 = time.perf_counter()
         try:
-            result, status, reason = dict(an.run(self._load(an.train, an.train.cfg), torch.device(self.device))), "ok", None
+            model = self._load(an.train, an.train.cfg) if an.needs_model else None
+            result, status, reason = dict(an.run(model, torch.device(self.device))), "ok", None
         except Exception as err:  # noqa: BLE001
             result, (status, reason) = None, classify(err)
         self.say(f"analysis {an.point_id}: {status}{'' if reason is None else ' ' + reason}")

@@ -155,9 +155,28 @@ RENAMED = {  # per kind, names of the committed CPU reference renamed to the hos
     "memory": ["vs_seq_len", "vs_layers", "vs_ff_chunks", "vs_n_hashes", "model_vs_seq_len"],
     "capacity": ["full reversible=false", "full reversible=true", "sdpa reversible=false", "sdpa reversible=true",
                  "reformer ff_chunks=8"],
-    "quality": ["hash_rounds", "depth", "full-1-layer", "full-4-layers", "local_control"],
+    "quality": ["full-separate-qk", "full-standard-residual", "full-not-reversible"],
     "duplication": ["lsh-4", "lsh-2", "lsh-1", "lsh-8"],
 }
+# study names that are also model settings (`shared_qk`, `reversible`): renamed where they name a study
+# only (suite_spec.studies and study_seeds, each record's studies), with the hostile names left over
+STUDIES_RENAMED = {"quality": ["shared_qk", "reversible"]}
+
+
+def _rename_studies(meta: dict[str, Any], records: str, renames: dict[str, str]) -> str:
+    """Rename studies in run.json's suite_spec (in place) and in the records (returned as text)."""
+    spec = meta["suite_spec"]
+    for key in ("studies", "study_seeds"):
+        if isinstance(spec.get(key), dict):
+            spec[key] = {renames.get(k, k): v for k, v in spec[key].items()}
+    out = []
+    for line in records.splitlines():
+        rec = json.loads(line)
+        for holder in (rec, rec.get("point") or {}):
+            if isinstance(holder.get("studies"), list):
+                holder["studies"] = [renames.get(x, x) for x in holder["studies"]]
+        out.append(json.dumps(rec))
+    return "\n".join(out) + "\n"
 
 
 def hostile_run(tree: dict[str, Path], kind: str) -> Path:
@@ -170,7 +189,11 @@ def hostile_run(tree: dict[str, Path], kind: str) -> Path:
     meta = json.loads((src / "run.json").read_text())
     meta.pop("reference", None)
     meta["run_id"] = run_dir.name
-    texts = {"run.json": json.dumps(meta), "records.jsonl": (src / "records.jsonl").read_text()}
+    records = (src / "records.jsonl").read_text()
+    spare = hostile(tree)[len(RENAMED[kind]):]
+    if STUDIES_RENAMED.get(kind):
+        records = _rename_studies(meta, records, dict(zip(STUDIES_RENAMED[kind], spare)))
+    texts = {"run.json": json.dumps(meta), "records.jsonl": records}
     for old, new in zip(RENAMED[kind], hostile(tree)):
         texts = {f: t.replace(json.dumps(old), json.dumps(new)) for f, t in texts.items()}
     run_dir.mkdir(parents=True)

@@ -123,7 +123,9 @@ def _kind(info: RunInfo) -> str:
 
 def _curve_lines(run: ReportRun, study: str) -> list[tuple[str, str]]:
     """(history key, line label) of every learning curve `study` has in `run`, in the study's model
-    order (`models`, else record order), each model's seeds in record order."""
+    order (`models`, else record order), each model's seeds in record order; with `models`, only
+    theirs (the no-attention control trains for every study but is a baseline, not a line of its
+    figure, as in report.md)."""
     spec = (run.info.suite_spec.get("studies") or {}).get(study) or {}
     models = [m for m in spec.get("models") or () if isinstance(m, str)]
 
@@ -134,6 +136,8 @@ def _curve_lines(run: ReportRun, study: str) -> list[tuple[str, str]]:
     prefix = study_prefix(study)
     lines: dict[str, str] = {}
     for record in sorted(filter(is_training, run.records), key=rank):  # stable: seeds in record order
+        if models and rank(record) == len(models):
+            continue
         for key in curve_history_keys(record):
             if key.startswith(prefix):
                 lines.setdefault(key, curve_label(record))

@@ -63,6 +63,7 @@ LABELS: dict[str, str] = {
     # quality (byte-level language models)
     "bpb": "held-out bits per byte", "nats_per_byte": "held-out nats per byte", "eval_bytes": "evaluated bytes",
     "eval_windows": "evaluated windows", "approximation_rows": "approximation rows",
+    **{f"count_order_{k}_bpb": f"held-out bits per byte of the order-{k} count model" for k in range(4)},
 }
 # Spread columns (`m_min`, `m_max`) are labelled from their metric.
 LABELS.update({

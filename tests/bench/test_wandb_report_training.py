@@ -48,12 +48,14 @@ def report_and_log(run_dir: Path) -> tuple[dict, RecordingSink]:
     return json.loads(out.spec.read_text()), sink
 
 
-def expected_keys(records: list[dict], study: str, metric: str) -> set[str]:
-    """`train/<study>/<model>-s<seed>/<metric>` of every training record of `study` whose curve has it."""
+def expected_keys(records: list[dict], study: str, metric: str, models=None) -> set[str]:
+    """`train/<study>/<model>-s<seed>/<metric>` of every training record of `study` whose curve has it
+    (of `models` only, when given: a quality study's figure leaves the no-attention control out)."""
     def has(point: dict) -> bool:
         return point.get(metric) is not None or (point.get("valid") or {}).get(metric) is not None
     return {f"train/{study}/{r['params']['train_model']}-s{r['params'].get('seed', r['params'].get('train_seed'))}"
-            f"/{metric}" for r in records if study in r["studies"] and any(map(has, r.get("curve") or ()))}
+            f"/{metric}" for r in records if study in r["studies"] and any(map(has, r.get("curve") or ()))
+            and (models is None or r["params"]["train_model"] in models)}
 
 
 def assert_plotted_as_logged(plot: dict, keys: set[str], sink: RecordingSink) -> None:
@@ -87,8 +89,9 @@ def test_quality_report_has_a_section_per_study_with_its_curves_and_the_tables(t
     for name, study in studies.items():
         section = found[f"Study {name}"]
         valid, loss = section["plots"]
-        assert_plotted_as_logged(valid, expected_keys(records, name, "valid_bpb"), sink)
-        assert_plotted_as_logged(loss, expected_keys(records, name, "loss"), sink)
+        assert_plotted_as_logged(valid, expected_keys(records, name, "valid_bpb", study["models"]), sink)
+        assert_plotted_as_logged(loss, expected_keys(records, name, "loss", study["models"]), sink)
+        assert any(f"train/{name}/no-attention-s0/valid_bpb" in row for _, row in sink.metrics)  # logged, not drawn
         # lines in the study's model order (the paper's axis order), as report.md's figure draws them
         drawn = list(dict.fromkeys(k.split("/")[2].rsplit("-s", 1)[0] for k in valid["metrics"]))
         assert drawn == [m for m in study["models"] if m in drawn] and len(drawn) == len(study["models"])

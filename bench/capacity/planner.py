@@ -9,8 +9,8 @@ Two searches. With a budget (`Search.budget_mib`), the calibrated one: probe thr
 calibration lengths (up to the first that fails; halvings below them until two fit), fit their peaks
 by the configuration's form and solve for the budget (bench.capacity.calibrate); while that
 prediction is more than `reach` (2) times the longest calibration fit, probe at the prediction over
-`reach` too and fit the longest three again (a peak's slope at a few thousand tokens need not be its slope at a
-hundred thousand); then probe the predicted length and just above it, widen the bracket in
+`reach` too and fit the longest three again (a peak's slope at a few thousand tokens need not be
+its slope at a hundred thousand); then probe the predicted length and just above it, widen the bracket in
 doubling steps from there until it holds the limit, then bisect. Without a budget (or when the
 calibration cannot be fitted), the classic one: double from `start` until the first failure (or
 halve down from a failing start until a success), then bisect between the last success and the
@@ -190,45 +190,32 @@ def _calibration_walk(search: Search, outcomes: Mapping[int, OutcomeLike]):
     """The calibration probes in order, and the fits among them: the calibration lengths up to the
     first failure; with fewer than two fits then, halvings below the smallest until two fit; with no
     failure, the prediction over `reach` while the prediction is more than `reach` times the longest
-    fit (and below max_value). Yields each value asked; returns (fits as (length, peak, wall), complete) through
-    StopIteration."""
+    fit (and below max_value). Yields each value asked; returns (fits as (length, peak, wall),
+    complete) through StopIteration."""
     fits: list[tuple[int, float | None, float | None]] = []
-    lengths = search.calibration_lengths
-    below = [search.down(lengths[0] / 2**k) for k in range(1, 64) if search.down(lengths[0] / 2**k) >= search.multiple]
     failed = False
 
-    def ask(value: int):
-        """The outcome of one asked value: None if unprobed or an error (the walk is over)."""
+    def lengths():
+        """The next length to ask, read after each outcome is recorded (fits and failed are live)."""
+        cal = search.calibration_lengths
+        below = [search.down(cal[0] / 2**k) for k in range(1, 64) if search.down(cal[0] / 2**k) >= search.multiple]
+        for value in (*cal, *below):
+            if value in below and (len(fits) >= 2 or not failed):
+                break
+            if not (failed and value in cal):
+                yield value
+        while not failed and (prediction := _predict(search, fits)) is not None:
+            longest = max(v for v, _, _ in fits)
+            value = search.down(prediction.value / search.reach)
+            if prediction.value >= search.top or prediction.value <= search.reach * longest or value <= longest:
+                return
+            yield value
+
+    for value in lengths():
+        yield value
         raw = outcomes.get(value)
         outcome = None if raw is None else _outcome(raw)
         if outcome is None or outcome.status == ERROR:
-            return None
-        return outcome
-
-    for value in (*lengths, *below):
-        if value in below and (len(fits) >= 2 or not failed):
-            break
-        if failed and value in lengths:
-            continue
-        yield value
-        outcome = ask(value)
-        if outcome is None:
-            return fits, False
-        if outcome.status == FIT:
-            fits.append((value, outcome.peak_mib, outcome.wall_s))
-        else:
-            failed = True
-    while not failed:
-        cal = _predict(search, fits)
-        longest = max(v for v, _, _ in fits) if fits else None
-        if cal is None or longest is None or cal.value >= search.top or cal.value <= search.reach * longest:
-            break
-        value = min(search.down(cal.value / search.reach), search.top)
-        if value <= longest:
-            break
-        yield value
-        outcome = ask(value)
-        if outcome is None:
             return fits, False
         if outcome.status == FIT:
             fits.append((value, outcome.peak_mib, outcome.wall_s))

@@ -9,7 +9,7 @@ from typing import Any, Mapping
 
 import pandas as pd
 
-from bench.capacity.planner import MAX_VALUE
+from bench.capacity.planner import MAX_VALUE, REACH
 from bench.capacity.report_frame import (  # noqa: F401  (the report's public names)
     TARGET_ERROR, capacity_frame, findings, plan_from_meta, reference_label,
 )
@@ -42,8 +42,8 @@ def caption(meta: Mapping[str, Any], plan: CapacityPlan) -> str:
     return (f"Longest {plan.over} whose full training step (forward, backward, AdamW step) ran within "
             f"{' / '.join(f'{b:g}' for b in budgets)} GiB ({enforced}) on {env.get('device_name') or plan.device}; "
             f"held fixed: {fixed}. Search: three calibration probes (start x 1/4, 1/2, 1 unless the suite "
-            f"names them), one at half the prediction while it is over twice the longest of them, the "
-            f"calibrated prediction and just above it, then bisection to "
+            f"names them), one at the prediction / {REACH:g} while it is over {REACH:g}x the longest of them, "
+            f"the calibrated prediction and just above it, then bisection to "
             f"{plan.search.resolution:g} of the length; cap {plan.search.max_value}, timeout {plan.timeout_s:g} s"
             + own + ".")
 

@@ -136,7 +136,7 @@ def _curve_lines(run: ReportRun, study: str) -> list[tuple[str, str]]:
     prefix = study_prefix(study)
     lines: dict[str, str] = {}
     for record in sorted(filter(is_training, run.records), key=rank):  # stable: seeds in record order
-        if models and rank(record) == len(models):
+        if models and (record.get("params") or {}).get("train_model") not in models:
             continue
         for key in curve_history_keys(record):
             if key.startswith(prefix):

@@ -196,12 +196,13 @@ def gap_text(curves: pd.DataFrame | None, a: str, b: str) -> str | None:
         return None
     steps = list(gap.index)
     shown = sorted({steps[round(i * (len(steps) - 1) / 3)] for i in range(4)})
-    mid, last = gap.loc[steps[(len(steps) - 1) // 2]], gap.iloc[-1]
+    mid_step = steps[(len(steps) - 1) // 2]
+    mid, last = gap.loc[mid_step], gap.iloc[-1]
     trend = ("narrowing" if abs(last) < abs(mid) - GAP_STEADY_BPB else
              "widening" if abs(last) > abs(mid) + GAP_STEADY_BPB else "steady")
     return (f"held-out gap {a} minus {b} on the learning curves (mean over seeds): "
             + ", ".join(f"{gap.loc[s]:+.3f} at step {s}" for s in shown)
-            + f"; {trend} over the second half of training ({mid:+.3f} at step {steps[(len(steps) - 1) // 2]}).")
+            + f"; {trend} over the second half of training ({mid:+.3f} at step {mid_step}).")
 
 
 def verdict_markdown(verdict: str, parts: Sequence[PartVerdict], context: Mapping[str, Any],
@@ -428,8 +429,8 @@ def baselines_markdown(evidence: Evidence, gates: Mapping[str, Gate], spec: Mapp
 
 def seed_spread_note(table: pd.DataFrame) -> list[str]:
     """The run's largest seed spread (max - min) of final bpb as trained, beside the margin it is weighed against."""
-    trained = table[(table.setting == "as trained") & (table.n_seeds.fillna(0) >= 2)] if len(table) else table
-    if not len(trained):
+    trained = table[(table.setting == AS_TRAINED) & (table.n_seeds >= 2)]
+    if trained.empty:
         return []
     spread = trained.bpb_max - trained.bpb_min
     worst = trained.loc[spread.idxmax()]

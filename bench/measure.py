@@ -180,8 +180,8 @@ M_MMAP_THRESHOLD = -3  # glibc mallopt parameter (malloc.h)
 def mmap_large_allocations(threshold_bytes: int = 128 * 1024) -> bool:
     """Make glibc serve every allocation above the threshold with its own mmap, returned to the OS on
     free (a fixed threshold also stops glibc raising it dynamically). Peak RSS then follows the live
-    large tensors instead of heap fragments. It costs page faults, so it is set only for the memory
-    reading, after timing. False where not glibc."""
+    large tensors instead of heap fragments. It costs page faults, so the memory suite sets it only for
+    its memory reading, after timing; a capacity probe sets it where its profile asks. False where not glibc."""
     try:
         return bool(ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, threshold_bytes))
     except (OSError, AttributeError):

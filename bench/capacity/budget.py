@@ -3,6 +3,7 @@ so the run's plan and records name it without loading the measuring stack."""
 from __future__ import annotations
 
 BUDGET_ENV = "BENCH_CAPACITY_BUDGET_MIB"  # the capacity runner sets it per probe (the fork server's request env)
+MMAP_THRESHOLD_ENV = "BENCH_CAPACITY_MMAP_THRESHOLD_KIB"  # set beside it where the profile fixes the threshold
 ENFORCE_CUDA = "torch.cuda.set_per_process_memory_fraction"
 ENFORCE_CPU = "rss_watchdog+peak_rss"
 BEFORE_MODEL = "before its model was built"  # the probe's words for its baseline RSS (parsed back by the runner)

@@ -8,6 +8,8 @@ CUDA context is outside it. On CPU, the worker's resident memory (RSS): the pare
 a worker over it while it runs, and this process checks its own peak RSS (ru_maxrss) after the step,
 catching a peak between two watchdog polls. RLIMIT_AS is not used: torch and its thread pools
 reserve address space they never touch, so an address-space limit fails far below the same RSS.
+Where the profile fixes glibc's mmap threshold (BENCH_CAPACITY_MMAP_THRESHOLD_KIB), it is set before the
+model is built, so every large tensor is its own mapping and RSS follows the live ones.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from typing import Any
 import torch
 
 from bench import measure as m
-from bench.capacity.budget import BEFORE_MODEL, BUDGET_ENV
+from bench.capacity.budget import BEFORE_MODEL, BUDGET_ENV, MMAP_THRESHOLD_ENV
 from bench.measure_point import flat_params
 from bench.point import GridPoint
 from bench.worker import main as worker_main
@@ -38,10 +40,12 @@ def set_cuda_budget(budget_mib: float) -> float:
     return fraction
 
 
-def measure_probe(point: GridPoint, budget_mib: float) -> dict[str, Any]:
-    """Run the probe; raises on OOM (the worker turns it into a row), else params, effective, metrics."""
+def measure_probe(point: GridPoint, budget_mib: float, mmap_threshold_kib: int | None = None) -> dict[str, Any]:
+    """Run the probe; raises on OOM (the worker turns it into a row), else params, effective, metrics.
+    `mmap_threshold_kib`: glibc's threshold fixed first (None: the allocator's default)."""
     cuda = m.is_cuda(point.device)
     fraction = set_cuda_budget(budget_mib) if cuda else None
+    mmapped = m.mmap_large_allocations(mmap_threshold_kib * 1024) if mmap_threshold_kib is not None else False
     baseline_rss = m.current_rss_mib()
     workload = build_workload(point)
     n_params = sum(p.numel() for p in workload.module.parameters())
@@ -67,7 +71,7 @@ def measure_probe(point: GridPoint, budget_mib: float) -> dict[str, Any]:
         "n_params": n_params,
     }
     effective = {**workload.effective(), "cuda_memory_fraction": fraction,
-                 "torch_threads": torch.get_num_threads()}
+                 "torch_threads": torch.get_num_threads(), "rss_large_allocs_mmapped": mmapped}
     return {"params": flat_params(point), "effective": effective, "metrics": metrics}
 
 
@@ -84,16 +88,20 @@ def measure(point: GridPoint, timing: bool = True) -> dict[str, Any]:
     """The fork server's entry point for probes: the budget comes from BENCH_CAPACITY_BUDGET_MIB;
     the worker's own footprint is checked against it first."""
     budget_mib = float(os.environ[BUDGET_ENV])
+    threshold = os.environ.get(MMAP_THRESHOLD_ENV)
     check_footprint(point, budget_mib)
-    return measure_probe(point, budget_mib)
+    return measure_probe(point, budget_mib, int(threshold) if threshold else None)
 
 
 def main(argv: list[str] | None = None) -> int:
     """One probe by hand: a GridPoint JSON on stdin, its record line on stdout."""
     parser = argparse.ArgumentParser(prog="python -m bench.capacity.probe")
     parser.add_argument("--budget-mib", type=float, required=True)
+    parser.add_argument("--mmap-threshold-kib", type=int, default=None)
     args = parser.parse_args(argv)
     os.environ[BUDGET_ENV] = f"{args.budget_mib:g}"
+    if args.mmap_threshold_kib is not None:
+        os.environ[MMAP_THRESHOLD_ENV] = str(args.mmap_threshold_kib)
     return worker_main(measure)
 
 

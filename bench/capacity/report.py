@@ -36,6 +36,8 @@ def caption(meta: Mapping[str, Any], plan: CapacityPlan) -> str:
     fixed = ", ".join(f"{k}={v}" for k, v in held_fixed(plan).items())
     enforced = ("torch allocator capped with set_per_process_memory_fraction (CUDA context not counted)"
                 if str(plan.device).startswith("cuda") else "whole-process resident memory (RSS)")
+    if plan.mmap_threshold_kib is not None:
+        enforced += f", glibc's mmap threshold fixed at {plan.mmap_threshold_kib} KiB in each probe worker"
     budgets = sorted({budget_gib(plan, c) for c in plan.configs})
     own = "".join(f"; {c.label}: " + ", ".join(f"{k} {v}" for k, v in c.search.items())
                   for c in plan.configs if c.search)
@@ -92,7 +94,9 @@ def markdown(df: pd.DataFrame, plan: CapacityPlan, meta: Mapping[str, Any], ref:
         *[f"- {line}" for line in findings(df, plan)], "",
         caption(meta, plan), "",
         "## Longest length per configuration", "",
-        f"Peak: {peak} at the longest value. Ratio: longest value over `{ref}`'s. Calibrated prediction: the "
+        f"Peak: {peak} at the longest value. "
+        + (f"Ratio: longest value over `{ref}`'s. " if ref is not None else "")
+        + "Calibrated prediction: the "
         "step's peak measured at the calibration lengths (the longest three), fitted by a + b L (linear-memory attention) or "
         "a + b L + c L^2 (naive full attention), solved for the budget; where the fitted wall time reaches "
         "the per-probe timeout first, that length (bench/capacity/calibrate.py). Table 3 bound: the paper's "

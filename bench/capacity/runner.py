@@ -11,7 +11,7 @@ from typing import Any, Iterable, Mapping
 from bench.capacity.oom import oom_source, parse_oom_message
 from bench.capacity.planner import Done, next_probe
 from bench.capacity import searches
-from bench.capacity.budget import BEFORE_MODEL, enforcement, footprint_note
+from bench.capacity.budget import BEFORE_MODEL, BUDGET_ENV, MMAP_THRESHOLD_ENV, enforcement, footprint_note
 from bench.capacity.spec import CapacityConfig, CapacityPlan
 from bench.store import Record, jsonable
 
@@ -25,10 +25,22 @@ def budget_mib(plan: CapacityPlan, config: CapacityConfig) -> float:
     return plan.budget_gib_for(config) * 1024
 
 
+def probe_env(plan: CapacityPlan, config: CapacityConfig) -> dict[str, str]:
+    """What a probe's worker is told before it measures: its budget, and the fixed mmap threshold
+    where the profile sets one."""
+    env = {BUDGET_ENV: f"{budget_mib(plan, config):g}"}
+    if plan.mmap_threshold_kib is not None:
+        env[MMAP_THRESHOLD_ENV] = str(plan.mmap_threshold_kib)
+    return env
+
+
 def probe_id(plan: CapacityPlan, config: CapacityConfig, value: int) -> str:
     """A probe's identity: its point's canonical config and the budget it ran under."""
     point = plan.point(config, value)
-    blob = json.dumps({**point.canonical(), "memory_budget_gib": plan.budget_gib_for(config)}, sort_keys=True)
+    identity = {**point.canonical(), "memory_budget_gib": plan.budget_gib_for(config)}
+    if plan.mmap_threshold_kib is not None:  # absent otherwise: the ids of runs before the setting stand
+        identity["mmap_threshold_kib"] = plan.mmap_threshold_kib
+    blob = json.dumps(identity, sort_keys=True)
     return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
 
@@ -92,6 +104,7 @@ def finish_record(record: Record, plan: CapacityPlan, config: CapacityConfig, va
     record["params"] = {
         **(record.get("params") or {}), "config": config.label, "search_over": plan.over,
         "memory_budget_gib": plan.budget_gib_for(config), "budget_enforcement": enforcement(plan.device),
+        "mmap_threshold_kib": plan.mmap_threshold_kib,
     }
     metrics = dict(record.get("metrics") or {})
     effective = dict(record.get("effective") or {})

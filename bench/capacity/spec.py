@@ -10,7 +10,8 @@ configurations to search, each refused up front with a message naming the field.
       - {name: lsh, base: {attention: lsh}, grid: {n_hashes: [1, 2], reversible: [true, false]}}
     profiles:
       cpu: {memory_budget_gib: 2, device: cpu, base: {...}, search: {...}, configs: [names],
-            config_budget: {name: {memory_budget_gib: 8, timeout_s: 900}}}   # a config's own limits
+            config_budget: {name: {memory_budget_gib: 8, timeout_s: 900}},   # a config's own limits
+            mmap_threshold_kib: 128}     # glibc's mmap threshold fixed in each probe worker
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from bench.loader import (
     resolve_suite_path, validate,
 )
 
+MMAP_THRESHOLD_MAX_KIB = 32 * 1024  # glibc's largest M_MMAP_THRESHOLD on 64-bit (mallopt refuses more)
 WORKLOAD = "train_step"  # bench.workloads: forward, backward and optimizer step of the whole model
 SEARCH_AXES = ("seq_len", "batch_size")
 _NOT_SETTABLE = ("workload", "impl", "device", "max_seq_len")  # fixed by the study or by the probe
@@ -103,6 +105,11 @@ class ProfileSpec(_WithSettings):
     base: Settings
     search: SearchSpec = SearchSpec()
     timeout_s: Optional[Annotated[float, Field(gt=0)]] = None
+    # glibc's mmap threshold fixed in each probe worker (mallopt M_MMAP_THRESHOLD, as the memory suite's
+    # reading does): every allocation above it is its own mapping, returned to the kernel when freed,
+    # so RSS follows the live tensors. Unset: the allocator's default, whose threshold rises with the
+    # largest block freed (up to 32 MiB), leaving freed activations below it in the heap.
+    mmap_threshold_kib: Optional[Annotated[int, Field(ge=4, le=MMAP_THRESHOLD_MAX_KIB)]] = None
     configs: Optional[list[str]] = None  # a subset of the suite's configs, by name; default all (--only overrides)
     # Per config name, changes to this profile's search (e.g. a lower max_value where a step grows
     # too slow long before the memory runs out).
@@ -161,6 +168,7 @@ class CapacityPlan:
     timeout_s: float
     configs: tuple[CapacityConfig, ...]
     description: str = ""
+    mmap_threshold_kib: int | None = None  # fixed in each probe worker; None: the allocator's default
 
     def search_for(self, config: CapacityConfig) -> Search:
         """The planner's search for one configuration: LSH lengths are multiples of chunk_len too."""
@@ -180,6 +188,7 @@ class CapacityPlan:
             suite=spec["name"], profile=spec["profile"], device=spec["device"], over=over,
             search=SearchSpec(over=over, **search), memory_budget_gib=float(spec["memory_budget_gib"]),
             timeout_s=float(spec["timeout_s"]), description=spec.get("description", ""),
+            mmap_threshold_kib=spec.get("mmap_threshold_kib"),
             configs=tuple(CapacityConfig(c["label"], c["settings"], c.get("search") or {},
                                          c.get("memory_budget_gib"), c.get("timeout_s")) for c in spec["configs"]),
         )
@@ -208,7 +217,8 @@ class CapacityPlan:
         return {
             "kind": "capacity", "name": self.suite, "profile": self.profile, "device": self.device,
             "description": self.description, "memory_budget_gib": self.memory_budget_gib,
-            "timeout_s": self.timeout_s, "search": {"over": self.over, **self.search.model_dump()},
+            "timeout_s": self.timeout_s, "mmap_threshold_kib": self.mmap_threshold_kib,
+            "search": {"over": self.over, **self.search.model_dump()},
             "configs": [{"label": c.label, "settings": dict(c.settings), "search": dict(c.search),
                          "memory_budget_gib": c.memory_budget_gib, "timeout_s": c.timeout_s}
                         for c in self.configs],
@@ -263,7 +273,8 @@ def resolve(spec: CapacitySpec, profile: str, device: str, path: Path | str = ""
     plan = CapacityPlan(suite=spec.name, profile=profile, device=device, over=search.over, search=search,
                         memory_budget_gib=prof.memory_budget_gib,
                         timeout_s=prof.timeout_s if prof.timeout_s is not None else spec.timeout_s,
-                        configs=tuple(configs), description=prof.description or spec.description)
+                        configs=tuple(configs), description=prof.description or spec.description,
+                        mmap_threshold_kib=prof.mmap_threshold_kib)
     for config in plan.configs:
         try:
             plan.search_for(config)

@@ -13,9 +13,9 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.capacity.planner import Done, Probe, next_probe
-from bench.capacity.budget import BUDGET_ENV, WORKER_FLOOR_MIB, enforcement
+from bench.capacity.budget import WORKER_FLOOR_MIB, enforcement
 from bench.capacity.runner import (
-    PROBE_MEASURE, below_footprint, budget_mib, done_line, finish_record, recorded_probes, repeat_message,
+    PROBE_MEASURE, below_footprint, budget_mib, done_line, finish_record, probe_env, recorded_probes, repeat_message,
     search_outcomes, status_line,
 )
 from bench.capacity.searches import outcome_of, search_for
@@ -101,7 +101,7 @@ class CapacitySearchPlan:
 
     def check_kept(self, kept: Mapping[str, Any], run_dir: Path, say: Say) -> None:
         now, old = json.loads(json.dumps(self.spec())), kept.get("suite_spec") or {}
-        for key in ("memory_budget_gib", "search", "timeout_s"):
+        for key in ("memory_budget_gib", "search", "timeout_s", "mmap_threshold_kib"):
             if old.get(key) != now.get(key):
                 raise RunError(f"{run_dir}: this run was started with {key}={old.get(key)!r}, the suite now "
                                f"says {now.get(key)!r}; use --fresh or another --run-id")
@@ -122,8 +122,9 @@ class CapacitySearchPlan:
         self._reported: set[str] = set()
         own = "".join(f", {c.label}: {plan.budget_gib_for(c):g} GiB, {plan.timeout_for(c):g} s per probe"
                       for c in plan.configs if c.memory_budget_gib is not None or c.timeout_s is not None)
+        mmap = "" if plan.mmap_threshold_kib is None else f", glibc mmap threshold fixed at {plan.mmap_threshold_kib} KiB"
         self.say(f"{plan.suite} profile={plan.profile} device={plan.device} "
-                 f"budget={plan.memory_budget_gib:g} GiB ({enforcement(plan.device)}){own}")
+                 f"budget={plan.memory_budget_gib:g} GiB ({enforcement(plan.device)}){mmap}{own}")
         done = sum(isinstance(self._step(c), Done) for c in plan.configs)
         return done, len(plan.configs)
 
@@ -203,7 +204,7 @@ def check_footprint(plan: CapacityPlan, path: Path) -> None:
 
 class ProbeExecutor:
     """One fork server for every probe of the run, one fresh worker per probe, each under its
-    configuration's budget (handed to the worker in BUDGET_ENV; on CPU also the RSS watchdog's limit)
+    configuration's budget (handed to the worker by `probe_env`; on CPU also the RSS watchdog's limit)
     and timeout (its point's timeout_s). On CUDA the watchdog keeps `host_watchdog_mib`."""
 
     def __init__(self, plan: CapacityPlan, host_watchdog_mib: float | None, measure: str = PROBE_MEASURE) -> None:
@@ -215,7 +216,7 @@ class ProbeExecutor:
             budget = budget_mib(self.plan, unit.config)
             watchdog = budget if self.plan.device == "cpu" else None  # None: the runner's own limit
             yield unit, self.runner.run(unit.point, unit.point.timeout_s, memory_limit_mib=watchdog,
-                                        env={BUDGET_ENV: f"{budget:g}"})
+                                        env=probe_env(self.plan, unit.config))
 
     def close(self) -> None:
         self.runner.close()

@@ -14,12 +14,11 @@ from typing import Iterator, Optional
 import torch
 from torch.autograd.function import once_differentiable
 
-from reformer_impl.attention.base import shared_keys
 from reformer_impl.attention.lsh_counts import BlockMasks, DuplicateCounts
 from reformer_impl.attention.lsh_layout import Layout, own_round, window_view
 from reformer_impl.profiling import DUP_COUNTS, GATHER, LSH_BACKWARD, ROUND_COMBINE, WINDOW_ATTENTION, stage
 
-_NORM_EPS = 1e-12  # F.normalize's default, which shared_keys uses
+_NORM_EPS = 1e-12  # F.normalize's default, which base.shared_keys uses
 # Logits per block of windows (4 MiB in fp32, 128 windows of 64 x 128): one block's temporaries stay
 # in cache. One thread runs as fast with 32 to 256 windows a block; with more threads every op is a
 # parallel region to join, so fewer, larger blocks lose less to synchronisation (most under load).
@@ -51,6 +50,20 @@ def _window_blocks(layout: Layout, h0: int, h1: int) -> Iterator[tuple[int, int]
 def _gather(src: torch.Tensor, rows: torch.Tensor, w0: int, w1: int, m: int) -> torch.Tensor:
     """Source rows of the block's layout rows [w0 m, (w1 + 1) m): ((n + 1) m, d)."""
     return src.index_select(0, rows[w0 * m : (w1 + 1) * m])
+
+
+def _key_norms(q_src: torch.Tensor) -> torch.Tensor:
+    """max(|q|, eps) per source row, (rows, 1): the shared keys' denominators (F.normalize's)."""
+    return q_src.norm(dim=-1, keepdim=True).clamp_min_(_NORM_EPS)
+
+
+def _gather_queries_keys(q_src, denom, rows, w0: int, w1: int, m: int):
+    """The block's queries (n, m, dh) and keys ((n + 1) m, dh), k = q / max(|q|, eps) as F.normalize
+    computes it, bit for bit: the keys are normalised a block at a time, so no full-size key buffer
+    exists, and one gather serves queries and keys."""
+    index = rows[w0 * m : (w1 + 1) * m]
+    raw = q_src.index_select(0, index)
+    return raw[m:].view(w1 - w0, m, -1), raw / denom.index_select(0, index)
 
 
 def _as_rows(*tensors: torch.Tensor) -> tuple[list[torch.Tensor], bool]:
@@ -106,7 +119,7 @@ class _LSHCore(torch.autograd.Function):
         m, n_rounds = layout.chunk_len, layout.n_rounds
         (q_src, v_src), heads_inner = _as_rows(qk, v)
         rows = _source_rows(layout, h, heads_inner)
-        k_src = shared_keys(q_src)
+        denom = _key_norms(q_src)
         masks = BlockMasks(layout, seq_len=seq_len, causal=causal, buckets=buckets)
         counts = DuplicateCounts(layout, buckets) if dup_correction and n_rounds > 1 else None
         n_win = layout.n_query_chunks
@@ -122,8 +135,8 @@ class _LSHCore(torch.autograd.Function):
             for w0, w1 in _window_blocks(layout, h0, h1):
                 n = w1 - w0
                 with stage(GATHER):
-                    x_k, x_v = _gather(k_src, rows, w0, w1, m), _gather(v_src, rows, w0, w1, m)
-                    x_q = _gather(q_src, rows, w0 + 1, w1, m).view(n, m, dh)
+                    x_q, x_k = _gather_queries_keys(q_src, denom, rows, w0, w1, m)
+                    x_v = _gather(v_src, rows, w0, w1, m)
                 with stage(WINDOW_ATTENTION):
                     block = probs[w0:w1] if probs is not None else qk.new_empty(n, m, 2 * m)
                     torch.bmm(x_q, window_view(x_k, n, m).transpose(1, 2), out=block)
@@ -182,23 +195,25 @@ def _backward(ctx, grad_out):
     rows = _source_rows(layout, h, ctx.heads_inner)
     (grad,), grad_inner = _as_rows(grad_out)
     grad_rows = _source_rows(layout, h, grad_inner)
-    k_src = shared_keys(q_src)
     # Softmax and round weights (eq. 14) together: dS = P (dP - w_r (g . out)) per round.
-    g_dot_out = (grad_out * out).sum(dim=-1).reshape(-1)
+    g_dot_out = _row_dots(grad_out, out)[_source_rows(layout, h, grad_inner)]
     # Per layout row dO_r = w_r g; zero on the repeated chunks, whose outputs were never used.
     w_rows = own_round(weights.to(grad.dtype), layout)
     w_rows.view(-1, layout.n_chunks + 1, m)[:, 0] = 0
-    c_rows = g_dot_out[layout.rows].mul_(w_rows)
-    acc = grad.new_zeros(q_src.shape[0], 3 * dh)  # dq | dk | dv per source row
+    c_rows = g_dot_out.mul_(w_rows)
+    # dq, dk and dv per source row, each contiguous in the source's layout, so dq and dv reach the
+    # projections as views; the keys are normalised per block, never held whole.
+    denom = _key_norms(q_src)
+    acc_q, acc_k, acc_v = (grad.new_zeros(q_src.shape) for _ in range(3))
     for h0, h1 in _head_groups(layout):
         for w0, w1 in _window_blocks(layout, h0, h1):
             n = w1 - w0
             with stage(GATHER):
-                x_k, x_v = _gather(k_src, rows, w0, w1, m), _gather(v_src, rows, w0, w1, m)
-                x_q = _gather(q_src, rows, w0 + 1, w1, m).view(n, m, dh)
+                x_q, keys = _gather_queries_keys(q_src, denom, rows, w0, w1, m)
+                x_v = _gather(v_src, rows, w0, w1, m)
                 g_q = _gather(grad, grad_rows, w0 + 1, w1, m).mul_(w_rows[(w0 + 1) * m : (w1 + 1) * m, None])
                 g_q = g_q.view(n, m, dh)
-            k_win, v_win = window_view(x_k, n, m), window_view(x_v, n, m)
+            k_win, v_win = window_view(keys, n, m), window_view(x_v, n, m)
             p = probs[w0:w1]
             d_s = torch.bmm(g_q, v_win.transpose(1, 2))  # dP, (n, m, 2m)
             dropped = p
@@ -206,21 +221,37 @@ def _backward(ctx, grad_out):
                 d_s.mul_(kept[w0:w1]).div_(1 - dropout_p)
                 dropped = p * kept[w0:w1] / (1 - dropout_p)
             d_s.sub_(c_rows[(w0 + 1) * m : (w1 + 1) * m].view(n, m, 1)).mul_(p)
-            fold = torch.empty((n + 1) * m, 3 * dh, dtype=grad.dtype, device=grad.device).view(n + 1, m, 3 * dh)
-            fold[0, :, :dh] = 0
-            fold[1:, :, :dh] = torch.bmm(d_s, k_win)
-            _fold_windows(torch.bmm(d_s.transpose(1, 2), x_q), fold[..., dh : 2 * dh])
-            _fold_windows(torch.bmm(dropped.transpose(1, 2), g_q), fold[..., 2 * dh :])
-            acc.index_add_(0, rows[w0 * m : (w1 + 1) * m], fold.view(-1, 3 * dh))
-    dq, dk, dv = acc[:, :dh], acc[:, dh : 2 * dh], acc[:, 2 * dh :]
-    # k = q / max(|q|, eps) (F.normalize): its backward, added to the query path's, in place in acc.
-    norm = q_src.norm(dim=-1, keepdim=True)
-    radial = torch.bmm(k_src.unsqueeze(1), dk.unsqueeze(2)).view(-1, 1)  # k . dk per row
-    radial = torch.where(norm > _NORM_EPS, radial, torch.zeros_like(norm))
-    dq.add_(dk.addcmul_(k_src, radial, value=-1).div_(norm.clamp_min(_NORM_EPS)))
+            fold = torch.empty(3, n + 1, m, dh, dtype=grad.dtype, device=grad.device)  # dq, dk, dv per row
+            fold[0, 0] = 0
+            torch.bmm(d_s, k_win, out=fold[0, 1:])
+            _fold_windows(torch.bmm(d_s.transpose(1, 2), x_q), fold[1])
+            _fold_windows(torch.bmm(dropped.transpose(1, 2), g_q), fold[2])
+            index = rows[w0 * m : (w1 + 1) * m]
+            for acc, part in zip((acc_q, acc_k, acc_v), fold):
+                acc.index_add_(0, index, part.view(-1, dh))
+    _keys_to_queries_(acc_k, q_src, denom, acc_q)
     shape = (b, h, lp, dh)
-    return (_from_rows(dq, shape, ctx.heads_inner), _from_rows(dv, shape, ctx.heads_inner),
+    return (_from_rows(acc_q, shape, ctx.heads_inner), _from_rows(acc_v, shape, ctx.heads_inner),
             None, None, None, None, None, None, None)
+
+
+def _row_dots(grad_out: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """g . out per (b, p, h) row of a heads-inner grad_out (as _as_rows orders it), else per (b, h, p)
+    row: one dot per row, with no full-size product in between."""
+    (g_rows,), inner = _as_rows(grad_out)
+    if inner:
+        o_rows = out.permute(0, 2, 1, 3).reshape(-1, g_rows.shape[-1])  # out is heads inner: a view
+    else:
+        o_rows = out.reshape(-1, g_rows.shape[-1])
+    return torch.bmm(g_rows.unsqueeze(1), o_rows.unsqueeze(2)).view(-1)
+
+
+def _keys_to_queries_(dk: torch.Tensor, q: torch.Tensor, denom: torch.Tensor, dq: torch.Tensor) -> None:
+    """dq += the backward of k = q / max(|q|, eps) (F.normalize) applied to dk, per source row:
+    (dk - k (k . dk)) / max(|q|, eps), the radial part only where |q| > eps; dk is overwritten."""
+    radial = torch.bmm(q.unsqueeze(1), dk.unsqueeze(2)).view(-1, 1).div_(denom).div_(denom)  # k . dk / |q|
+    radial.masked_fill_(denom <= _NORM_EPS, 0)
+    dq.add_(dk.addcmul_(q, radial, value=-1).div_(denom))
 
 
 def _fold_windows(window_grads: torch.Tensor, dst: torch.Tensor) -> None:

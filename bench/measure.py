@@ -255,7 +255,10 @@ class SavedTensorCounter:
         key = _storage_key(tensor)
         if key[1] != 0 and key not in self._excluded and key not in self._seen:
             self._seen[key] = tensor.untyped_storage().nbytes()
-        return tensor
+        # A new tensor on the same storage: returning `tensor` itself, for an op that saves its own
+        # output (softmax, exp, LSH attention), would make the output hold itself through its graph,
+        # a cycle of C++ references no collector sees, so a forward never backpropagated leaked.
+        return tensor.detach()
 
     def __enter__(self) -> "SavedTensorCounter":
         self._hooks.__enter__()

@@ -122,9 +122,12 @@ def measure(point: GridPoint, *, timing: bool = True, breakdown: bool | None = N
     iteration under torch.profiler for its stage times (after the memory reading, so the
     profiler's buffers are not in the peak).
     `timing=False` (the point's extra memory processes) skips the timed iterations (and the
-    breakdown). Returns {params, effective, metrics}."""
+    breakdown) and mmaps large allocations from the start. Returns {params, effective, metrics}."""
     params = flat_params(point)
     profiled = timing and wants_breakdown(point, breakdown)
+    # Nothing is timed in a memory-only process, so glibc mmaps every large allocation from the start:
+    # its reading is then of live memory only, with no heap blocks the warm-up freed and kept.
+    mmapped_from_start = not timing and m.mmap_large_allocations()
     primed = prime(point, profiled)
     reader = m.open_nvml(point.device)  # after prime: NVML sees this process once it has a context
     try:
@@ -165,6 +168,7 @@ def measure(point: GridPoint, *, timing: bool = True, breakdown: bool | None = N
         "phases": list(workload.phases),
         "rss_peak_scope": memory.rss_peak_scope,
         "rss_large_allocs_mmapped": memory.rss_large_allocs_mmapped,
+        "rss_mmapped_from_start": mmapped_from_start,
         "primed": primed,
         "torch_threads": torch.get_num_threads(),
     }

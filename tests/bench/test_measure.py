@@ -97,6 +97,21 @@ def test_saved_counter_counts_a_storage_once_and_excludes_parameters():
     del b, c
 
 
+@pytest.mark.parametrize("op", [torch.exp, lambda t: torch.softmax(t, dim=-1)])
+def test_saved_counter_frees_a_forward_that_is_never_backpropagated(op):
+    """Ops that save their own output (exp, softmax, as LSH attention does) must not keep their graph
+    alive through the counter: the memory reading runs after such a forward, and must not see it."""
+    import weakref
+
+    x = torch.randn(64, 64, requires_grad=True)
+    with m.SavedTensorCounter() as counter:
+        y = op(x)
+    assert counter.nbytes == 64 * 64 * 4
+    alive = weakref.ref(y)
+    del y
+    assert alive() is None
+
+
 def test_saved_counter_sees_no_grad_work_as_nothing():
     x = torch.randn(64, requires_grad=True)
     with torch.no_grad(), m.SavedTensorCounter() as counter:
@@ -217,9 +232,12 @@ def test_metric_names_cover_what_a_real_point_emits():
 
     point = GridPoint(suite="t", workload="attention", device="cpu", dtype="float32", batch_size=1,
                       seq_len=32, model={"attention": "full", "d_model": 16, "n_heads": 2}, repeats=1, warmup=0)
-    timed = measure(point)["metrics"]
-    memory_only = measure(point, timing=False)["metrics"]
+    timed_record, memory_record = measure(point), measure(point, timing=False)
+    timed, memory_only = timed_record["metrics"], memory_record["metrics"]
     assert "fwd_ms_median" not in memory_only and set(memory_only) < set(timed)
+    # a memory-only process mmaps large allocations from its start (glibc here), a timed one does not
+    assert timed_record["effective"]["rss_mmapped_from_start"] is False
+    assert memory_record["effective"]["rss_mmapped_from_start"] is m.mmap_large_allocations()
     combined = combine_processes([timed, memory_only])
     assert set(combined) == set(m.METRIC_NAMES), set(combined) ^ set(m.METRIC_NAMES)
 

@@ -77,11 +77,21 @@ def exponent_findings(view: StudyView, exps: pd.DataFrame) -> list[Finding]:
                 continue
             gap = r.measured_slope - r.predicted_slope
             verdict = "agrees" if abs(gap) <= GAP_LIMIT else ("grows faster" if gap > 0 else "grows slower")
-            parts.append(f"{words.get(r.series, r.series)} {r.measured_slope:.2f} vs {r.predicted_slope:.2f} ({verdict})")
+            parts.append(f"{words.get(r.series, r.series)} {r.measured_slope:.2f} vs {r.predicted_slope:.2f} "
+                         f"({verdict}{_offset_words(r.offset_fit_p, r.predicted_slope) if gap < -GAP_LIMIT else ''})")
         out.append(Finding(f"`{view.name}`, {_what(metric)} against {short(view.x)}: fitted exponent vs Table 3's: "
                            + "; ".join(parts) + ".", (("exponents", "#fitted-growth-exponents-vs-table-3"),
                                                       *_plot(view, metric)[1:])))
     return out
+
+
+def _offset_words(p: Any, predicted: float) -> str:
+    """A slower tail may be a constant term (weights, inputs, rounds-independent buffers) not yet
+    faded: the exponent of a + b x^p over every point says whether the growing part matches."""
+    if p is None or pd.isna(p):
+        return ""
+    verdict = "agrees" if abs(p - predicted) <= GAP_LIMIT else "still slower" if p < predicted else "faster"
+    return f"; with a constant set apart, a + b·x^p over every point: p = {p:.2f}, {verdict}"
 
 
 def pair_findings(view: StudyView, cross: pd.DataFrame, memory: str) -> list[Finding]:

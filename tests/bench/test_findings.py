@@ -117,3 +117,23 @@ def test_the_peak_over_saved_ratio_is_computed_per_series_from_the_records():
     text = findings_markdown(grid_findings([view], exponent_table([view]), crossover_table([view]), {}, "cpu"))
     # 400 / 100 at 1 round, 1100 / 400 at 8 rounds
     assert re.search(r"over saved-for-backward bytes: 4\.00x at 1 hash round, 2\.75x at 8 hash rounds\.", text), text
+
+
+def test_a_slower_tail_says_whether_the_growing_part_matches_table_3():
+    """RSS = 200 + 10 n_r MiB: the tail's log-log slope is well below Table 3's 1 (the constant has
+    not faded by 32 rounds), the exponent of a + b x^p is 1; a truly sublinear series says so too."""
+    def text(mib):
+        records = []
+        for r in (1, 2, 4, 8, 16, 32):
+            rec = _record("lsh", 2048, 10.0 * r, mib(r), n_hashes=r)
+            rec["point_id"] = f"lsh{r}"
+            records.append(rec)
+        df = add_derived(ok_frame(records), {})
+        view = study_view(df, "s", {"grid": {"n_hashes": []}}, "cpu")
+        return findings_markdown(grid_findings([view], exponent_table([view]), crossover_table([view]), {}, "cpu"))
+
+    linear = text(lambda r: 200 + 10 * r)
+    assert re.search(r"peak memory against hash rounds: fitted exponent vs Table 3's: all points 0\.\d\d vs 1\.00 "
+                     r"\(grows slower; with a constant set apart, a \+ b·x\^p over every point: p = 1\.00, agrees\)", linear)
+    sublinear = text(lambda r: 200 + 40 * r**0.5)
+    assert "p = 0.50, still slower" in sublinear

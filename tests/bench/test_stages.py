@@ -2,6 +2,7 @@
 recorded by measure() when asked (argument, point field or $BENCH_BREAKDOWN)."""
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import pytest
@@ -114,6 +115,30 @@ def test_calibration_is_recorded_in_the_environment(one_torch_thread):
     assert env["matmul_gflops"]["float32"] > 0
     assert env["matmul_calibration"]["sizes"] == {"float32": 1024} and "under_load" in env["matmul_calibration"]
     assert "matmul_gflops" not in capture_environment("cpu", calibrate_matmul=False)
+    assert env["matmul_calibration"]["min_s"] > 0
+
+
+def test_calibration_keeps_timing_until_its_minimum_time(monkeypatch, one_torch_thread):
+    """At least `repeats` products, and more until `min_s` has passed: a few 13 ms products alone
+    once read a rate the steps of the same run then beat."""
+    import torch
+
+    from bench import environment
+
+    calls = []
+    real_mm = torch.mm
+    monkeypatch.setattr(torch, "mm", lambda a, b: calls.append(1) or real_mm(a, b))
+    environment.matmul_gflops("cpu", "float32", 32, repeats=3, min_s=0.0)
+    assert len(calls) == 1 + 3  # the warm-up and exactly the repeats
+    calls.clear()
+    monkeypatch.setattr(environment, "CALIBRATION_MAX_REPEATS", 10**9)
+    began = time.perf_counter()
+    environment.matmul_gflops("cpu", "float32", 32, repeats=3, min_s=0.05)
+    assert time.perf_counter() - began >= 0.05 and len(calls) > 1 + 3
+    calls.clear()
+    monkeypatch.setattr(environment, "CALIBRATION_MAX_REPEATS", 7)  # the cap holds however fast the products are
+    environment.matmul_gflops("cpu", "float32", 32, repeats=3, min_s=10.0)
+    assert len(calls) == 1 + 7
 
 
 def test_a_point_asking_for_a_breakdown_records_stage_times_under_the_same_id(one_torch_thread, monkeypatch):

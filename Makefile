@@ -53,8 +53,9 @@ bench-quality: $(CORE)
 	$(RUN) quality --profile $(PROFILE) $(if $(DATA),--data $(DATA))
 
 # The longest sequence each configuration trains on under the profile's memory budget.
+# PROFILE=gpu: one slice of at most 9 minutes (one device command); run it again until every search is done.
 bench-capacity: $(CORE)
-	$(RUN) capacity --profile $(PROFILE)
+	$(RUN) capacity --profile $(PROFILE) $(if $(filter gpu,$(PROFILE)),--time-budget-s 540)
 
 # Every suite's gpu profile in one slice of at most 9 minutes; run it again until it says complete.
 # CAMPAIGN_ARGS=--dry-run lists the slices and points instead (works on CPU).

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from collections import Counter
 from pathlib import Path
+
+import pytest
 
 from bench.capacity.planner import Done, next_probe
 from bench.capacity.report import capacity_frame, plan_from_meta
@@ -89,3 +92,31 @@ def test_kill_mid_search_then_rerun_loses_and_repeats_no_probe(tmp_path):
     table = capacity_frame(meta, records)
     assert table.loc[0, "longest_seq_len"] == result.longest
     assert (records_path.parent / "report.md").is_file() and (records_path.parent / "capacity.png").is_file()
+
+
+def test_a_time_budget_slices_the_search_and_the_rerun_finishes_it(tmp_path):
+    """`--time-budget-s 0` (as `make bench-capacity PROFILE=gpu` passes 540 for one device command):
+    one probe, then it stops and says how to resume; the same command without a budget continues the
+    same run, and every probe is the planner's, none repeated."""
+    suite = tmp_path / "capkill.yaml"
+    suite.write_text(SUITE)
+    root = tmp_path / "results"
+    first = subprocess.run([*_cli(suite, root), "--time-budget-s", "0"], cwd=REPO_ROOT, env=_env(),
+                           capture_output=True, text=True, timeout=600)
+    assert "time budget of 0 s spent; run the same command again to resume" in " ".join(first.stdout.split())
+    (records_path,) = (root / "runs" / "capkill").glob("*/records.jsonl")
+    assert len(read_records(records_path)) == 1
+    done = subprocess.run(_cli(suite, root), cwd=REPO_ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    records = read_records(records_path)
+    plan = plan_from_meta(json.loads((records_path.parent / "run.json").read_text()))
+    result = next_probe(search_for(plan, plan.configs[0]), search_outcomes(records, plan, plan.configs[0]))
+    assert isinstance(result, Done) and list(result.probes) == [r["params"]["seq_len"] for r in records]
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_make_bench_capacity_slices_the_gpu_profile_only():
+    lines = {p: subprocess.run(["make", "-n", "bench-capacity", f"PROFILE={p}"], cwd=REPO_ROOT, capture_output=True,
+                               text=True, check=True).stdout.strip().splitlines()[-1] for p in ("gpu", "cpu")}
+    assert lines["gpu"].endswith("-m bench run capacity --profile gpu --time-budget-s 540")
+    assert lines["cpu"].endswith("-m bench run capacity --profile cpu")

@@ -116,7 +116,8 @@ def test_a_time_budget_slices_the_search_and_the_rerun_finishes_it(tmp_path):
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
 def test_make_bench_capacity_slices_the_gpu_profile_only():
-    lines = {p: subprocess.run(["make", "-n", "bench-capacity", f"PROFILE={p}"], cwd=REPO_ROOT, capture_output=True,
-                               text=True, check=True).stdout.strip().splitlines()[-1] for p in ("gpu", "cpu")}
+    lines = {p: [line for line in subprocess.run(
+        ["make", "-n", "--no-print-directory", "bench-capacity", f"PROFILE={p}"], cwd=REPO_ROOT, capture_output=True,
+        text=True, check=True).stdout.splitlines() if "bench run capacity" in line][-1].strip() for p in ("gpu", "cpu")}
     assert lines["gpu"].endswith("-m bench run capacity --profile gpu --time-budget-s 540")
     assert lines["cpu"].endswith("-m bench run capacity --profile cpu")

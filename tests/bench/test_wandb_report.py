@@ -138,7 +138,7 @@ def test_report_of_the_memory_reference_has_a_section_panels_and_text_per_study(
                 assert rows and all(c["xAxis"] in row for row in rows)
         # one line per hue x style combination of the study's ok points
         ok = [r for r in records if r["status"] == "ok" and study in r["studies"]]
-        hue = [h for h in (hinted.get(k) for k in ("hue", "style", "col", "row")) if h]  # panels become lines
+        hue = list(axes.hue)  # the hint's hue/style/col/row (panels become lines), else the other grid axes
         combos = {tuple(r["params"].get(h) for h in hue) for r in ok}
         assert all(len(c["metrics"]) == len(combos) for c in plots)
     run_sets = [b["metadata"]["runSets"] for b in blocks(spec) if b["type"] == "panel-grid"]

@@ -196,7 +196,7 @@ def _backward(ctx, grad_out):
     (grad,), grad_inner = _as_rows(grad_out)
     grad_rows = _source_rows(layout, h, grad_inner)
     # Softmax and round weights (eq. 14) together: dS = P (dP - w_r (g . out)) per round.
-    g_dot_out = _row_dots(grad_out, out)[_source_rows(layout, h, grad_inner)]
+    g_dot_out = _row_dots(grad, grad_inner, out)[grad_rows]
     # Per layout row dO_r = w_r g; zero on the repeated chunks, whose outputs were never used.
     w_rows = own_round(weights.to(grad.dtype), layout)
     w_rows.view(-1, layout.n_chunks + 1, m)[:, 0] = 0
@@ -235,10 +235,9 @@ def _backward(ctx, grad_out):
             None, None, None, None, None, None, None)
 
 
-def _row_dots(grad_out: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """g . out per (b, p, h) row of a heads-inner grad_out (as _as_rows orders it), else per (b, h, p)
-    row: one dot per row, with no full-size product in between."""
-    (g_rows,), inner = _as_rows(grad_out)
+def _row_dots(g_rows: torch.Tensor, inner: bool, out: torch.Tensor) -> torch.Tensor:
+    """g . out per row of the output gradient as _as_rows gave it ((b, p, h) rows when `inner`, else
+    (b, h, p)): one dot per row, with no full-size product in between."""
     if inner:
         o_rows = out.permute(0, 2, 1, 3).reshape(-1, g_rows.shape[-1])  # out is heads inner: a view
     else:

@@ -32,7 +32,7 @@ class FreshAllocations(TorchDispatchMode):
         return out
 
 
-def _heads_inner(gen, *lead):
+def _heads_inner(gen):
     """(B, H, Lp, dh) as a view of (B, Lp, H, dh) storage: how the projections hand them over."""
     return torch.randn(B, LP, H, DH, dtype=torch.float64, generator=gen).permute(0, 2, 1, 3)
 
